@@ -1,0 +1,43 @@
+"""Client errors: one class per status code a caller is expected to handle."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class DualstreamClientError(Exception):
+    """A call failed; ``code`` is the gRPC status and ``details`` the sidecar's explanation."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class InvalidArgumentError(DualstreamClientError):
+    """The request was malformed; ``details`` names the field. Do not retry unchanged."""
+
+
+class UnavailableError(DualstreamClientError):
+    """Kafka or the sidecar could not be reached; retrying with the same event id is safe."""
+
+
+class ResourceExhaustedError(DualstreamClientError):
+    """A limit was hit (too many streams, a stream too slow to keep up)."""
+
+
+class UnauthenticatedError(DualstreamClientError):
+    """The sidecar wants a valid token."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[DualstreamClientError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+}
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> DualstreamClientError:
+    code = error.code()
+    return _BY_CODE.get(code, DualstreamClientError)(code, error.details() or "")

@@ -1,0 +1,143 @@
+"""The ``dualstream`` command: ``serve`` runs the sidecar; ``publish`` and ``subscribe`` are
+for people trying it out or debugging a running sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from dualstream_client import DualstreamClient, DualstreamClientError, EventInput
+
+
+def _version() -> str:
+    try:
+        return version("dualstream")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _source(text: str) -> tuple[str, str]:
+    source_type, sep, source_id = text.partition(":")
+    if not sep or not source_type or not source_id:
+        raise argparse.ArgumentTypeError(f"{text!r}: write a source as TYPE:ID, e.g. user:octocat")
+    return source_type, source_id
+
+
+def _attribute(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: write an attribute as NAME=VALUE")
+    return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dualstream.settings import Settings
+
+    parser = argparse.ArgumentParser(prog="dualstream", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dualstream {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the sidecar")
+    Settings.add_arguments(serve)
+
+    publish = commands.add_parser("publish", help="publish events and print where they went")
+    publish.add_argument("source", type=_source, help="TYPE:ID of the event's source")
+    publish.add_argument("--type", required=True, help="event type, e.g. order.created")
+    publish.add_argument("--data", default="", help="payload text (UTF-8)")
+    publish.add_argument("--content-type", default="", help="media type of the payload")
+    publish.add_argument("--attr", type=_attribute, action="append", default=[], metavar="K=V")
+    publish.add_argument("--count", type=int, default=1, help="publish this many events")
+    publish.add_argument("--interval", type=float, default=0.0, help="seconds between events")
+
+    subscribe = commands.add_parser("subscribe", help="print notifications as they arrive")
+    subscribe.add_argument("sources", type=_source, nargs="+", metavar="TYPE:ID")
+    subscribe.add_argument("--limit", type=int, default=0, help="exit after this many")
+
+    for sub in (publish, subscribe):
+        sub.add_argument("--target", default="127.0.0.1:50051", help="the sidecar's address")
+    return parser
+
+
+async def _publish(args: argparse.Namespace) -> None:
+    source_type, source_id = args.source
+    async with DualstreamClient(args.target) as client:
+        for number in range(args.count):
+            result = await client.publish(
+                EventInput(
+                    type=args.type,
+                    source_type=source_type,
+                    source_id=source_id,
+                    data=args.data.encode(),
+                    content_type=args.content_type,
+                    attributes=dict(args.attr),
+                )
+            )
+            notified = "notified" if result.notified else "NOT notified (Redis down?)"
+            print(
+                f"published {result.id} -> {result.topic}/{result.partition}@{result.offset}, "
+                f"{notified}",
+                flush=True,
+            )
+            if args.interval and number + 1 < args.count:
+                await asyncio.sleep(args.interval)
+
+
+async def _subscribe(args: argparse.Namespace) -> None:
+    async with (
+        DualstreamClient(args.target) as client,
+        client.subscribe(args.sources) as stream,
+    ):
+        print(f"subscribed to {', '.join(stream.channels)}", flush=True)
+        seen = 0
+        async for n in stream:
+            print(
+                f"{n.source_type}:{n.source_id} {n.type} id={n.id} "
+                f"at {n.topic}/{n.partition}@{n.offset}",
+                flush=True,
+            )
+            seen += 1
+            if args.limit and seen >= args.limit:
+                return
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from dualstream.logs import configure_logging
+    from dualstream.settings import Settings, TelemetrySettings
+    from dualstream.telemetry import build_tracer_provider, get_tracer
+    from dualstream.transport.server import run
+
+    try:
+        settings = Settings.load(os.environ, args)
+        telemetry = TelemetrySettings.load(os.environ)
+    except ValueError as exc:
+        sys.exit(f"dualstream: bad setting: {exc}")
+    configure_logging(settings.log_level, settings.log_format)
+    provider = build_tracer_provider(telemetry, _version())
+    try:
+        import uvloop
+
+        uvloop.run(run(settings, get_tracer(provider)))
+    finally:
+        provider.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        _serve(args)
+        return
+    runner = _publish if args.command == "publish" else _subscribe
+    try:
+        asyncio.run(runner(args))
+    except DualstreamClientError as exc:
+        sys.exit(f"dualstream {args.command}: {exc.code.name}: {exc.details}")
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

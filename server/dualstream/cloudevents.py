@@ -1,0 +1,87 @@
+"""Event <-> Kafka record, per the CloudEvents 1.0 Kafka protocol binding, binary content mode.
+
+The record value is ``Event.data`` unchanged and the key is ``source_id``. Headers:
+
+================  =========================================================
+``ce_specversion``  ``1.0``
+``ce_id``           ``Event.id``
+``ce_type``         ``Event.type``
+``ce_source``       ``/{source_type}/{source_id}``, each part percent-encoded
+``ce_time``         ``Event.time`` as RFC 3339 UTC with microseconds
+``content-type``    ``Event.content_type`` (omitted when empty)
+``ce_<name>``       each extension attribute
+``traceparent``     W3C trace context of the publish (and ``tracestate`` if any)
+================  =========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote, unquote
+
+from dualstream.events import Event
+
+SPEC_VERSION = "1.0"
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    key: bytes
+    value: bytes
+    headers: Headers
+
+
+def source_uri(source_type: str, source_id: str) -> str:
+    return f"/{quote(source_type, safe='')}/{quote(source_id, safe='')}"
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_record(event: Event, trace_headers: Mapping[str, str]) -> KafkaRecord:
+    headers: Headers = [
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_id", event.id.encode()),
+        ("ce_type", event.type.encode()),
+        ("ce_source", source_uri(event.source_type, event.source_id).encode()),
+    ]
+    if event.time is not None:
+        headers.append(("ce_time", format_time(event.time).encode()))
+    if event.content_type:
+        headers.append(("content-type", event.content_type.encode()))
+    headers.extend((f"ce_{name}", value.encode()) for name, value in event.attributes.items())
+    headers.extend((name, value.encode()) for name, value in trace_headers.items())
+    return KafkaRecord(key=event.source_id.encode(), value=event.data, headers=headers)
+
+
+def from_record(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> Event:
+    """Rebuild the Event a record was written from; raises ``ValueError`` if it is not one."""
+    ce: dict[str, str] = {}
+    content_type = ""
+    for name, raw in headers:
+        if name == "content-type":
+            content_type = raw.decode()
+        elif name.startswith("ce_"):
+            ce[name[3:]] = raw.decode()
+    try:
+        source = ce.pop("source")
+        _, source_type, source_id = source.split("/", 2)
+        event_id, event_type = ce.pop("id"), ce.pop("type")
+    except (KeyError, ValueError) as exc:
+        raise ValueError("not a dualstream CloudEvents record") from exc
+    ce.pop("specversion", None)
+    time = ce.pop("time", None)
+    return Event(
+        id=event_id,
+        type=event_type,
+        source_type=unquote(source_type),
+        source_id=unquote(source_id),
+        data=value or b"",
+        content_type=content_type,
+        time=datetime.fromisoformat(time) if time else None,
+        attributes=ce,
+    )

@@ -1,0 +1,191 @@
+"""Domain types of the publish path and the validation every event passes before any write.
+
+Validation is strict and complete before anything is written: an event either satisfies the
+grammar below or is rejected with an ``InvalidArgumentError`` naming the field.
+
+The safe grammar for ``type``, ``source_type`` and ``source_id``: 1 to N visible characters;
+no whitespace; no control, format, surrogate, private-use or unassigned code points; none of
+the Redis glob characters ``* ? [ ] \\`` (so a channel name never acts as a pattern); and no
+``:`` in ``source_type`` (so ``events:{source_type}:{source_id}`` splits unambiguously).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from dualstream.errors import InvalidArgumentError
+from dualstream.ids import uuid7
+
+GLOB_CHARACTERS = frozenset("*?[]\\")
+ATTRIBUTE_NAME = re.compile(r"[a-z0-9]{1,20}")
+# CloudEvents context attributes and tracing headers an extension attribute may not shadow.
+RESERVED_ATTRIBUTE_NAMES = frozenset(
+    {
+        "id",
+        "source",
+        "specversion",
+        "type",
+        "datacontenttype",
+        "dataschema",
+        "subject",
+        "time",
+        "data",
+        "traceparent",
+        "tracestate",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EventLimits:
+    """Size bounds every event and batch must respect."""
+
+    max_payload_bytes: int = 1024 * 1024
+    max_batch_events: int = 1000
+    max_id_length: int = 256
+    max_type_length: int = 256
+    max_source_type_length: int = 128
+    max_source_id_length: int = 512
+    max_content_type_length: int = 256
+    max_attributes: int = 32
+    max_attribute_value_length: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One entity whose events are published and followed."""
+
+    source_type: str
+    source_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event as the publish path handles it: validated, with ``id`` and ``time`` filled."""
+
+    id: str
+    type: str
+    source_type: str
+    source_id: str
+    data: bytes = b""
+    content_type: str = ""
+    time: datetime | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def source(self) -> Source:
+        return Source(self.source_type, self.source_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPosition:
+    """Where Kafka stored a record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """An event Kafka acknowledged; ``notified`` says whether the Redis notification went out."""
+
+    event_id: str
+    position: RecordPosition
+    notified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NotPublished:
+    """An event of a batch that Kafka did not acknowledge; it was not notified either."""
+
+    event_id: str
+    error: Exception
+
+
+PublishOutcome = Published | NotPublished
+
+
+def _check_text(value: str, field_name: str, max_length: int, *, identifier: bool) -> None:
+    if len(value) > max_length:
+        raise InvalidArgumentError(field_name, f"is {len(value)} characters, at most {max_length}")
+    for char in value:
+        category = unicodedata.category(char)
+        if category[0] == "C":
+            raise InvalidArgumentError(
+                field_name, f"contains the control or unassigned character U+{ord(char):04X}"
+            )
+        if identifier and (char.isspace() or category[0] == "Z"):
+            raise InvalidArgumentError(field_name, "contains whitespace")
+        if identifier and char in GLOB_CHARACTERS:
+            raise InvalidArgumentError(
+                field_name, f"contains {char!r}; the characters * ? [ ] \\ are not allowed"
+            )
+
+
+def check_identifier(value: str, field_name: str, max_length: int) -> None:
+    """Check a required name against the safe grammar (see the module docstring)."""
+    if not value:
+        raise InvalidArgumentError(field_name, "is required")
+    _check_text(value, field_name, max_length, identifier=True)
+
+
+def check_source(source: Source, field_prefix: str, limits: EventLimits) -> None:
+    check_identifier(
+        source.source_type, f"{field_prefix}.source_type", limits.max_source_type_length
+    )
+    if ":" in source.source_type:
+        raise InvalidArgumentError(f"{field_prefix}.source_type", "contains ':'")
+    check_identifier(source.source_id, f"{field_prefix}.source_id", limits.max_source_id_length)
+
+
+def prepare_event(event: Event, field_prefix: str, limits: EventLimits, now: datetime) -> Event:
+    """Validate ``event`` and return it with a generated id and a receive time where unset."""
+    check_identifier(event.type, f"{field_prefix}.type", limits.max_type_length)
+    check_source(event.source, field_prefix, limits)
+    if event.id:
+        _check_text(event.id, f"{field_prefix}.id", limits.max_id_length, identifier=True)
+    if len(event.data) > limits.max_payload_bytes:
+        raise InvalidArgumentError(
+            f"{field_prefix}.data",
+            f"is {len(event.data)} bytes, at most {limits.max_payload_bytes}",
+        )
+    _check_text(
+        event.content_type,
+        f"{field_prefix}.content_type",
+        limits.max_content_type_length,
+        identifier=False,
+    )
+    if len(event.attributes) > limits.max_attributes:
+        raise InvalidArgumentError(
+            f"{field_prefix}.attributes",
+            f"has {len(event.attributes)} entries, at most {limits.max_attributes}",
+        )
+    for name, value in event.attributes.items():
+        attribute_field = f"{field_prefix}.attributes[{name!r}]"
+        if not ATTRIBUTE_NAME.fullmatch(name):
+            raise InvalidArgumentError(
+                attribute_field, "names must be 1 to 20 lower-case letters or digits"
+            )
+        if name in RESERVED_ATTRIBUTE_NAMES:
+            raise InvalidArgumentError(attribute_field, "is a reserved CloudEvents attribute name")
+        _check_text(value, attribute_field, limits.max_attribute_value_length, identifier=False)
+    time = event.time
+    if time is not None and time.tzinfo is None:
+        time = time.replace(tzinfo=UTC)
+    return replace(event, id=event.id or uuid7(), time=time or now)
+
+
+def prepare_batch(events: list[Event], limits: EventLimits, now: datetime) -> list[Event]:
+    """Validate a whole batch before anything is written; one bad event rejects all of them."""
+    if not events:
+        raise InvalidArgumentError("events", "is required: send at least one event")
+    if len(events) > limits.max_batch_events:
+        raise InvalidArgumentError(
+            "events", f"has {len(events)} events, at most {limits.max_batch_events}"
+        )
+    return [prepare_event(event, f"events[{i}]", limits, now) for i, event in enumerate(events)]

@@ -1,0 +1,59 @@
+"""Idempotent start/stop and ``async with`` for every long-lived part of the sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Self
+
+
+class Service:
+    """Base of long-lived parts: ``start()`` and ``stop()`` may be called any number of times.
+
+    Subclasses implement ``_start`` and ``_stop``. A failed ``_start`` leaves the part stopped,
+    so it may be started again; ``stop()`` always runs ``_stop`` for a started part.
+    """
+
+    _started: bool = False
+    _transition: asyncio.Lock | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def _lock(self) -> asyncio.Lock:
+        if self._transition is None:
+            self._transition = asyncio.Lock()
+        return self._transition
+
+    async def start(self) -> None:
+        async with self._lock():
+            if self._started:
+                return
+            await self._start()
+            self._started = True
+
+    async def stop(self) -> None:
+        async with self._lock():
+            if not self._started:
+                return
+            self._started = False
+            await self._stop()
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,91 @@
+"""The Redis side of the contract: channel names and the notification JSON.
+
+A notification names an event and where Kafka holds it; it never carries the payload.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from dualstream.events import Event, RecordPosition, Source
+
+DEFAULT_CHANNEL_PREFIX = "events"
+
+
+def channel_for(source: Source, prefix: str = DEFAULT_CHANNEL_PREFIX) -> str:
+    """The channel ``{prefix}:{source_type}:{source_id}`` that carries a source's notifications."""
+    return f"{prefix}:{source.source_type}:{source.source_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A published event's identity and Kafka position, as sent on its Redis channel."""
+
+    id: str
+    type: str
+    source_type: str
+    source_id: str
+    topic: str
+    partition: int
+    offset: int
+    traceparent: str = ""
+
+    @classmethod
+    def of(cls, event: Event, position: RecordPosition, traceparent: str = "") -> Notification:
+        return cls(
+            id=event.id,
+            type=event.type,
+            source_type=event.source_type,
+            source_id=event.source_id,
+            topic=position.topic,
+            partition=position.partition,
+            offset=position.offset,
+            traceparent=traceparent,
+        )
+
+    @property
+    def source(self) -> Source:
+        return Source(self.source_type, self.source_id)
+
+    def to_json(self) -> bytes:
+        body: dict[str, str | int] = {
+            "id": self.id,
+            "type": self.type,
+            "source_type": self.source_type,
+            "source_id": self.source_id,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+        }
+        if self.traceparent:
+            body["traceparent"] = self.traceparent
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Notification:
+        """Parse a notification; raises ``ValueError`` for anything that is not one."""
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ValueError("a notification is a JSON object")
+        try:
+            notification = cls(
+                id=body["id"],
+                type=body["type"],
+                source_type=body["source_type"],
+                source_id=body["source_id"],
+                topic=body["topic"],
+                partition=body["partition"],
+                offset=body["offset"],
+                traceparent=body.get("traceparent", ""),
+            )
+        except KeyError as exc:
+            raise ValueError(f"a notification needs the key {exc.args[0]!r}") from exc
+        for name in ("id", "type", "source_type", "source_id", "topic", "traceparent"):
+            if not isinstance(getattr(notification, name), str):
+                raise ValueError(f"notification key {name!r} must be a string")
+        for name in ("partition", "offset"):
+            value = getattr(notification, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"notification key {name!r} must be an integer")
+        return notification

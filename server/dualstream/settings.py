@@ -1,0 +1,152 @@
+"""One typed, frozen settings object, parsed once at start-up and passed through constructors.
+
+Every field is a ``--flag`` of ``dualstream serve`` and a ``DUALSTREAM_*`` environment
+variable (flag wins over environment, environment over default). Telemetry follows the
+standard ``OTEL_*`` variables instead; see ``TelemetrySettings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from dualstream.events import EventLimits
+
+ENV_PREFIX = "DUALSTREAM_"
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the sidecar can be told. Durations are in seconds."""
+
+    listen: str = _setting(
+        "127.0.0.1:50051", "gRPC listen address: host:port, or unix:/path/to.sock"
+    )
+    kafka_bootstrap: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated")
+    kafka_topic: str = _setting("events", "Kafka topic every event is written to")
+    kafka_client_id: str = _setting("dualstream", "Kafka client id")
+    kafka_linger_ms: int = _setting(0, "how long the producer waits to fill a batch")
+    kafka_max_batch_bytes: int = _setting(65536, "producer batch size per partition, in bytes")
+    kafka_delivery_timeout: float = _setting(
+        10.0, "how long a Kafka write may take before the call answers UNAVAILABLE"
+    )
+    kafka_compression: str = _setting("none", "producer compression: none, gzip, lz4 or zstd")
+    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis URL for notifications")
+    redis_timeout: float = _setting(
+        0.25, "how long the Redis leg may take before the event is reported not notified"
+    )
+    channel_prefix: str = _setting("events", "Redis channel prefix: {prefix}:{type}:{id}")
+    max_payload_bytes: int = _setting(1024 * 1024, "largest Event.data accepted, in bytes")
+    max_batch_events: int = _setting(1000, "most events in one PublishBatch call")
+    max_sources_per_stream: int = _setting(64, "most sources one Subscribe call may follow")
+    max_streams: int = _setting(10000, "most concurrent Subscribe streams")
+    stream_queue_size: int = _setting(
+        1024, "notifications buffered per stream before it counts as too slow"
+    )
+    shutdown_grace: float = _setting(10.0, "how long in-flight calls may finish after SIGTERM")
+    log_level: str = _setting("INFO", "log level: DEBUG, INFO, WARNING or ERROR")
+    log_format: str = _setting("text", "log format: text or json")
+
+    def __post_init__(self) -> None:
+        positive = (
+            "kafka_max_batch_bytes",
+            "kafka_delivery_timeout",
+            "redis_timeout",
+            "max_payload_bytes",
+            "max_batch_events",
+            "max_sources_per_stream",
+            "max_streams",
+            "stream_queue_size",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")
+        if self.kafka_linger_ms < 0 or self.shutdown_grace < 0:
+            raise ValueError("kafka_linger_ms and shutdown_grace may not be negative")
+        if self.kafka_compression not in {"none", "gzip", "lz4", "zstd"}:
+            raise ValueError(f"setting kafka_compression: unknown codec {self.kafka_compression!r}")
+        if self.log_format not in {"text", "json"}:
+            raise ValueError(f"setting log_format must be text or json, not {self.log_format!r}")
+        if not self.channel_prefix or any(c in self.channel_prefix for c in ":*?[]\\"):
+            raise ValueError("setting channel_prefix must be non-empty, without : * ? [ ] \\")
+
+    @property
+    def event_limits(self) -> EventLimits:
+        return EventLimits(
+            max_payload_bytes=self.max_payload_bytes, max_batch_events=self.max_batch_events
+        )
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add one ``--flag`` per setting; unset flags stay ``None`` so env and defaults apply."""
+        for spec in fields(cls):
+            parser.add_argument(
+                "--" + spec.name.replace("_", "-"),
+                type=_parser_for(spec.type),
+                default=None,
+                help=f"{spec.metadata['help']} (env {env_name(spec.name)}, default {spec.default})",
+            )
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str], flags: argparse.Namespace | None = None) -> Settings:
+        """Build settings from flags, then ``DUALSTREAM_*`` variables, then defaults."""
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            flag_value = getattr(flags, spec.name, None) if flags is not None else None
+            if flag_value is not None:
+                values[spec.name] = flag_value
+                continue
+            raw = environ.get(env_name(spec.name))
+            if raw is not None:
+                try:
+                    values[spec.name] = _parser_for(spec.type)(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{env_name(spec.name)}={raw!r}: {exc}") from exc
+            elif spec.default is MISSING:
+                raise ValueError(f"setting {spec.name} is required")
+        return cls(**values)
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def _parser_for(annotation: Any) -> Any:
+    # Annotations are strings under `from __future__ import annotations`.
+    return {"str": str, "int": int, "float": float}[str(annotation)]
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """Tracing, configured by the standard OpenTelemetry environment variables.
+
+    Spans are exported over OTLP when ``OTEL_TRACES_EXPORTER`` is ``otlp`` or an
+    ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` is set, printed when it is ``console``, and not
+    exported at all otherwise (or when ``OTEL_SDK_DISABLED=true``). The OTLP exporter reads its
+    own endpoint, headers and protocol variables.
+    """
+
+    service_name: str = "dualstream"
+    exporter: str = "none"
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str]) -> TelemetrySettings:
+        service_name = environ.get("OTEL_SERVICE_NAME", "dualstream")
+        if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+            return cls(service_name, "none")
+        exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+        if not exporter:
+            has_endpoint = any(
+                environ.get(name)
+                for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            )
+            exporter = "otlp" if has_endpoint else "none"
+        if exporter not in {"otlp", "console", "none"}:
+            raise ValueError(f"OTEL_TRACES_EXPORTER={exporter!r}: use otlp, console or none")
+        return cls(service_name, exporter)

@@ -1,0 +1,120 @@
+"""``dualstream.v1.EventService``: a thin adapter over the publisher and the subscription hub."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from dualstream.errors import DualstreamError, InvalidArgumentError
+from dualstream.hub import SubscriptionHub
+from dualstream.publisher import Publisher
+from dualstream.telemetry import context_from_metadata
+from dualstream.transport import convert
+from dualstream.transport.status import status_code_for
+from dualstream.v1 import event_service_pb2 as pb
+from dualstream.v1 import event_service_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+SERVICE_NAME = "dualstream.v1.EventService"
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class _StatusError(Exception):
+    """Carries the status a handler must end with out of the span's scope."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+@contextmanager
+def _rpc_span(tracer: Tracer, method: str, context: _Context) -> Iterator[Span]:
+    """A SERVER span, child of the caller's ``traceparent``, that maps errors to a status."""
+    metadata = {
+        key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+    }
+    with tracer.start_as_current_span(
+        f"{SERVICE_NAME}/{method}",
+        context=context_from_metadata(metadata),
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except DualstreamError as exc:
+            code = status_code_for(exc)
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.INVALID_ARGUMENT:
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+            raise _StatusError(code, str(exc)) from exc
+        except Exception as exc:
+            logger.exception("%s failed unexpectedly", method)
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.INTERNAL.value[0])
+            raise _StatusError(
+                grpc.StatusCode.INTERNAL, "internal error; see the sidecar log"
+            ) from exc
+        span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.OK.value[0])
+
+
+class EventServicer(pb_grpc.EventServiceServicer):
+    def __init__(self, publisher: Publisher, hub: SubscriptionHub, tracer: Tracer) -> None:
+        self._publisher = publisher
+        self._hub = hub
+        self._tracer = tracer
+
+    async def Publish(self, request: pb.PublishRequest, context: _Context) -> pb.PublishResponse:
+        try:
+            with _rpc_span(self._tracer, "Publish", context):
+                if not request.HasField("event"):
+                    raise InvalidArgumentError("event", "is required")
+                event = convert.event_from_proto(request.event, "event")
+                return convert.publish_response(await self._publisher.publish(event))
+        except _StatusError as failure:
+            await context.abort(failure.code, failure.details)
+            raise  # Unreachable: abort raises. Keeps the type checker honest.
+
+    async def PublishBatch(
+        self, request: pb.PublishBatchRequest, context: _Context
+    ) -> pb.PublishBatchResponse:
+        try:
+            with _rpc_span(self._tracer, "PublishBatch", context):
+                events = [
+                    convert.event_from_proto(event, f"events[{i}]")
+                    for i, event in enumerate(request.events)
+                ]
+                outcomes = await self._publisher.publish_batch(events)
+                return pb.PublishBatchResponse(
+                    results=[convert.batch_result(outcome) for outcome in outcomes]
+                )
+        except _StatusError as failure:
+            await context.abort(failure.code, failure.details)
+            raise
+
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: _Context
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        try:
+            with _rpc_span(self._tracer, "Subscribe", context):
+                subscription = await self._hub.subscribe(convert.sources_from_proto(request))
+                try:
+                    yield pb.SubscribeResponse(
+                        subscribed=pb.Subscribed(channels=subscription.channels)
+                    )
+                    async for notification in subscription:
+                        yield pb.SubscribeResponse(
+                            notification=convert.notification_to_proto(notification)
+                        )
+                finally:
+                    subscription.close()
+        except _StatusError as failure:
+            await context.abort(failure.code, failure.details)

@@ -134,12 +134,14 @@ def check_identifier(value: str, field_name: str, max_length: int) -> None:
     _check_text(value, field_name, max_length, identifier=True)
 
 
+def check_source_type(source_type: str, field_name: str, limits: EventLimits) -> None:
+    check_identifier(source_type, field_name, limits.max_source_type_length)
+    if ":" in source_type:
+        raise InvalidArgumentError(field_name, "contains ':'")
+
+
 def check_source(source: Source, field_prefix: str, limits: EventLimits) -> None:
-    check_identifier(
-        source.source_type, f"{field_prefix}.source_type", limits.max_source_type_length
-    )
-    if ":" in source.source_type:
-        raise InvalidArgumentError(f"{field_prefix}.source_type", "contains ':'")
+    check_source_type(source.source_type, f"{field_prefix}.source_type", limits)
     check_identifier(source.source_id, f"{field_prefix}.source_id", limits.max_source_id_length)
 
 

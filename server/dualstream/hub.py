@@ -1,12 +1,14 @@
-"""Local fan-out: one Redis subscription per channel, shared by every local stream.
+"""Local fan-out: one Redis subscription per channel or pattern, shared by every local stream.
 
-The hub holds a single Redis connection in subscriber mode. A channel is subscribed when the
-first local stream asks for it and unsubscribed when the last one leaves; each message is
-parsed once and offered to every stream on its channel without ever waiting for one.
+The hub holds a single Redis connection in subscriber mode. A channel (exact source) or
+pattern (every source of a type) is subscribed when the first local stream asks for it and
+unsubscribed when the last one leaves; each message is parsed once and offered to every stream
+on it without ever waiting for one.
 
 The connection is health-checked with PING: a Redis that closes, restarts or silently stops
-answering is noticed within ``ping_interval + ping_timeout``, and the hub reconnects with
-jittered backoff and subscribes every channel again.
+answering is noticed within ``ping_interval + ping_timeout``; the hub tells every stream
+(``Outage``), reconnects with jittered backoff, subscribes everything again, and tells each
+stream when all of its routes are live again (``Restored``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from dualstream.errors import (
     InvalidArgumentError,
@@ -24,7 +27,13 @@ from dualstream.errors import (
     ShuttingDownError,
     UnavailableError,
 )
-from dualstream.events import EventLimits, Source, check_source
+from dualstream.events import (
+    EventLimits,
+    Source,
+    check_identifier,
+    check_source,
+    check_source_type,
+)
 from dualstream.lifecycle import Service
 from dualstream.notifications import Notification, channel_for
 from dualstream.resp import RedisAddress, Reply, encode_command, read_reply
@@ -33,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_INITIAL = 0.05
 RECONNECT_BACKOFF_MAX = 2.0
+WILDCARD = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,76 +58,164 @@ class HubSettings:
     limits: EventLimits = field(default_factory=EventLimits)
 
 
-class _EndOfStream:
-    """Queued after the last notification of a stream the hub ended."""
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What the hub subscribes in Redis: an exact channel, or a pattern for a wildcard."""
+
+    name: str
+    pattern: bool
+
+    @property
+    def subscribe_command(self) -> str:
+        return "PSUBSCRIBE" if self.pattern else "SUBSCRIBE"
+
+    @property
+    def unsubscribe_command(self) -> str:
+        return "PUNSUBSCRIBE" if self.pattern else "UNSUBSCRIBE"
 
 
-_END = _EndOfStream()
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    """The stream's queue was full: ``missed`` notifications were dropped from ``since`` on."""
+
+    missed: int
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """The hub lost Redis at ``since``; nothing arrives until ``Restored``."""
+
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """Every route of the stream is live again."""
+
+    at: datetime
+
+
+StreamSignal = Overflow | Outage | Restored
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def route_for(source: Source, prefix: str) -> Route:
+    if source.source_id == WILDCARD:
+        # source_type was checked: no glob characters and no ':', so this cannot widen.
+        return Route(f"{prefix}:{source.source_type}:{WILDCARD}", pattern=True)
+    return Route(channel_for(source, prefix), pattern=False)
 
 
 class Subscription:
-    """One local stream's share of the hub: a bounded queue of its notifications.
+    """One local stream's share of the hub: a bounded queue of notifications and signals.
 
-    Iterate it with ``async for``. A stream that falls ``queue_size`` notifications behind is
-    ended with ``ResourceExhaustedError`` and its queue freed, so a client that stops reading
-    costs bounded memory and never delays anyone else.
+    Notifications beyond ``queue_size`` are dropped and counted, and the stream reads an
+    ``Overflow`` after the ones queued before the drop; a client that stops reading costs
+    bounded memory and never delays anyone else.
     """
 
-    def __init__(self, hub: SubscriptionHub, channels: tuple[str, ...], queue_size: int) -> None:
+    def __init__(self, hub: SubscriptionHub, routes: tuple[Route, ...], queue_size: int) -> None:
         self._hub = hub
-        self.channels = channels
-        self._queue: asyncio.Queue[Notification | _EndOfStream] = asyncio.Queue()
+        self.routes = routes
+        self._queue: asyncio.Queue[Notification | StreamSignal | BaseException] = asyncio.Queue()
         self._queue_size = queue_size
-        self._ended: BaseException | None = None
+        self._queued_notifications = 0
+        self._missed = 0
+        self._missed_since: datetime | None = None
+        self._in_outage = False
+        self._closed = False
+        # The same PUBLISH reaches a stream twice, back to back, when a channel and a pattern
+        # of the stream both match it; remembering the last one delivers it once.
+        self._last_position: tuple[str, int, int] | None = None
+
+    @property
+    def in_outage(self) -> bool:
+        return self._in_outage
 
     def offer(self, notification: Notification) -> None:
-        """Queue a notification without waiting; a full queue ends the stream instead."""
-        if self._ended is not None:
+        """Queue a notification without waiting; past the bound it is dropped and counted."""
+        if self._closed:
             return
-        if self._queue.qsize() >= self._queue_size:
-            self.end(
-                ResourceExhaustedError(
-                    f"the stream fell {self._queue_size} notifications behind and was ended; "
-                    "read faster or subscribe again"
-                )
-            )
+        position = (notification.topic, notification.partition, notification.offset)
+        if position == self._last_position:
             return
+        self._last_position = position
+        if self._missed or self._queued_notifications >= self._queue_size:
+            if not self._missed:
+                self._missed_since = _now()
+            self._missed += 1
+            return
+        self._queued_notifications += 1
         self._queue.put_nowait(notification)
 
-    def end(self, reason: BaseException | None = None) -> None:
-        """End the stream: pending notifications are dropped and ``reason`` is raised, if any."""
-        if self._ended is not None:
+    def signal(self, signal: Outage | Restored) -> None:
+        if self._closed:
             return
-        self._ended = reason or StopAsyncIteration()
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(_END)
+        if isinstance(signal, Outage) == self._in_outage:
+            return  # Already in that state.
+        self._in_outage = isinstance(signal, Outage)
+        self._queue.put_nowait(signal)
 
-    def __aiter__(self) -> Subscription:
-        return self
+    def fail(self, error: BaseException) -> None:
+        """End the stream with ``error`` after what is queued."""
+        if not self._closed:
+            self._queue.put_nowait(error)
 
-    async def __anext__(self) -> Notification:
+    async def next(self) -> Notification | StreamSignal:
+        """The next notification or signal; raises the error the stream was failed with."""
+        if self._queue.empty() and self._missed:
+            return self._take_overflow()
         item = await self._queue.get()
-        if isinstance(item, _EndOfStream):
-            self._queue.put_nowait(_END)
-            assert self._ended is not None
-            if isinstance(self._ended, StopAsyncIteration):
-                raise StopAsyncIteration
-            raise self._ended
+        if isinstance(item, BaseException):
+            self._queue.put_nowait(item)
+            raise item
+        if isinstance(item, Notification):
+            self._queued_notifications -= 1
         return item
 
+    def _take_overflow(self) -> Overflow:
+        assert self._missed_since is not None
+        overflow = Overflow(self._missed, self._missed_since)
+        self._missed, self._missed_since = 0, None
+        return overflow
+
+    def discard_queued(self) -> int:
+        """Drop queued notifications (a replay will cover them); signals are kept."""
+        kept: list[StreamSignal | BaseException] = []
+        dropped = 0
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, Notification):
+                dropped += 1
+            else:
+                kept.append(item)
+        for item in kept:
+            self._queue.put_nowait(item)
+        self._queued_notifications = 0
+        dropped += self._missed
+        self._missed, self._missed_since = 0, None
+        return dropped
+
     def close(self) -> None:
-        """Leave the hub; idempotent, and safe to call while being cancelled."""
-        self.end()
+        """Leave the hub and free the queue; idempotent, and safe while being cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
         self._hub.release(self)
 
 
 @dataclass(slots=True)
-class _Channel:
+class _RouteState:
     members: set[Subscription] = field(default_factory=set)
     live: asyncio.Event = field(default_factory=asyncio.Event)
-    # SUBSCRIBE replies still to come for this channel on the current connection; the
-    # subscription is live once the reply to the newest SUBSCRIBE has arrived.
+    # Subscribe replies still to come for this route on the current connection; the route is
+    # live once the reply to the newest (P)SUBSCRIBE has arrived.
     replies_due: int = 0
 
 
@@ -125,19 +223,19 @@ class SubscriptionHub(Service):
     def __init__(self, settings: HubSettings) -> None:
         self._settings = settings
         self._address = RedisAddress.from_url(settings.redis_url)
-        self._channels: dict[str, _Channel] = {}
-        self._streams = 0
+        self._routes: dict[Route, _RouteState] = {}
+        self._streams: set[Subscription] = set()
         self._writer: asyncio.StreamWriter | None = None
         self._runner: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
 
     @property
     def stream_count(self) -> int:
-        return self._streams
+        return len(self._streams)
 
     @property
-    def channel_count(self) -> int:
-        return len(self._channels)
+    def route_count(self) -> int:
+        return len(self._routes)
 
     @property
     def connected(self) -> bool:
@@ -152,13 +250,13 @@ class SubscriptionHub(Service):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
             self._runner = None
-        for channel in list(self._channels.values()):
-            for subscription in list(channel.members):
-                subscription.end(ShuttingDownError("the sidecar is shutting down"))
-        self._channels.clear()
-        self._streams = 0
+        for subscription in list(self._streams):
+            subscription.fail(ShuttingDownError("the sidecar is shutting down"))
+        self._streams.clear()
+        self._routes.clear()
 
-    def _validate(self, sources: Sequence[Source]) -> tuple[str, ...]:
+    def validate(self, sources: Sequence[Source], types: Sequence[str]) -> tuple[Route, ...]:
+        """Check a stream's selectors and return its routes, each once."""
         settings = self._settings
         if not sources:
             raise InvalidArgumentError("sources", "is required: name at least one source")
@@ -168,34 +266,38 @@ class SubscriptionHub(Service):
                 f"has {len(sources)} sources, at most {settings.max_sources_per_stream}",
             )
         for index, source in enumerate(sources):
-            check_source(source, f"sources[{index}]", settings.limits)
-        # A source named twice is followed once, so each event is delivered once.
-        return tuple(dict.fromkeys(channel_for(s, settings.channel_prefix) for s in sources))
+            if source.source_id == WILDCARD:
+                check_source_type(
+                    source.source_type, f"sources[{index}].source_type", settings.limits
+                )
+            else:
+                check_source(source, f"sources[{index}]", settings.limits)
+        for index, event_type in enumerate(types):
+            check_identifier(event_type, f"types[{index}]", settings.limits.max_type_length)
+        return tuple(dict.fromkeys(route_for(s, settings.channel_prefix) for s in sources))
 
-    async def subscribe(self, sources: Sequence[Source]) -> Subscription:
-        """Join the channels of ``sources``; returns once Redis confirmed all of them live."""
+    async def subscribe(self, routes: tuple[Route, ...]) -> Subscription:
+        """Join ``routes``; returns once Redis confirmed all of them live."""
         if not self.started:
             raise ShuttingDownError("the subscription hub is not running")
-        channels = self._validate(sources)
-        if self._streams >= self._settings.max_streams:
+        if len(self._streams) >= self._settings.max_streams:
             raise ResourceExhaustedError(
-                f"the sidecar already serves {self._streams} streams, its limit"
+                f"the sidecar already serves {len(self._streams)} streams, its limit"
             )
-        subscription = Subscription(self, channels, self._settings.stream_queue_size)
-        self._streams += 1
-        fresh: list[str] = []
-        for name in channels:
-            channel = self._channels.get(name)
-            if channel is None:
-                channel = self._channels[name] = _Channel()
-                fresh.append(name)
-            channel.members.add(subscription)
-        if fresh:
-            self._send_subscribe(fresh)
+        subscription = Subscription(self, routes, self._settings.stream_queue_size)
+        self._streams.add(subscription)
+        fresh: list[Route] = []
+        for route in routes:
+            state = self._routes.get(route)
+            if state is None:
+                state = self._routes[route] = _RouteState()
+                fresh.append(route)
+            state.members.add(subscription)
+        self._send_subscribe(fresh)
         try:
             async with asyncio.timeout(self._settings.subscribe_timeout):
-                for name in channels:
-                    await self._channels[name].live.wait()
+                for route in routes:
+                    await self._routes[route].live.wait()
         except TimeoutError as exc:
             subscription.close()
             raise UnavailableError(
@@ -208,28 +310,31 @@ class SubscriptionHub(Service):
         return subscription
 
     def release(self, subscription: Subscription) -> None:
-        released = False
-        emptied: list[str] = []
-        for name in subscription.channels:
-            channel = self._channels.get(name)
-            if channel is None or subscription not in channel.members:
+        if subscription not in self._streams:
+            return
+        self._streams.discard(subscription)
+        emptied: list[Route] = []
+        for route in subscription.routes:
+            state = self._routes.get(route)
+            if state is None:
                 continue
-            released = True
-            channel.members.discard(subscription)
-            if not channel.members:
-                del self._channels[name]
-                emptied.append(name)
-        if released:
-            self._streams -= 1
-        if emptied and self._writer is not None:
-            self._writer.write(encode_command("UNSUBSCRIBE", *emptied))
+            state.members.discard(subscription)
+            if not state.members:
+                del self._routes[route]
+                emptied.append(route)
+        if self._writer is not None:
+            for group in _by_kind(emptied):
+                self._writer.write(
+                    encode_command(group[0].unsubscribe_command, *(r.name for r in group))
+                )
 
-    def _send_subscribe(self, names: list[str]) -> None:
-        if self._writer is None:
-            return  # The reconnect subscribes every channel the hub then holds.
-        for name in names:
-            self._channels[name].replies_due += 1
-        self._writer.write(encode_command("SUBSCRIBE", *names))
+    def _send_subscribe(self, routes: list[Route]) -> None:
+        if self._writer is None or not routes:
+            return  # The reconnect subscribes every route the hub then holds.
+        for group in _by_kind(routes):
+            for route in group:
+                self._routes[route].replies_due += 1
+            self._writer.write(encode_command(group[0].subscribe_command, *(r.name for r in group)))
 
     async def _run(self) -> None:
         backoff = RECONNECT_BACKOFF_INITIAL
@@ -237,7 +342,7 @@ class SubscriptionHub(Service):
             try:
                 async with asyncio.timeout(self._settings.ping_timeout + 1.0):
                     reader, writer = await self._address.open()
-            except (OSError, TimeoutError, ConnectionError) as exc:
+            except (OSError, TimeoutError) as exc:
                 logger.warning("Redis subscriber connection failed (%s); retrying", exc)
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX)
@@ -245,8 +350,11 @@ class SubscriptionHub(Service):
             backoff = RECONNECT_BACKOFF_INITIAL
             try:
                 await self._serve_connection(reader, writer)
-            except (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
-                logger.warning("Redis subscriber connection lost (%s); reconnecting", exc)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                logger.warning(
+                    "Redis subscriber connection lost (%s); reconnecting",
+                    exc.__class__.__name__ if not str(exc) else exc,
+                )
             finally:
                 self._on_disconnect(writer)
 
@@ -254,10 +362,9 @@ class SubscriptionHub(Service):
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self._writer = writer
-        for channel in self._channels.values():
-            channel.replies_due = 0
-        if self._channels:
-            self._send_subscribe(list(self._channels))
+        for state in self._routes.values():
+            state.replies_due = 0
+        self._send_subscribe(list(self._routes))
         self._connected.set()
         logger.info("Redis subscriber connected to %s:%d", self._address.host, self._address.port)
         pinger = asyncio.create_task(self._ping(writer), name="hub-redis-ping")
@@ -283,33 +390,57 @@ class SubscriptionHub(Service):
         self._writer = None
         self._connected.clear()
         writer.close()
-        for channel in self._channels.values():
-            channel.live.clear()
-            channel.replies_due = 0
+        outage = Outage(_now())
+        for state in self._routes.values():
+            state.live.clear()
+            state.replies_due = 0
+        for subscription in self._streams:
+            subscription.signal(outage)
 
     def _dispatch(self, reply: Reply) -> None:
         if not isinstance(reply, list) or not reply or not isinstance(reply[0], bytes):
-            return  # +PONG while no channel is subscribed.
+            return  # +PONG while nothing is subscribed.
         kind = reply[0]
         if kind == b"message" and len(reply) == 3:
-            name, payload = reply[1], reply[2]
-            if isinstance(name, bytes) and isinstance(payload, bytes):
-                self._deliver(name.decode(), payload)
-        elif kind == b"subscribe" and isinstance(reply[1], bytes):
-            channel = self._channels.get(reply[1].decode())
-            if channel is not None and channel.replies_due > 0:
-                channel.replies_due -= 1
-                if channel.replies_due == 0:
-                    channel.live.set()
+            self._deliver(Route(_text(reply[1]), pattern=False), reply[2])
+        elif kind == b"pmessage" and len(reply) == 4:
+            self._deliver(Route(_text(reply[1]), pattern=True), reply[3])
+        elif kind in (b"subscribe", b"psubscribe") and len(reply) == 3:
+            self._confirm(Route(_text(reply[1]), pattern=kind == b"psubscribe"))
 
-    def _deliver(self, name: str, payload: bytes) -> None:
-        channel = self._channels.get(name)
-        if channel is None:
+    def _confirm(self, route: Route) -> None:
+        state = self._routes.get(route)
+        if state is None or state.replies_due == 0:
+            return
+        state.replies_due -= 1
+        if state.replies_due:
+            return
+        state.live.set()
+        restored = Restored(_now())
+        for subscription in state.members:
+            if subscription.in_outage and all(
+                self._routes[r].live.is_set() for r in subscription.routes
+            ):
+                subscription.signal(restored)
+
+    def _deliver(self, route: Route, payload: Reply) -> None:
+        state = self._routes.get(route)
+        if state is None or not isinstance(payload, bytes):
             return
         try:
             notification = Notification.from_json(payload)
         except ValueError as exc:
-            logger.warning("ignoring a malformed notification on %s: %s", name, exc)
+            logger.warning("ignoring a malformed notification on %s: %s", route.name, exc)
             return
-        for subscription in tuple(channel.members):
+        for subscription in tuple(state.members):
             subscription.offer(notification)
+
+
+def _by_kind(routes: list[Route]) -> list[list[Route]]:
+    """Channels and patterns apart, each non-empty, for one (P)(UN)SUBSCRIBE command each."""
+    groups = [[r for r in routes if not r.pattern], [r for r in routes if r.pattern]]
+    return [group for group in groups if group]
+
+
+def _text(value: Reply) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

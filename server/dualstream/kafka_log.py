@@ -14,7 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+)
 
 from dualstream.cloudevents import KafkaRecord
 from dualstream.errors import InvalidArgumentError, UnavailableError
@@ -108,9 +113,22 @@ class KafkaEventLog(Service):
             self._connector = None
         self._connected.clear()
         producer, self._producer = self._producer, None
-        if producer is not None:
-            # stop() flushes every pending record before closing the connections.
-            await producer.stop()
+        if producer is None:
+            return
+        try:
+            async with asyncio.timeout(self._settings.kafka_delivery_timeout):
+                await producer.flush()
+        except TimeoutError:
+            # Only records whose callers already got UNAVAILABLE (or went away) can still be
+            # pending here: every acknowledged record is written. aiokafka's stop() would wait
+            # for them forever while the broker is down, so they are failed first.
+            logger.error(  # noqa: TRY400 - a timeout, not an error with a useful traceback
+                "Kafka did not acknowledge the last pending records within %gs; dropping "
+                "them (their callers were not told they succeeded)",
+                self._settings.kafka_delivery_timeout,
+            )
+            await _abandon_pending_records(producer)
+        await producer.stop()
 
     def _require_producer(self) -> AIOKafkaProducer:
         if self._producer is None or not self._connected.is_set():
@@ -171,3 +189,23 @@ class KafkaEventLog(Service):
                 "event.data", f"Kafka rejected the record as too large: {exc}"
             )
         return UnavailableError(f"Kafka did not acknowledge the event: {exc}")
+
+
+async def _abandon_pending_records(producer: AIOKafkaProducer) -> None:
+    """Fail every record still waiting for Kafka, so that ``stop()`` returns.
+
+    aiokafka has no public way to do this (its ``stop()`` flushes without a bound), so this
+    reaches into its sender and accumulator; the aiokafka version is pinned in pyproject.toml
+    and the shutdown tests run against a stopped broker to catch a change.
+    """
+    await producer._sender.close()
+    accumulator = producer._message_accumulator
+    batches = [b for queued in accumulator._batches.values() for b in queued]
+    batches += list(accumulator._pending_batches)
+    futures = [b.future for b in batches] + [f for b in batches for f, _ in b._msg_futures]
+    futures += [b._drain_waiter for b in batches]
+    accumulator.fail_all(KafkaTimeoutError("the sidecar stopped before Kafka acknowledged"))
+    for future in futures:
+        # Nobody awaits these any more; reading the exception keeps asyncio from reporting it.
+        if future.done() and not future.cancelled():
+            future.exception()

@@ -9,10 +9,10 @@ from types import TracebackType
 from typing import Self
 
 import grpc
-from dualstream.v1 import event_service_pb2 as pb
-from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from dualstream.v1 import event_service_pb2 as pb
+from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 from dualstream_client.errors import DualstreamClientError, from_rpc_error
 
 

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from dualstream.errors import InvalidArgumentError
 from dualstream.events import Event, NotPublished, Published, PublishOutcome, Source
 from dualstream.notifications import Notification
+from dualstream.streams import (
+    Delivery,
+    Gap,
+    GapReason,
+    SlowConsumerPolicy,
+    StreamItem,
+    StreamRequest,
+    Subscribed,
+)
 from dualstream.transport.status import status_code_for
 from dualstream.v1 import event_service_pb2 as pb
 
 
+def _timestamp(message: Timestamp, field: str) -> datetime:
+    try:
+        return message.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgumentError(field, f"is not a valid timestamp: {exc}") from exc
+
+
 def event_from_proto(message: pb.Event, field: str) -> Event:
-    time = None
-    if message.HasField("time"):
-        try:
-            time = message.time.ToDatetime(tzinfo=UTC)
-        except (ValueError, OverflowError) as exc:
-            raise InvalidArgumentError(f"{field}.time", f"is not a valid timestamp: {exc}") from exc
+    time = _timestamp(message.time, f"{field}.time") if message.HasField("time") else None
     return Event(
         id=message.id,
         type=message.type,
@@ -30,8 +43,77 @@ def event_from_proto(message: pb.Event, field: str) -> Event:
     )
 
 
-def sources_from_proto(request: pb.SubscribeRequest) -> list[Source]:
-    return [Source(s.source_type, s.source_id) for s in request.sources]
+_POLICIES = {
+    pb.SLOW_CONSUMER_POLICY_UNSPECIFIED: SlowConsumerPolicy.GAP,
+    pb.SLOW_CONSUMER_POLICY_GAP: SlowConsumerPolicy.GAP,
+    pb.SLOW_CONSUMER_POLICY_CLOSE: SlowConsumerPolicy.CLOSE,
+    pb.SLOW_CONSUMER_POLICY_REPLAY: SlowConsumerPolicy.REPLAY,
+}
+_GAP_REASONS = {
+    GapReason.SLOW_CONSUMER: pb.GAP_REASON_SLOW_CONSUMER,
+    GapReason.REDIS_OUTAGE: pb.GAP_REASON_REDIS_OUTAGE,
+}
+
+
+def stream_request_from_proto(request: pb.SubscribeRequest) -> StreamRequest:
+    policy = _POLICIES.get(request.slow_consumer_policy)
+    if policy is None:
+        raise InvalidArgumentError(
+            "slow_consumer_policy", f"has the unknown value {request.slow_consumer_policy}"
+        )
+    start_time = None
+    start_earliest = False
+    if request.HasField("start"):
+        which = request.start.WhichOneof("position")
+        if which is None:
+            raise InvalidArgumentError("start", "names no position: set earliest or time")
+        start_earliest = which == "earliest"
+        if which == "time":
+            start_time = _timestamp(request.start.time, "start.time")
+    return StreamRequest(
+        sources=tuple(Source(s.source_type, s.source_id) for s in request.sources),
+        types=frozenset(request.types),
+        resume_cursor=request.resume_cursor,
+        start_earliest=start_earliest,
+        start_time=start_time,
+        policy=policy,
+        include_data=request.include_data,
+    )
+
+
+def stream_item_to_proto(item: StreamItem) -> pb.SubscribeResponse:
+    if isinstance(item, Delivery):
+        message = notification_to_proto(item.notification)
+        message.cursor = item.cursor
+        message.replayed = item.replayed
+        if item.event is not None:
+            message.event.CopyFrom(event_to_proto(item.event))
+        return pb.SubscribeResponse(notification=message)
+    if isinstance(item, Subscribed):
+        return pb.SubscribeResponse(
+            subscribed=pb.Subscribed(channels=item.routes, cursor=item.cursor)
+        )
+    if isinstance(item, Gap):
+        gap = pb.Gap(reason=_GAP_REASONS[item.reason], missed=item.missed, cursor=item.cursor)
+        gap.since.FromDatetime(item.since)
+        gap.until.FromDatetime(item.until)
+        return pb.SubscribeResponse(gap=gap)
+    return pb.SubscribeResponse(caught_up=pb.CaughtUp(replayed=item.replayed, cursor=item.cursor))
+
+
+def event_to_proto(event: Event) -> pb.Event:
+    message = pb.Event(
+        id=event.id,
+        type=event.type,
+        source_type=event.source_type,
+        source_id=event.source_id,
+        data=event.data,
+        content_type=event.content_type,
+        attributes=dict(event.attributes),
+    )
+    if event.time is not None:
+        message.time.FromDatetime(event.time)
+    return message
 
 
 def publish_response(outcome: Published) -> pb.PublishResponse:

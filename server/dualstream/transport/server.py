@@ -14,10 +14,12 @@ from opentelemetry.trace import Tracer
 
 from dualstream.hub import HubSettings, SubscriptionHub
 from dualstream.kafka_log import KafkaEventLog
+from dualstream.kafka_reader import KafkaReader
 from dualstream.lifecycle import Service
 from dualstream.publisher import Publisher
 from dualstream.redis_notifier import RedisNotifier
 from dualstream.settings import Settings
+from dualstream.streams import StreamService
 from dualstream.transport.servicer import SERVICE_NAME, EventServicer
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
@@ -57,7 +59,8 @@ class Sidecar(Service):
         self.settings = settings
         self.publisher = build_publisher(settings, tracer)
         self.hub = build_hub(settings)
-        self._servicer = EventServicer(self.publisher, self.hub, tracer)
+        self.reader = KafkaReader(settings.kafka_bootstrap, settings.kafka_topic)
+        self._servicer = EventServicer(self.publisher, StreamService(self.hub, self.reader), tracer)
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
         self._health_watch: asyncio.Task[None] | None = None
@@ -65,6 +68,7 @@ class Sidecar(Service):
 
     async def _start(self) -> None:
         await self.publisher.start()
+        await self.reader.start()
         await self.hub.start()
         max_message = (
             self.settings.max_payload_bytes * min(self.settings.max_batch_events, 16)
@@ -120,6 +124,7 @@ class Sidecar(Service):
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
             self._server = None
+        await self.reader.stop()
         await self.publisher.stop()
         logger.info("dualstream stopped; the producer is flushed")
 

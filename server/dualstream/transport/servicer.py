@@ -11,8 +11,8 @@ import grpc
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from dualstream.errors import DualstreamError, InvalidArgumentError
-from dualstream.hub import SubscriptionHub
 from dualstream.publisher import Publisher
+from dualstream.streams import StreamService
 from dualstream.telemetry import context_from_metadata
 from dualstream.transport import convert
 from dualstream.transport.status import status_code_for
@@ -67,9 +67,9 @@ def _rpc_span(tracer: Tracer, method: str, context: _Context) -> Iterator[Span]:
 
 
 class EventServicer(pb_grpc.EventServiceServicer):
-    def __init__(self, publisher: Publisher, hub: SubscriptionHub, tracer: Tracer) -> None:
+    def __init__(self, publisher: Publisher, streams: StreamService, tracer: Tracer) -> None:
         self._publisher = publisher
-        self._hub = hub
+        self._streams = streams
         self._tracer = tracer
 
     async def Publish(self, request: pb.PublishRequest, context: _Context) -> pb.PublishResponse:
@@ -105,16 +105,8 @@ class EventServicer(pb_grpc.EventServiceServicer):
     ) -> AsyncIterator[pb.SubscribeResponse]:
         try:
             with _rpc_span(self._tracer, "Subscribe", context):
-                subscription = await self._hub.subscribe(convert.sources_from_proto(request))
-                try:
-                    yield pb.SubscribeResponse(
-                        subscribed=pb.Subscribed(channels=subscription.channels)
-                    )
-                    async for notification in subscription:
-                        yield pb.SubscribeResponse(
-                            notification=convert.notification_to_proto(notification)
-                        )
-                finally:
-                    subscription.close()
+                stream_request = convert.stream_request_from_proto(request)
+                async for item in self._streams.open(stream_request):
+                    yield convert.stream_item_to_proto(item)
         except _StatusError as failure:
             await context.abort(failure.code, failure.details)

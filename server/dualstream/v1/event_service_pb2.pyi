@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,64 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _SlowConsumerPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SlowConsumerPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SlowConsumerPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SLOW_CONSUMER_POLICY_UNSPECIFIED: _SlowConsumerPolicy.ValueType  # 0
+    """The default, which is SLOW_CONSUMER_POLICY_GAP."""
+    SLOW_CONSUMER_POLICY_GAP: _SlowConsumerPolicy.ValueType  # 1
+    """Drop what cannot be delivered and send a `gap` message saying how many notifications
+    were missed (when known) and the cursor to resume from.
+    """
+    SLOW_CONSUMER_POLICY_CLOSE: _SlowConsumerPolicy.ValueType  # 2
+    """End the stream: RESOURCE_EXHAUSTED for a slow reader, UNAVAILABLE for a Redis outage."""
+    SLOW_CONSUMER_POLICY_REPLAY: _SlowConsumerPolicy.ValueType  # 3
+    """Fill the hole from Kafka: replay the missed events, then go on live. Nothing is missed."""
+
+class SlowConsumerPolicy(_SlowConsumerPolicy, metaclass=_SlowConsumerPolicyEnumTypeWrapper):
+    """SlowConsumerPolicy says what happens when a stream cannot deliver everything live: its
+    client reads too slowly, or the sidecar lost its Redis connection for a while.
+    """
+
+SLOW_CONSUMER_POLICY_UNSPECIFIED: SlowConsumerPolicy.ValueType  # 0
+"""The default, which is SLOW_CONSUMER_POLICY_GAP."""
+SLOW_CONSUMER_POLICY_GAP: SlowConsumerPolicy.ValueType  # 1
+"""Drop what cannot be delivered and send a `gap` message saying how many notifications
+were missed (when known) and the cursor to resume from.
+"""
+SLOW_CONSUMER_POLICY_CLOSE: SlowConsumerPolicy.ValueType  # 2
+"""End the stream: RESOURCE_EXHAUSTED for a slow reader, UNAVAILABLE for a Redis outage."""
+SLOW_CONSUMER_POLICY_REPLAY: SlowConsumerPolicy.ValueType  # 3
+"""Fill the hole from Kafka: replay the missed events, then go on live. Nothing is missed."""
+Global___SlowConsumerPolicy: _TypeAlias = SlowConsumerPolicy  # noqa: Y015
+
+class _GapReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GapReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GapReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GAP_REASON_UNSPECIFIED: _GapReason.ValueType  # 0
+    """Not used."""
+    GAP_REASON_SLOW_CONSUMER: _GapReason.ValueType  # 1
+    """The client read too slowly and the stream's buffer overflowed."""
+    GAP_REASON_REDIS_OUTAGE: _GapReason.ValueType  # 2
+    """The sidecar lost its Redis connection; notifications sent meanwhile were not received."""
+
+class GapReason(_GapReason, metaclass=_GapReasonEnumTypeWrapper):
+    """GapReason says why notifications were missed."""
+
+GAP_REASON_UNSPECIFIED: GapReason.ValueType  # 0
+"""Not used."""
+GAP_REASON_SLOW_CONSUMER: GapReason.ValueType  # 1
+"""The client read too slowly and the stream's buffer overflowed."""
+GAP_REASON_REDIS_OUTAGE: GapReason.ValueType  # 2
+"""The sidecar lost its Redis connection; notifications sent meanwhile were not received."""
+Global___GapReason: _TypeAlias = GapReason  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
@@ -277,7 +336,7 @@ Global___Error: _TypeAlias = Error  # noqa: Y015
 
 @_typing.final
 class Source(_message.Message):
-    """Source names one entity whose events a subscriber wants."""
+    """Source names one entity whose events a subscriber wants, or all entities of a type."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -286,7 +345,7 @@ class Source(_message.Message):
     source_type: _builtins.str
     """The kind of entity, as in Event.source_type."""
     source_id: _builtins.str
-    """The entity, as in Event.source_id."""
+    """The entity, as in Event.source_id, or `*` for every entity of `source_type`."""
     def __init__(
         self,
         *,
@@ -302,24 +361,81 @@ class Source(_message.Message):
 Global___Source: _TypeAlias = Source  # noqa: Y015
 
 @_typing.final
+class StartPosition(_message.Message):
+    """StartPosition replays events from Kafka before the stream goes live."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EARLIEST_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    earliest: _builtins.bool
+    """Replay from the oldest event Kafka still holds."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """Replay events Kafka stored at or after this time."""
+
+    def __init__(
+        self,
+        *,
+        earliest: _builtins.bool = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["earliest", b"earliest", "position", b"position", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["earliest", b"earliest", "position", b"position", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["earliest", "time"]  # noqa: Y015
+    _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_position) -> _WhichOneofReturnType_position | None: ...
+
+Global___StartPosition: _TypeAlias = StartPosition  # noqa: Y015
+
+@_typing.final
 class SubscribeRequest(_message.Message):
-    """SubscribeRequest names the sources to stream notifications for."""
+    """SubscribeRequest names the sources to stream notifications for, and from when."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SOURCES_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    RESUME_CURSOR_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    SLOW_CONSUMER_POLICY_FIELD_NUMBER: _builtins.int
+    INCLUDE_DATA_FIELD_NUMBER: _builtins.int
+    resume_cursor: _builtins.str
+    """Resume after the notification (or `subscribed`, `gap` or `caught_up` message) that carried
+    this cursor: the missed events are replayed from Kafka, then the stream goes on live, with
+    no gap and no duplicate. Mutually exclusive with `start`.
+    """
+    slow_consumer_policy: Global___SlowConsumerPolicy.ValueType
+    """What to do when the stream cannot deliver everything live."""
+    include_data: _builtins.bool
+    """Carry each event's payload and attributes in its notification, read from Kafka."""
     @_builtins.property
     def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___Source]:
         """The sources to follow. At least one, at most the configured number per stream."""
+
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of these types; empty means every type."""
+
+    @_builtins.property
+    def start(self) -> Global___StartPosition:
+        """Replay from a position in Kafka before going live. Mutually exclusive with `resume_cursor`."""
 
     def __init__(
         self,
         *,
         sources: _abc.Iterable[Global___Source] | None = ...,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+        resume_cursor: _builtins.str = ...,
+        start: Global___StartPosition | None = ...,
+        slow_consumer_policy: Global___SlowConsumerPolicy.ValueType = ...,
+        include_data: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sources", b"sources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_data", b"include_data", "resume_cursor", b"resume_cursor", "slow_consumer_policy", b"slow_consumer_policy", "sources", b"sources", "start", b"start", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -333,6 +449,8 @@ class SubscribeResponse(_message.Message):
 
     SUBSCRIBED_FIELD_NUMBER: _builtins.int
     NOTIFICATION_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subscribed(self) -> Global___Subscribed:
         """The first message of every stream: live delivery has started for every source."""
@@ -341,17 +459,27 @@ class SubscribeResponse(_message.Message):
     def notification(self) -> Global___Notification:
         """An event was published to one of the followed sources."""
 
+    @_builtins.property
+    def gap(self) -> Global___Gap:
+        """Notifications were missed and not replayed; resume from `cursor` to get them."""
+
+    @_builtins.property
+    def caught_up(self) -> Global___CaughtUp:
+        """A replay from Kafka has reached the live stream; what follows is live."""
+
     def __init__(
         self,
         *,
         subscribed: Global___Subscribed | None = ...,
         notification: Global___Notification | None = ...,
+        gap: Global___Gap | None = ...,
+        caught_up: Global___CaughtUp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "notification", b"notification", "subscribed", b"subscribed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "gap", b"gap", "message", b"message", "notification", b"notification", "subscribed", b"subscribed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "notification", b"notification", "subscribed", b"subscribed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "gap", b"gap", "message", b"message", "notification", b"notification", "subscribed", b"subscribed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["subscribed", "notification"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["subscribed", "notification", "gap", "caught_up"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -364,27 +492,99 @@ class Subscribed(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANNELS_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """The stream's position when it went live; resuming from it misses nothing after that."""
     @_builtins.property
     def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The Redis channels the stream listens on, one per source."""
+        """The Redis channels and patterns the stream listens on."""
 
     def __init__(
         self,
         *,
         channels: _abc.Iterable[_builtins.str] | None = ...,
+        cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "cursor", b"cursor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Subscribed: _TypeAlias = Subscribed  # noqa: Y015
 
 @_typing.final
+class Gap(_message.Message):
+    """Gap reports notifications the stream did not deliver."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    MISSED_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    reason: Global___GapReason.ValueType
+    """Why notifications were missed."""
+    missed: _builtins.int
+    """How many were missed, when the sidecar knows; 0 when it does not (a Redis outage)."""
+    cursor: _builtins.str
+    """Resume from here to receive everything missed."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """When the stream stopped delivering."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """When it delivered again."""
+
+    def __init__(
+        self,
+        *,
+        reason: Global___GapReason.ValueType = ...,
+        missed: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "missed", b"missed", "reason", b"reason", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Gap: _TypeAlias = Gap  # noqa: Y015
+
+@_typing.final
+class CaughtUp(_message.Message):
+    """CaughtUp marks the end of a replay from Kafka."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.int
+    """How many events the replay delivered."""
+    cursor: _builtins.str
+    """The stream's position at the seam."""
+    def __init__(
+        self,
+        *,
+        replayed: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaughtUp: _TypeAlias = CaughtUp  # noqa: Y015
+
+@_typing.final
 class Notification(_message.Message):
     """Notification tells a subscriber that an event was published. It carries ids, never the
-    payload, which stays in Kafka at the given position.
+    payload, which stays in Kafka at the given position, unless `include_data` was asked for.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -396,6 +596,9 @@ class Notification(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     PARTITION_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The event's id."""
     type: _builtins.str
@@ -410,6 +613,14 @@ class Notification(_message.Message):
     """The Kafka partition holding the event."""
     offset: _builtins.int
     """The Kafka offset of the event within its partition."""
+    cursor: _builtins.str
+    """Resume after this notification with this cursor."""
+    replayed: _builtins.bool
+    """Whether this notification was replayed from Kafka rather than received live."""
+    @_builtins.property
+    def event(self) -> Global___Event:
+        """The whole event, read from Kafka, when the request asked for `include_data`."""
+
     def __init__(
         self,
         *,
@@ -420,10 +631,13 @@ class Notification(_message.Message):
         topic: _builtins.str = ...,
         partition: _builtins.int = ...,
         offset: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+        replayed: _builtins.bool = ...,
+        event: Global___Event | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "offset", b"offset", "partition", b"partition", "source_id", b"source_id", "source_type", b"source_type", "topic", b"topic", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event", b"event", "id", b"id", "offset", b"offset", "partition", b"partition", "replayed", b"replayed", "source_id", b"source_id", "source_type", b"source_type", "topic", b"topic", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

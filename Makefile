@@ -1,0 +1,67 @@
+# dualstream: `make demo` to see it work, `make test` for the whole suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+PY := $(VENV)/bin/python
+STACK := $(PY) -m stack.localstack
+
+.PHONY: help install system-deps kafka-jars proto proto-check lint typecheck unit test up down status demo clean
+
+help:
+	@echo "make demo       install everything, start Kafka + Redis + the sidecar, show events flowing"
+	@echo "make test       lint, type checks, proto drift check and the whole test suite"
+	@echo "make up / down  start / stop the local stack (Kafka :9092, Redis :6379, sidecar :50051)"
+	@echo "make status     what of the local stack is running"
+	@echo "make proto      regenerate server/dualstream/v1 from protos/"
+
+install: system-deps $(VENV)/.installed kafka-jars
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || { echo "creating the virtualenv in $(VENV)"; python3 -m venv $(VENV); }
+	@echo "installing dualstream and its development tools into $(VENV)"
+	@$(PY) -m pip install -q --disable-pip-version-check -U pip
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+kafka-jars: $(VENV)/.installed
+	@$(STACK) fetch
+
+proto: $(VENV)/.installed
+	@bash scripts/gen-protos.sh
+
+proto-check: proto
+	@git diff --exit-code --stat -- server/dualstream/v1 \
+		|| { echo "generated code is stale: run 'make proto' and commit the result"; exit 1; }
+	@test -z "$$(git status --porcelain -- server/dualstream/v1)" \
+		|| { echo "untracked generated files: run 'make proto' and commit them"; exit 1; }
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+unit: $(VENV)/.installed
+	$(VENV)/bin/pytest -q tests/test_events.py tests/test_settings.py
+
+test: install proto-check lint typecheck
+	$(VENV)/bin/pytest -q -ra
+
+up: install
+	@$(STACK) up
+
+down:
+	@if [ -x $(PY) ]; then $(STACK) down; else echo "nothing to stop: no virtualenv"; fi
+
+status:
+	@$(STACK) status
+
+demo: up
+	@bash scripts/demo.sh
+
+clean: down
+	rm -rf .stack build *.egg-info .pytest_cache .mypy_cache .ruff_cache

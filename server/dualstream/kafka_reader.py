@@ -1,0 +1,217 @@
+"""Reading the event log back: end offsets, positions by time, replays and single records.
+
+Replays and hydration use consumers without a group (manual assignment, no commits): the
+sidecar never joins a consumer group, so streams cannot trigger rebalances of anyone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from dualstream.errors import UnavailableError
+from dualstream.lifecycle import Service
+
+FETCH_MAX_BYTES = 4 * 1024 * 1024
+PARTITION_FETCH_MAX_BYTES = 1024 * 1024
+REPLAY_BATCH_RECORDS = 500
+
+
+class KafkaReader(Service):
+    """One shared consumer for offset look-ups; a consumer of its own per replay."""
+
+    def __init__(self, bootstrap: str, topic: str, max_concurrent_replays: int = 16) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._lookups: AIOKafkaConsumer | None = None
+        self._lookup_lock = asyncio.Lock()
+        self._replay_slots = asyncio.Semaphore(max_concurrent_replays)
+        self._partitions: list[TopicPartition] = []
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    def new_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=FETCH_MAX_BYTES,
+            max_partition_fetch_bytes=PARTITION_FETCH_MAX_BYTES,
+            request_timeout_ms=10_000,
+        )
+
+    async def _start(self) -> None:
+        pass  # Connected lazily: the sidecar must start, and publish, while Kafka is away.
+
+    async def _stop(self) -> None:
+        consumer, self._lookups = self._lookups, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def _lookup_consumer(self) -> AIOKafkaConsumer:
+        if self._lookups is None:
+            partitions = await self._describe_partitions()
+            consumer = self.new_consumer()
+            try:
+                await consumer.start()
+            except BaseException:
+                await consumer.stop()
+                raise
+            self._partitions = [TopicPartition(self._topic, p) for p in partitions]
+            self._lookups = consumer
+        return self._lookups
+
+    async def _describe_partitions(self) -> list[int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            [topic] = await admin.describe_topics([self._topic])
+        finally:
+            await admin.close()
+        partitions = sorted(p["partition"] for p in topic.get("partitions", ()))
+        if topic.get("error_code", 0) or not partitions:
+            raise UnavailableError(f"Kafka topic {self._topic!r} does not exist")
+        return partitions
+
+    async def _lookup(self, what: str, call: Any) -> Any:
+        async with self._lookup_lock:
+            try:
+                async with asyncio.timeout(10):
+                    consumer = await self._lookup_consumer()
+                    return await call(consumer)
+            except (KafkaError, TimeoutError, OSError) as exc:
+                # Drop the consumer: the next look-up reconnects from scratch.
+                broken, self._lookups = self._lookups, None
+                if broken is not None:
+                    await broken.stop()
+                raise UnavailableError(f"Kafka could not tell {what}: {exc!r}") from exc
+
+    async def end_offsets(self) -> dict[int, int]:
+        """The offset the next record of each partition will get."""
+
+        async def call(consumer: AIOKafkaConsumer) -> dict[int, int]:
+            ends = await consumer.end_offsets(self._partitions)
+            return {tp.partition: offset for tp, offset in ends.items()}
+
+        result: dict[int, int] = await self._lookup("the end offsets", call)
+        return result
+
+    async def beginning_offsets(self) -> dict[int, int]:
+        async def call(consumer: AIOKafkaConsumer) -> dict[int, int]:
+            starts = await consumer.beginning_offsets(self._partitions)
+            return {tp.partition: offset for tp, offset in starts.items()}
+
+        result: dict[int, int] = await self._lookup("the beginning offsets", call)
+        return result
+
+    async def offsets_for_time(self, timestamp_ms: int) -> dict[int, int]:
+        """Per partition, the first offset stored at or after ``timestamp_ms``."""
+
+        async def call(consumer: AIOKafkaConsumer) -> dict[int, int]:
+            found = await consumer.offsets_for_times({tp: timestamp_ms for tp in self._partitions})
+            ends = await consumer.end_offsets(self._partitions)
+            return {
+                tp.partition: (found[tp].offset if found.get(tp) is not None else ends[tp])
+                for tp in self._partitions
+            }
+
+        result: dict[int, int] = await self._lookup("offsets by time", call)
+        return result
+
+    async def replay(self, start: Mapping[int, int], stop: Mapping[int, int]) -> AsyncIterator[Any]:
+        """Yield every record with ``start[p] <= offset < stop[p]``, in offset order per
+        partition. Reads in bounded batches, no faster than the caller consumes."""
+        pending = {p: s for p, s in start.items() if s < stop.get(p, 0)}
+        if not pending:
+            return
+        async with self._replay_slots:
+            consumer = self.new_consumer()
+            try:
+                await consumer.start()
+                partitions = [TopicPartition(self._topic, p) for p in pending]
+                consumer.assign(partitions)
+                for tp in partitions:
+                    consumer.seek(tp, pending[tp.partition])
+                while pending:
+                    batches = await consumer.getmany(
+                        *[TopicPartition(self._topic, p) for p in pending],
+                        timeout_ms=1000,
+                        max_records=REPLAY_BATCH_RECORDS,
+                    )
+                    for tp, records in batches.items():
+                        for record in records:
+                            if record.offset >= stop[tp.partition]:
+                                pending.pop(tp.partition, None)
+                                break
+                            yield record
+                            if record.offset + 1 >= stop[tp.partition]:
+                                pending.pop(tp.partition, None)
+                                break
+                    for partition in list(pending):
+                        # Compaction or deletion can leave the stop offset unreachable.
+                        position = await consumer.position(TopicPartition(self._topic, partition))
+                        if position >= stop[partition]:
+                            pending.pop(partition, None)
+            except KafkaError as exc:
+                raise UnavailableError(f"replay from Kafka failed: {exc!r}") from exc
+            finally:
+                await consumer.stop()
+
+
+class RecordFetcher:
+    """Reads single records by position for one stream, cheaply when they come in order."""
+
+    def __init__(self, reader: KafkaReader) -> None:
+        self._reader = reader
+        self._consumer: AIOKafkaConsumer | None = None
+        self._buffered: dict[tuple[int, int], Any] = {}
+
+    async def fetch(self, partition: int, offset: int) -> Any:
+        key = (partition, offset)
+        if key in self._buffered:
+            return self._buffered.pop(key)
+        consumer = await self._ensure_consumer()
+        tp = TopicPartition(self._reader.topic, partition)
+        if tp not in consumer.assignment():
+            consumer.assign([*consumer.assignment(), tp])
+        consumer.seek(tp, offset)
+        self._buffered.clear()
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    batches = await consumer.getmany(tp, timeout_ms=1000, max_records=100)
+                    for record in batches.get(tp, ()):
+                        self._buffered[(partition, record.offset)] = record
+                    if key in self._buffered:
+                        return self._buffered.pop(key)
+                    if any(record_offset > offset for _, record_offset in self._buffered):
+                        raise UnavailableError(f"record {partition}@{offset} is gone from Kafka")
+        except (KafkaError, TimeoutError) as exc:
+            raise UnavailableError(f"could not read {partition}@{offset}: {exc!r}") from exc
+
+    async def _ensure_consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = self._reader.new_consumer()
+            try:
+                await consumer.start()
+            except BaseException:
+                await consumer.stop()
+                raise
+            self._consumer = consumer
+        return self._consumer
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        self._buffered.clear()
+        if consumer is not None:
+            with contextlib.suppress(KafkaError):
+                await consumer.stop()

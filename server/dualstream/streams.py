@@ -1,0 +1,273 @@
+"""Subscribe streams that never silently miss: live from Redis, gaps filled from Kafka.
+
+A stream's *frontier* is, per partition, the offset up to which it has delivered (or passed
+over) everything matching it; its cursor is the frontier, encoded. The seam rule makes replay
+and live delivery meet without a gap or a duplicate: the hub subscription goes live first,
+then the end offsets ``E`` are read; the replay covers ``[frontier, E)`` from Kafka, and live
+notifications are delivered only from ``E`` on. Every event at an offset ``>= E`` was
+published after the subscription was live, so Redis delivers it (or the hub reports why not).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+from dualstream.cloudevents import from_record
+from dualstream.cursor import Cursor
+from dualstream.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
+from dualstream.events import Event, Source
+from dualstream.hub import WILDCARD, Outage, Overflow, Restored, Subscription, SubscriptionHub
+from dualstream.kafka_reader import KafkaReader, RecordFetcher
+from dualstream.notifications import Notification
+
+
+class SlowConsumerPolicy(enum.Enum):
+    GAP = "gap"
+    CLOSE = "close"
+    REPLAY = "replay"
+
+
+class GapReason(enum.Enum):
+    SLOW_CONSUMER = "slow_consumer"
+    REDIS_OUTAGE = "redis_outage"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRequest:
+    sources: tuple[Source, ...]
+    types: frozenset[str] = frozenset()
+    resume_cursor: str = ""
+    start_earliest: bool = False
+    start_time: datetime | None = None
+    policy: SlowConsumerPolicy = SlowConsumerPolicy.GAP
+    include_data: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    routes: tuple[str, ...]
+    cursor: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    notification: Notification
+    cursor: str
+    replayed: bool
+    event: Event | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    reason: GapReason
+    missed: int
+    cursor: str
+    since: datetime
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    replayed: int
+    cursor: str
+
+
+StreamItem = Subscribed | Delivery | Gap | CaughtUp
+
+
+@dataclass(slots=True)
+class _Selection:
+    """Which events a stream wants, for records read back from Kafka."""
+
+    exact: set[tuple[str, str]] = field(default_factory=set)
+    every_of_type: set[str] = field(default_factory=set)
+    types: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, request: StreamRequest) -> _Selection:
+        selection = cls(types=request.types)
+        for source in request.sources:
+            if source.source_id == WILDCARD:
+                selection.every_of_type.add(source.source_type)
+            else:
+                selection.exact.add((source.source_type, source.source_id))
+        return selection
+
+    def wants_type(self, event_type: str) -> bool:
+        return not self.types or event_type in self.types
+
+    def wants(self, source_type: str, source_id: str, event_type: str) -> bool:
+        return self.wants_type(event_type) and (
+            source_type in self.every_of_type or (source_type, source_id) in self.exact
+        )
+
+
+def notification_from_record(record: Any) -> Notification | None:
+    """The notification a record would have had; None for records not written by dualstream."""
+    headers = {name: value for name, value in record.headers}
+    try:
+        _, source_type, source_id = headers["ce_source"].decode().split("/", 2)
+        return Notification(
+            id=headers["ce_id"].decode(),
+            type=headers["ce_type"].decode(),
+            source_type=unquote(source_type),
+            source_id=unquote(source_id),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            traceparent=headers.get("traceparent", b"").decode(),
+        )
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None
+
+
+class StreamService:
+    """Runs Subscribe streams over the shared hub and the Kafka reader."""
+
+    def __init__(self, hub: SubscriptionHub, reader: KafkaReader) -> None:
+        self._hub = hub
+        self._reader = reader
+
+    async def open(self, request: StreamRequest) -> AsyncIterator[StreamItem]:
+        routes = self._hub.validate(request.sources, sorted(request.types))
+        if request.resume_cursor and (request.start_earliest or request.start_time):
+            raise InvalidArgumentError("start", "cannot be combined with resume_cursor")
+        resume = (
+            Cursor.decode(request.resume_cursor, self._reader.topic)
+            if request.resume_cursor
+            else None
+        )
+        subscription = await self._hub.subscribe(routes)
+        fetcher = RecordFetcher(self._reader) if request.include_data else None
+        try:
+            async for item in _Stream(request, subscription, self._reader, fetcher).run(
+                resume, tuple(r.name for r in routes)
+            ):
+                yield item
+        finally:
+            subscription.close()
+            if fetcher is not None:
+                await fetcher.close()
+
+
+class _Stream:
+    def __init__(
+        self,
+        request: StreamRequest,
+        subscription: Subscription,
+        reader: KafkaReader,
+        fetcher: RecordFetcher | None,
+    ) -> None:
+        self._request = request
+        self._subscription = subscription
+        self._reader = reader
+        self._fetcher = fetcher
+        self._selection = _Selection.of(request)
+        self._frontier: dict[int, int] = {}
+        self._seam: dict[int, int] = {}
+
+    def _cursor(self) -> str:
+        return Cursor(self._reader.topic, self._frontier).encode()
+
+    async def _starting_point(
+        self, resume: Cursor | None, live_at: Mapping[int, int]
+    ) -> dict[int, int]:
+        if resume is not None:
+            # A partition added after the cursor was issued is read from its start.
+            return {p: resume.offsets.get(p, 0) for p in live_at}
+        if self._request.start_earliest:
+            return await self._reader.beginning_offsets()
+        if self._request.start_time is not None:
+            return await self._reader.offsets_for_time(
+                int(self._request.start_time.timestamp() * 1000)
+            )
+        return dict(live_at)
+
+    async def run(
+        self, resume: Cursor | None, routes: tuple[str, ...]
+    ) -> AsyncIterator[StreamItem]:
+        live_at = await self._reader.end_offsets()
+        self._frontier = await self._starting_point(resume, live_at)
+        yield Subscribed(routes, self._cursor())
+        if self._frontier != live_at:
+            async for item in self._replay(live_at):
+                yield item
+        self._seam = dict(live_at)
+        outage_since: datetime | None = None
+        while True:
+            received = await self._subscription.next()
+            if isinstance(received, Notification):
+                delivery = await self._live(received)
+                if delivery is not None:
+                    yield delivery
+            elif isinstance(received, Overflow):
+                async for out in self._handle_gap(
+                    GapReason.SLOW_CONSUMER, received.missed, received.since
+                ):
+                    yield out
+            elif isinstance(received, Outage):
+                outage_since = received.since
+                if self._request.policy is SlowConsumerPolicy.CLOSE:
+                    raise UnavailableError(
+                        "the sidecar lost its Redis connection; resume from cursor "
+                        + self._cursor()
+                    )
+            elif isinstance(received, Restored):
+                async for out in self._handle_gap(
+                    GapReason.REDIS_OUTAGE, 0, outage_since or received.at
+                ):
+                    yield out
+                outage_since = None
+
+    async def _handle_gap(
+        self, reason: GapReason, missed: int, since: datetime
+    ) -> AsyncIterator[StreamItem]:
+        policy = self._request.policy
+        if policy is SlowConsumerPolicy.CLOSE:
+            raise ResourceExhaustedError(
+                f"the stream fell more than {missed} notifications behind and was ended; "
+                f"resume from cursor {self._cursor()}"
+            )
+        if policy is SlowConsumerPolicy.GAP:
+            yield Gap(reason, missed, self._cursor(), since, datetime.now(UTC))
+            return
+        live_at = await self._reader.end_offsets()
+        async for item in self._replay(live_at):
+            yield item
+        self._seam = dict(live_at)
+
+    async def _replay(self, until: Mapping[int, int]) -> AsyncIterator[StreamItem]:
+        replayed = 0
+        async for record in self._reader.replay(self._frontier, until):
+            self._frontier[record.partition] = record.offset + 1
+            notification = notification_from_record(record)
+            if notification is None or not self._selection.wants(
+                notification.source_type, notification.source_id, notification.type
+            ):
+                continue
+            event = from_record(record.value, record.headers) if self._fetcher else None
+            replayed += 1
+            yield Delivery(notification, self._cursor(), replayed=True, event=event)
+        for partition, offset in until.items():
+            self._frontier[partition] = max(self._frontier.get(partition, 0), offset)
+        yield CaughtUp(replayed, self._cursor())
+
+    async def _live(self, notification: Notification) -> Delivery | None:
+        if notification.topic != self._reader.topic:
+            return None
+        if notification.offset < self._seam.get(notification.partition, 0):
+            return None  # Replayed already, or published before the stream's start.
+        if not self._selection.wants_type(notification.type):
+            return None
+        partition = notification.partition
+        self._frontier[partition] = max(self._frontier.get(partition, 0), notification.offset + 1)
+        event = None
+        if self._fetcher is not None:
+            record = await self._fetcher.fetch(partition, notification.offset)
+            event = from_record(record.value, record.headers)
+        return Delivery(notification, self._cursor(), replayed=False, event=event)

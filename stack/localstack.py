@@ -1,0 +1,1136 @@
+"""Real Apache Kafka (KRaft, run with ``java``) and Redis (Debian's ``redis-server``) on loopback.
+
+The same classes serve ``make up/down/status`` (the CLI at the bottom, ``python -m
+stack.localstack``) and the pytest fixtures. A session fixture looks like this::
+
+    @pytest.fixture(scope="session")
+    def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+        port, controller_port = free_ports(2)
+        with KafkaBroker(tmp_path_factory.mktemp("kafka"), port, controller_port) as broker:
+            create_topic(broker.bootstrap, "events", partitions=6)
+            yield broker  # broker.bootstrap == "127.0.0.1:<port>"
+
+    @pytest.fixture(scope="session")
+    def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+        with RedisServer(tmp_path_factory.mktemp("redis"), port=free_port()) as server:
+            yield server  # server.url == "redis://127.0.0.1:<port>/0"
+
+``start()`` (and entering the ``with``) returns only once the server answers clients; leaving
+it stops the process and reaps it. Fault-injection tests call ``kill()`` (SIGKILL),
+``pause()``/``resume()`` (SIGSTOP/SIGCONT) and ``restart()`` (same ports, same data).
+``KafkaCluster(workdir, size=3)`` runs three combined broker+controller nodes for replication
+tests. Everything here imports only the standard library; aiokafka is imported lazily by the
+functions that talk to Kafka.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Self, TypeVar
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_VERSION = "4.1.1"
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT = 60.0
+# How long a process may take to die after SIGKILL before we call it a bug.
+KILL_TIMEOUT = 10.0
+REDIS_SERVER = "/usr/bin/redis-server"
+
+T = TypeVar("T")
+
+
+class StackError(RuntimeError):
+    """A part of the stack could not be fetched, started or stopped; the message says why."""
+
+
+# ---- prerequisites --------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DUALSTREAM_CACHE") or Path.home() / ".cache" / "dualstream")
+
+
+def _require_executable(name: str, install_hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise StackError(f"{name} is not on PATH: {install_hint}")
+    return path
+
+
+def java_executable() -> str:
+    """``$JAVA_HOME/bin/java`` when JAVA_HOME is set, else ``java`` from PATH."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").is_file():
+        return str(Path(java_home) / "bin" / "java")
+    return _require_executable(
+        "java", "Kafka needs Java 17+ (apt-get install openjdk-17-jre-headless)"
+    )
+
+
+def ensure_kafka_jars(version: str = KAFKA_VERSION) -> Path:
+    """The directory holding Apache Kafka's jars and their dependencies, fetched once.
+
+    Maven resolves ``stack/kafka/pom.xml`` into ``$DUALSTREAM_CACHE/kafka-<version>/libs``
+    (default ``~/.cache/dualstream``). A marker file written after a complete copy makes later
+    calls free; a lock file keeps concurrent callers (parallel test workers) from fetching twice.
+    """
+    home = cache_dir() / f"kafka-{version}"
+    libs = home / "libs"
+    complete_marker = home / "complete"
+    java_executable()  # Fail early and clearly: the jars are useless without Java.
+    if complete_marker.exists():
+        return libs
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if complete_marker.exists():  # Another process fetched while we waited for the lock.
+            return libs
+        mvn = _require_executable(
+            "mvn", "Kafka's jars are fetched with Maven (apt-get install maven)"
+        )
+        print(
+            f"fetching Apache Kafka {version} (server, tools, log4j2) from Maven Central "
+            f"into {libs} ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        # Copy into a scratch directory and rename it, so `libs` is never half-filled.
+        partial = home / "libs.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        command = [
+            mvn, "-q", "-B", "-f", str(REPO_ROOT / "stack" / "kafka" / "pom.xml"),
+            "dependency:copy-dependencies", f"-Dkafka.version={version}",
+            f"-DoutputDirectory={partial}", "-DincludeScope=runtime",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0 or not any(partial.glob("kafka_*.jar")):
+            raise StackError(
+                f"Maven could not fetch Kafka {version} (exit {result.returncode}):\n"
+                f"{result.stdout}{result.stderr}"
+            )
+        shutil.rmtree(libs, ignore_errors=True)
+        partial.rename(libs)
+        complete_marker.write_text(f"{version}\n")
+        jar_count = len(list(libs.glob("*.jar")))
+        print(f"fetched {jar_count} jars for Kafka {version}", file=sys.stderr, flush=True)
+    return libs
+
+
+# ---- ports ----------------------------------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that nothing listens on right now.
+
+    All probe sockets stay open until every port is chosen, so the kernel cannot hand out the
+    same port twice. Another process may still grab one before our server binds it; on a test
+    machine that race is rare enough to ignore.
+    """
+    with contextlib.ExitStack() as probes:
+        ports: list[int] = []
+        for _ in range(count):
+            probe = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe.bind((LOOPBACK, 0))
+            ports.append(probe.getsockname()[1])
+        return ports
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def port_open(port: int, host: str = LOOPBACK) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"  ({path} does not exist)"
+    return "\n".join(f"  {line}" for line in text.splitlines()[-lines:]) or f"  ({path} is empty)"
+
+
+def _run_async(make_coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from synchronous code, even inside a running event loop.
+
+    ``asyncio.run`` refuses to nest, and fixtures or tests may call the synchronous helpers
+    from async code; then the coroutine gets a private loop on a worker thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coroutine())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="localstack") as worker:
+        return worker.submit(lambda: asyncio.run(make_coroutine())).result()
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+class ProcessControl:
+    """Signals and the stop policy, shared by processes we spawned and ones found by pid file."""
+
+    name: str = "process"
+    # How long SIGTERM gets before SIGKILL.
+    stop_grace: float = 20.0
+
+    @property
+    def pid(self) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        raise NotImplementedError
+
+    def _send_signal(self, signum: signal.Signals) -> None:
+        raise NotImplementedError
+
+    def _wait_for_exit(self, timeout: float) -> bool:
+        """Wait until the process is gone (and reaped, if it is our child); False on timeout."""
+        raise NotImplementedError
+
+    def request_stop(self) -> None:
+        """Send SIGTERM without waiting, so that several processes can shut down together."""
+        if self.running:
+            self._send_signal(signal.SIGTERM)
+            # A paused (SIGSTOPped) process would hold SIGTERM pending forever.
+            self._send_signal(signal.SIGCONT)
+
+    def wait_stopped(self, grace: float | None = None) -> None:
+        """Wait for the exit that ``request_stop`` asked for; SIGKILL after ``grace`` seconds."""
+        if self._wait_for_exit(self.stop_grace if grace is None else grace):
+            return
+        self._send_signal(signal.SIGKILL)
+        if not self._wait_for_exit(KILL_TIMEOUT):
+            raise StackError(f"{self.name} (pid {self.pid}) survived SIGKILL")
+
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM, wait up to ``grace`` seconds (default ``stop_grace``), then SIGKILL."""
+        self.request_stop()
+        self.wait_stopped(grace)
+
+    def kill(self) -> None:
+        """SIGKILL and wait until the process is gone: a crash, with no chance to clean up."""
+        if self.running:
+            self._send_signal(signal.SIGKILL)
+        self.wait_stopped(KILL_TIMEOUT)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets open, so clients connect but get no answer."""
+        self._require_running("pause")
+        self._send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        self._require_running("resume")
+        self._send_signal(signal.SIGCONT)
+
+    def _require_running(self, action: str) -> None:
+        if not self.running:
+            raise StackError(f"cannot {action} {self.name}: it is not running")
+
+
+class ManagedProcess(ProcessControl):
+    """A server process spawned by this module: started, made ready, signalled and reaped.
+
+    Subclasses say how to run the server (``_command``), what to do first (``_prepare``), which
+    ports it binds (``_ports``) and when it is ready (``_is_ready``). The process writes
+    stdout and stderr to ``output_path``; servers with their own log file also set ``log_path``.
+    """
+
+    output_suffix: ClassVar[str] = ".out"
+
+    def __init__(self, workdir: Path, *, log_dir: Path | None = None, detach: bool = False) -> None:
+        """``detach``: run in a session of its own, so that it outlives its parent and a
+        Ctrl-C in the parent's terminal does not reach it (the dev stack wants that; tests
+        don't, so an interrupted test run still takes its servers down with it)."""
+        self.workdir = Path(workdir).resolve()
+        self.log_dir = Path(log_dir).resolve() if log_dir is not None else self.workdir
+        self.detach_on_start = detach
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # -- what subclasses define
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """Called before every launch: write config files, format storage."""
+
+    def _ports(self) -> list[int]:
+        """Ports the server binds; a launch refuses to start if something already listens."""
+        return []
+
+    def _is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def _on_launch(self) -> None:
+        """Called right after the process is spawned (e.g. to note where its log ends)."""
+
+    # -- files
+
+    @property
+    def output_path(self) -> Path:
+        """Where the process's stdout and stderr go."""
+        return self.log_dir / f"{self.name}{self.output_suffix}"
+
+    @property
+    def log_path(self) -> Path:
+        """The server's main log (its stdout, unless the server writes a log file itself)."""
+        return self.output_path
+
+    def describe_logs(self) -> str:
+        paths = dict.fromkeys([self.log_path, self.output_path])  # Ordered, without duplicates.
+        return "\n".join(f"last lines of {path}:\n{_tail(path)}" for path in paths)
+
+    # -- ProcessControl
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        # poll() also reaps a child that died on its own, so it never lingers as a zombie.
+        return self._process is not None and self._process.poll() is None
+
+    def _send_signal(self, signum: signal.Signals) -> None:
+        if self._process is not None:
+            self._process.send_signal(signum)  # A no-op once the child has been reaped.
+
+    def _wait_for_exit(self, timeout: float) -> bool:
+        if self._process is None:
+            return True
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    # -- lifecycle
+
+    def launch(self) -> None:
+        """Spawn the process without waiting for it to be ready (a no-op if it runs)."""
+        if self.running:
+            return
+        busy = [port for port in self._ports() if port_open(port)]
+        if busy:
+            raise StackError(
+                f"cannot start {self.name}: something already listens on "
+                + ", ".join(f"{LOOPBACK}:{port}" for port in busy)
+            )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare()
+        command = self._command()
+        with self.output_path.open("ab") as output:
+            output.write(f"\n=== {time.strftime('%F %T')} starting: {' '.join(command)}\n".encode())
+            output.flush()
+            # The child inherits its own copy of the descriptor; ours closes with the `with`.
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=self.detach_on_start,
+            )
+        self._on_launch()
+
+    def wait_until_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Return once the server answers; kill it and raise, with its logs, if it cannot."""
+        process = self._process
+        if process is None:
+            raise StackError(f"{self.name} was never launched")
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise StackError(
+                    f"{self.name} exited with code {process.returncode} while starting\n"
+                    + self.describe_logs()
+                )
+            if self._is_ready():
+                return
+            if time.monotonic() > deadline:
+                self.kill()
+                raise StackError(
+                    f"{self.name} was not ready after {timeout:g}s and was killed\n"
+                    + self.describe_logs()
+                )
+            time.sleep(0.1)
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Spawn the process and return once it is ready for clients."""
+        self.launch()
+        self.wait_until_ready(timeout)
+
+    def restart(self, timeout: float = START_TIMEOUT) -> None:
+        """Stop (or reap, after a kill) and start again: same ports, same data directory."""
+        self.stop()
+        self.start(timeout)
+
+    def release(self) -> int:
+        """Forget the running process without stopping it, returning its pid (for pid files).
+
+        The process must have been started with ``detach=True`` to outlive this Python process.
+        """
+        pid = self.pid
+        if pid is None or not self.running:
+            raise StackError(f"{self.name} is not running")
+        self._process = None
+        return pid
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _LogWatcher:
+    """Finds a line written to a log file after a given moment, reading only the new bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = path.stat().st_size if path.exists() else 0
+        self._pending = b""
+
+    def seen(self, text: str) -> bool:
+        needle = text.encode()
+        with contextlib.suppress(FileNotFoundError), self.path.open("rb") as log:
+            log.seek(self._offset)
+            chunk = log.read()
+            self._offset += len(chunk)
+            # Keep the unfinished last line so a needle split across two reads is still found.
+            lines = (self._pending + chunk).split(b"\n")
+            self._pending = lines.pop()
+            return any(needle in line for line in lines)
+        return False
+
+
+# ---- Redis ----------------------------------------------------------------------------------
+
+
+class RedisServer(ManagedProcess):
+    """Debian's ``redis-server`` on ``127.0.0.1:port``, without persistence."""
+
+    name = "redis"
+    stop_grace = 10.0
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int = 6379,
+        *,
+        log_dir: Path | None = None,
+        detach: bool = False,
+    ) -> None:
+        super().__init__(workdir, log_dir=log_dir, detach=detach)
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / "redis.log"
+
+    def _ports(self) -> list[int]:
+        return [self.port]
+
+    def _command(self) -> list[str]:
+        if not Path(REDIS_SERVER).is_file():
+            raise StackError(
+                f"{REDIS_SERVER} is missing: install Debian's redis-server "
+                "(apt-get install redis-server), or run scripts/install-system-deps.sh"
+            )
+        return [
+            REDIS_SERVER, "--port", str(self.port), "--bind", LOOPBACK,
+            "--save", "", "--appendonly", "no", "--daemonize", "no",
+            "--dir", str(self.workdir), "--logfile", str(self.log_path),
+        ]  # fmt: skip
+
+    def _is_ready(self) -> bool:
+        return redis_ping(self.port)
+
+
+def redis_ping(port: int, host: str = LOOPBACK) -> bool:
+    """Whether a Redis server answers PING (spoken as raw RESP, to stay stdlib-only)."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as connection:
+            connection.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return connection.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+# ---- Kafka ----------------------------------------------------------------------------------
+
+KAFKA_STARTED_LINE = "Kafka Server started"
+
+LOG4J2_PROPERTIES = """\
+# Written by stack/localstack.py: everything at INFO into one file.
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log_file}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+"""
+
+
+def _property_text(value: str | int | bool) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def new_kafka_cluster_id() -> str:
+    """A cluster id as ``kafka-storage random-uuid`` makes one, without starting a JVM.
+
+    Kafka's ids are 16 random bytes in URL-safe base64 without padding; it never hands out one
+    starting with "-", which would read as a command-line flag.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+class KafkaBroker(ManagedProcess):
+    """One KRaft node, broker and controller in one JVM, on ``127.0.0.1``.
+
+    Alone it is its own single-voter quorum. In a cluster every node gets ``voters``
+    (``{node_id: controller_port}`` of all nodes) and the same ``cluster_id``; see
+    ``KafkaCluster``. ``properties`` override or extend the generated server.properties.
+    """
+
+    name = "kafka"
+    stop_grace = 30.0  # A controlled shutdown can wait on a controller that is going away.
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int = 9092,
+        controller_port: int = 9093,
+        node_id: int = 1,
+        properties: Mapping[str, str | int | bool] | None = None,
+        *,
+        voters: Mapping[int, int] | None = None,
+        cluster_id: str | None = None,
+        heap: str = "512m",
+        kafka_version: str = KAFKA_VERSION,
+        log_dir: Path | None = None,
+        detach: bool = False,
+    ) -> None:
+        super().__init__(workdir, log_dir=log_dir, detach=detach)
+        self.port = port
+        self.controller_port = controller_port
+        self.node_id = node_id
+        self.properties = dict(properties or {})
+        self.voters = dict(voters) if voters is not None else {node_id: controller_port}
+        if self.voters.get(node_id) != controller_port:
+            raise ValueError(f"voters must map node {node_id} to its controller port")
+        self.cluster_id = cluster_id or new_kafka_cluster_id()
+        self.heap = heap
+        self.kafka_version = kafka_version
+        self._started_watch: _LogWatcher | None = None
+        self._started_line_seen = False
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def _config_path(self) -> Path:
+        return self.workdir / "server.properties"
+
+    def server_properties(self) -> dict[str, str]:
+        size = len(self.voters)
+        config: dict[str, str | int | bool] = {
+            "process.roles": "broker,controller",
+            "node.id": self.node_id,
+            "controller.quorum.voters": ",".join(
+                f"{node}@{LOOPBACK}:{port}" for node, port in sorted(self.voters.items())
+            ),
+            "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},"
+            f"CONTROLLER://{LOOPBACK}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            # Internal topics can only be as replicated as the cluster is large.
+            "offsets.topic.replication.factor": min(size, 3),
+            "transaction.state.log.replication.factor": min(size, 3),
+            "transaction.state.log.min.isr": min(size, 2),
+            # Fewer __consumer_offsets partitions: the first consumer group joins faster.
+            "offsets.topic.num.partitions": 10,
+            "group.initial.rebalance.delay.ms": 0,
+            # A node restarted after SIGKILL cannot register until the controller has expired
+            # its old session (default 9 s); shorter sessions make kill/restart tests and
+            # leader failover quicker. Heartbeats stay well inside the session.
+            "broker.session.timeout.ms": 4000,
+            "broker.heartbeat.interval.ms": 500,
+            # Topics are created explicitly (create_topic), as in production; a typo in a topic
+            # name must fail rather than quietly create a new topic.
+            "auto.create.topics.enable": False,
+            # The sidecar accepts 1 MiB payloads; with headers a record exceeds Kafka's 1 MB.
+            "message.max.bytes": 2 * 1024 * 1024,
+        }
+        config.update(self.properties)
+        return {key: _property_text(value) for key, value in config.items()}
+
+    def _java(self, jvm_options: list[str], main_class: str, *args: str) -> list[str]:
+        libs = ensure_kafka_jars(self.kafka_version)
+        return [
+            java_executable(), *jvm_options, "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
+            "-cp", f"{libs}/*", main_class, *args,
+        ]  # fmt: skip
+
+    def _ports(self) -> list[int]:
+        return [self.port, self.controller_port]
+
+    def _prepare(self) -> None:
+        # Rewritten on every start, so changed ports or properties apply on restart.
+        self._config_path.write_text(
+            "# Written by stack/localstack.py on every start.\n"
+            + "".join(f"{key}={value}\n" for key, value in self.server_properties().items())
+        )
+        (self.workdir / "log4j2.properties").write_text(
+            LOG4J2_PROPERTIES.format(log_file=self.log_path)
+        )
+        if not (self.data_dir / "meta.properties").exists():
+            self._format_storage()
+
+    def _format_storage(self) -> None:
+        # A short-lived tool: the C1 compiler alone starts it faster.
+        command = self._java(
+            ["-Xmx256m", "-XX:TieredStopAtLevel=1"],
+            "kafka.tools.StorageTool", "format", "--ignore-formatted",
+            "-t", self.cluster_id, "-c", str(self._config_path),
+        )  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise StackError(
+                f"formatting Kafka storage in {self.data_dir} failed "
+                f"(exit {result.returncode}):\n{result.stdout}{result.stderr}"
+            )
+
+    def _command(self) -> list[str]:
+        jvm_options = [
+            f"-Xmx{self.heap}", "-Xms256m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            # Die at once rather than limp along; the readiness check reports the log.
+            "-XX:+ExitOnOutOfMemoryError",
+        ]  # fmt: skip
+        return self._java(jvm_options, "kafka.Kafka", str(self._config_path))
+
+    def _on_launch(self) -> None:
+        # Only a "started" line written by this launch counts: the log file is appended to.
+        self._started_watch = _LogWatcher(self.log_path)
+        self._started_line_seen = False
+
+    def _is_ready(self) -> bool:
+        # The log line is cheap to look for; the metadata request proves a client gets answers.
+        if not self._started_line_seen:
+            watch = self._started_watch
+            self._started_line_seen = watch is not None and watch.seen(KAFKA_STARTED_LINE)
+        return self._started_line_seen and _run_async(
+            lambda: broker_answers(self.bootstrap, self.node_id)
+        )
+
+
+async def broker_answers(bootstrap: str, node_id: int) -> bool:
+    """Whether ``bootstrap`` answers a metadata request, and it lists broker ``node_id``."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+    except (KafkaError, OSError):
+        return False
+    finally:
+        await admin.close()
+    return node_id in {broker["node_id"] for broker in cluster["brokers"]}
+
+
+class KafkaCluster:
+    """``size`` combined broker+controller KRaft nodes on loopback, all of them voters.
+
+    Replication defaults suit durability tests: topics get ``size`` replicas (at most 3) and
+    need 2 in sync for acks=all writes. ``properties`` override them for every node.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        size: int = 3,
+        properties: Mapping[str, str | int | bool] | None = None,
+        *,
+        heap: str = "384m",
+    ) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one node")
+        ports = free_ports(2 * size)
+        node_ids = range(1, size + 1)
+        client_ports = dict(zip(node_ids, ports[:size], strict=True))
+        voters = dict(zip(node_ids, ports[size:], strict=True))
+        cluster_properties: dict[str, str | int | bool] = {
+            "default.replication.factor": min(size, 3),
+            "min.insync.replicas": min(size, 2),
+            **(properties or {}),
+        }
+        cluster_id = new_kafka_cluster_id()
+        self.brokers = [
+            KafkaBroker(
+                Path(workdir) / f"node{node}",
+                port=client_ports[node],
+                controller_port=voters[node],
+                node_id=node,
+                properties=cluster_properties,
+                voters=voters,
+                cluster_id=cluster_id,
+                heap=heap,
+            )
+            for node in node_ids
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(broker.bootstrap for broker in self.brokers)
+
+    def broker(self, node_id: int) -> KafkaBroker:
+        for candidate in self.brokers:
+            if candidate.node_id == node_id:
+                return candidate
+        raise KeyError(node_id)
+
+    def __iter__(self) -> Iterator[KafkaBroker]:
+        return iter(self.brokers)
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        # No node is ready before a quorum of controllers has elected a leader, so every node
+        # must be launched before waiting for any. Formatting storage starts a JVM per node;
+        # doing it on threads saves a few seconds.
+        with ThreadPoolExecutor(max_workers=len(self.brokers)) as pool:
+            for launched in [pool.submit(broker.launch) for broker in self.brokers]:
+                launched.result()
+        deadline = time.monotonic() + timeout
+        try:
+            for broker in self.brokers:
+                broker.wait_until_ready(max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            self.kill()
+            raise
+
+    def stop(self, grace: float | None = None) -> None:
+        # All at once: stopped one by one, the last nodes would lose their quorum and hang in
+        # a controlled shutdown until the grace period ran out.
+        for broker in self.brokers:
+            broker.request_stop()
+        for broker in self.brokers:
+            broker.wait_stopped(grace)
+
+    def kill(self) -> None:
+        for broker in self.brokers:
+            broker.kill()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# ---- topics ---------------------------------------------------------------------------------
+
+
+def create_topic(
+    bootstrap: str,
+    name: str,
+    partitions: int,
+    replication_factor: int = 1,
+    *,
+    config: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> None:
+    """Create ``name`` unless it exists; return once every partition has a leader."""
+    _run_async(
+        lambda: create_topic_async(
+            bootstrap, name, partitions, replication_factor, config=config, timeout=timeout
+        )
+    )
+
+
+async def create_topic_async(
+    bootstrap: str,
+    name: str,
+    partitions: int,
+    replication_factor: int = 1,
+    *,
+    config: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> None:
+    """``create_topic`` for async callers."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+    deadline = time.monotonic() + timeout
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    try:
+        await admin.start()
+        topic = NewTopic(name, partitions, replication_factor, topic_configs=dict(config or {}))
+        while True:
+            response = await admin.create_topics([topic], timeout_ms=10000)
+            [result] = response.to_object()["topic_errors"]
+            error = for_code(result["error_code"]) if result["error_code"] else None
+            if error is None or error is TopicAlreadyExistsError:
+                break
+            if not error.retriable or time.monotonic() > deadline:
+                raise StackError(
+                    f"creating topic {name} failed: {error.__name__} "
+                    f"{result.get('error_message') or ''}".rstrip()
+                )
+            await asyncio.sleep(0.2)  # e.g. the controller is still electing itself.
+        while True:
+            [described] = await admin.describe_topics([name])
+            led = [p for p in described["partitions"] if p["leader"] >= 0]
+            if described["error_code"] == 0 and len(led) == len(described["partitions"]) > 0:
+                if len(led) != partitions:
+                    raise StackError(f"topic {name} exists with {len(led)} partitions")
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"topic {name} has no leader for every partition: {described}")
+            await asyncio.sleep(0.1)
+    except KafkaError as exc:
+        raise StackError(f"creating topic {name} on {bootstrap} failed: {exc!r}") from exc
+    finally:
+        await admin.close()
+
+
+# ---- the dev stack: python -m stack.localstack up|down|status|fetch|tail --------------------
+
+STATE_DIR = REPO_ROOT / ".stack"
+LOG_DIR = STATE_DIR / "logs"
+DEV_TOPIC_PARTITIONS = 6
+
+
+class SidecarProcess(ManagedProcess):
+    """``dualstream serve`` from the repo's virtualenv, wired to the dev Kafka and Redis."""
+
+    name = "sidecar"
+    output_suffix = ".log"
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        kafka_bootstrap: str,
+        redis_url: str,
+        topic: str,
+        *,
+        log_dir: Path | None = None,
+        detach: bool = False,
+    ) -> None:
+        super().__init__(workdir, log_dir=log_dir, detach=detach)
+        self.port = port
+        self.kafka_bootstrap = kafka_bootstrap
+        self.redis_url = redis_url
+        self.topic = topic
+
+    def _ports(self) -> list[int]:
+        return [self.port]
+
+    def _command(self) -> list[str]:
+        executable = REPO_ROOT / ".venv" / "bin" / "dualstream"
+        if not executable.is_file():
+            raise StackError(f"{executable} is missing: run `make install` first")
+        return [
+            str(executable), "serve", "--listen", f"{LOOPBACK}:{self.port}",
+            "--kafka-bootstrap", self.kafka_bootstrap, "--kafka-topic", self.topic,
+            "--redis-url", self.redis_url,
+        ]  # fmt: skip
+
+    def _is_ready(self) -> bool:
+        return port_open(self.port)
+
+
+class RecordedProcess(ProcessControl):
+    """A process of the dev stack known only by its pid file (``up`` ran in another process)."""
+
+    def __init__(self, name: str, command_marker: str, stop_grace: float) -> None:
+        self.name = name
+        self.stop_grace = stop_grace
+        # Part of /proc/<pid>/cmdline that proves the pid still belongs to this component and
+        # was not handed to an unrelated process after a reboot or crash.
+        self.command_marker = command_marker
+        self.pid_file = STATE_DIR / f"{name}.pid"
+
+    @property
+    def recorded_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @property
+    def pid(self) -> int | None:
+        pid = self.recorded_pid
+        return pid if pid is not None and self._is_ours(pid) else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def _is_ours(self, pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except (OSError, IndexError):
+            return False
+        # A zombie has exited; it only waits for its parent to collect its exit status.
+        return state != "Z" and self.command_marker.encode() in command_line
+
+    def record(self, pid: int) -> None:
+        self.pid_file.write_text(f"{pid}\n")
+
+    def forget(self) -> None:
+        self.pid_file.unlink(missing_ok=True)
+
+    def _send_signal(self, signum: signal.Signals) -> None:
+        pid = self.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _wait_for_exit(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.running:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+
+def _dev_components(args: argparse.Namespace) -> list[tuple[RecordedProcess, ManagedProcess]]:
+    """The dev stack in start order, each as its pid-file record and its launcher."""
+    kafka_bootstrap = f"{LOOPBACK}:{args.kafka_port}"
+    redis_url = f"redis://{LOOPBACK}:{args.redis_port}/0"
+    components: list[tuple[RecordedProcess, ManagedProcess]] = [
+        (
+            RecordedProcess("redis", "redis-server", RedisServer.stop_grace),
+            RedisServer(STATE_DIR / "redis", args.redis_port, log_dir=LOG_DIR, detach=True),
+        ),
+        (
+            RecordedProcess("kafka", "kafka.Kafka", KafkaBroker.stop_grace),
+            KafkaBroker(
+                STATE_DIR / "kafka",
+                args.kafka_port,
+                args.kafka_controller_port,
+                log_dir=LOG_DIR,
+                detach=True,
+            ),
+        ),
+    ]
+    if not getattr(args, "no_sidecar", False):
+        sidecar = SidecarProcess(
+            STATE_DIR / "sidecar",
+            args.port,
+            kafka_bootstrap,
+            redis_url,
+            args.topic,
+            log_dir=LOG_DIR,
+            detach=True,
+        )
+        record = RecordedProcess("sidecar", "dualstream serve", SidecarProcess.stop_grace)
+        components.append((record, sidecar))
+    return components
+
+
+def _relative(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def _say(component: str, message: str) -> None:
+    print(f"{component:8} {message}", flush=True)
+
+
+def up(args: argparse.Namespace) -> None:
+    """Start whatever of the dev stack is not running; leave the rest alone."""
+    STATE_DIR.mkdir(exist_ok=True)
+    LOG_DIR.mkdir(exist_ok=True)
+    for record, launcher in _dev_components(args):
+        pid = record.pid
+        if pid is not None:
+            _say(record.name, f"already running (pid {pid})")
+        else:
+            record.forget()  # Stale, if present: its process is gone.
+            _say(record.name, "starting ...")
+            began = time.monotonic()
+            try:
+                launcher.start()
+            except StackError as exc:
+                raise StackError(f"{record.name} did not start: {exc}") from None
+            pid = launcher.release()
+            record.record(pid)
+            _say(
+                record.name,
+                f"ready in {time.monotonic() - began:.1f}s (pid {pid}), "
+                f"log {_relative(launcher.log_path)}",
+            )
+        if isinstance(launcher, KafkaBroker):
+            create_topic(launcher.bootstrap, args.topic, DEV_TOPIC_PARTITIONS)
+            _say(record.name, f"topic {args.topic} ready ({DEV_TOPIC_PARTITIONS} partitions)")
+    if args.no_sidecar:
+        _say("sidecar", "skipped (--no-sidecar)")
+    print(
+        f"stack up: kafka {LOOPBACK}:{args.kafka_port}, "
+        f"redis redis://{LOOPBACK}:{args.redis_port}/0"
+        + ("" if args.no_sidecar else f", sidecar {LOOPBACK}:{args.port}")
+    )
+
+
+def down(args: argparse.Namespace) -> None:
+    """Stop the dev stack, sidecar first (it needs the others to drain), then Kafka, Redis."""
+    for record, _ in reversed(_dev_components(args)):
+        pid = record.pid
+        if pid is None:
+            stale = " (removed a stale pid file)" if record.pid_file.exists() else ""
+            _say(record.name, f"not running{stale}")
+        else:
+            _say(record.name, f"stopping (pid {pid}) ...")
+            began = time.monotonic()
+            record.stop()
+            _say(record.name, f"stopped in {time.monotonic() - began:.1f}s")
+        record.forget()
+    if args.purge:
+        for data in ("kafka", "redis", "sidecar"):
+            shutil.rmtree(STATE_DIR / data, ignore_errors=True)
+        print(f"removed the data under {_relative(STATE_DIR)} (logs kept)")
+
+
+def status(args: argparse.Namespace) -> None:
+    ports = {"redis": args.redis_port, "kafka": args.kafka_port, "sidecar": args.port}
+    for record, _ in _dev_components(args):
+        pid = record.pid
+        port = ports[record.name]
+        if pid is None:
+            stale = " (stale pid file)" if record.pid_file.exists() else ""
+            _say(record.name, f"stopped{stale}")
+        else:
+            answering = "answering" if port_open(port) else "NOT answering"
+            _say(record.name, f"running (pid {pid}), {LOOPBACK}:{port} {answering}")
+
+
+def fetch(_: argparse.Namespace) -> None:
+    print(f"Kafka {KAFKA_VERSION} jars ready in {ensure_kafka_jars()}")
+
+
+def tail(args: argparse.Namespace) -> None:
+    """Print the last records of the topic with their headers (for the demo)."""
+    _run_async(lambda: _tail_topic(f"{LOOPBACK}:{args.kafka_port}", args.topic, args.count))
+
+
+async def _tail_topic(bootstrap: str, topic: str, count: int) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, max(0, ends[tp] - count))
+        records: list[Any] = []
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+        for record in sorted(records, key=lambda r: r.timestamp)[-count:]:
+            headers = " ".join(f"{k}={v.decode(errors='replace')}" for k, v in record.headers)
+            print(f"{record.topic}/{record.partition}@{record.offset} key={record.key!r}")
+            print(f"    value={record.value!r}")
+            print(f"    {headers}")
+    finally:
+        await consumer.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m stack.localstack",
+        description="The local dev stack: Kafka, Redis and the sidecar on 127.0.0.1, "
+        f"with pid files and logs under {_relative(STATE_DIR)}/.",
+    )
+    commands: dict[str, Callable[[argparse.Namespace], None]] = {
+        "up": up,
+        "down": down,
+        "status": status,
+        "fetch": fetch,
+        "tail": tail,
+    }
+    parser.add_argument("command", choices=commands, help="fetch: only download Kafka's jars")
+    parser.add_argument("--kafka-port", type=int, default=9092)
+    parser.add_argument("--kafka-controller-port", type=int, default=9093)
+    parser.add_argument("--redis-port", type=int, default=6379)
+    parser.add_argument("--port", type=int, default=50051, help="the sidecar's gRPC port")
+    parser.add_argument("--topic", default="events", help="the topic `up` creates")
+    parser.add_argument("--no-sidecar", action="store_true", help="up: only Kafka and Redis")
+    parser.add_argument("--purge", action="store_true", help="down: also delete Kafka's data")
+    parser.add_argument("--count", type=int, default=5, help="tail: how many records")
+    args = parser.parse_args(argv)
+    try:
+        commands[args.command](args)
+    except StackError as exc:
+        sys.exit(f"stack: {exc}")
+    except KeyboardInterrupt:
+        sys.exit("stack: interrupted")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Fixtures: real Kafka and Redis processes on free ports, and a sidecar wired to them.
+
+One broker and one Redis serve the whole session; every test gets its own topic and channel
+names, so tests cannot see each other's events. Tests that kill or stop a service ask for a
+private one (``private_redis``, ``private_kafka``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Tracer
+
+from dualstream.settings import Settings
+from dualstream.transport.server import Sidecar
+from dualstream_client import DualstreamClient
+from stack.localstack import KafkaBroker, RedisServer, create_topic, free_port
+
+TEST_PARTITIONS = 6
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(
+        tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port()
+    )
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, for tests that kill, stop or restart it."""
+    server = RedisServer(tmp_path / "redis", port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[KafkaBroker]:
+    """A broker of the test's own, with a 2-partition topic `events`, for tests that stop it."""
+    broker = KafkaBroker(tmp_path / "kafka", port=free_port(), controller_port=free_port())
+    broker.start()
+    create_topic(broker.bootstrap, "events", partitions=2)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def topic(kafka: KafkaBroker) -> str:
+    name = f"events-{uuid.uuid4().hex[:12]}"
+    create_topic(kafka.bootstrap, name, partitions=TEST_PARTITIONS)
+    return name
+
+
+@pytest.fixture
+def source_type() -> str:
+    """A source type no other test uses, so channels never collide."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def span_exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracer(span_exporter: InMemorySpanExporter) -> Iterator[Tracer]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    yield provider.get_tracer("tests")
+    provider.shutdown()
+
+
+def make_settings(
+    kafka_bootstrap: str, redis_url: str, topic: str, **overrides: object
+) -> Settings:
+    values: dict[str, object] = {
+        "listen": "127.0.0.1:0",
+        "kafka_bootstrap": kafka_bootstrap,
+        "redis_url": redis_url,
+        "kafka_topic": topic,
+        "kafka_delivery_timeout": 5.0,
+        "shutdown_grace": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(kafka: KafkaBroker, shared_redis: RedisServer, topic: str) -> Settings:
+    return make_settings(kafka.bootstrap, shared_redis.url, topic)
+
+
+@pytest.fixture
+async def sidecar(settings: Settings, tracer: Tracer) -> AsyncIterator[Sidecar]:
+    async with Sidecar(settings, tracer) as running:
+        assert await running.publisher.event_log.wait_ready(30)
+        yield running
+
+
+def target_of(sidecar: Sidecar) -> str:
+    return f"127.0.0.1:{sidecar.port}"
+
+
+@pytest.fixture
+async def client(sidecar: Sidecar) -> AsyncIterator[DualstreamClient]:
+    async with DualstreamClient(target_of(sidecar), timeout=30) as connected:
+        yield connected
+
+
+@pytest.fixture
+async def redis_client(shared_redis: RedisServer) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis.from_url(shared_redis.url)
+    yield client
+    await client.aclose()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Poll ``check`` until it returns True; a TimeoutError fails the test otherwise."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.05)

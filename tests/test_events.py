@@ -1,0 +1,157 @@
+"""Unit tests of the pure domain logic: validation, ids, record mapping, notification JSON."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from dualstream.cloudevents import from_record, to_record
+from dualstream.errors import InvalidArgumentError
+from dualstream.events import Event, EventLimits, Source, prepare_batch, prepare_event
+from dualstream.ids import uuid7
+from dualstream.notifications import Notification, channel_for
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+LIMITS = EventLimits(max_payload_bytes=1024, max_batch_events=3)
+
+
+def an_event(**changes: object) -> Event:
+    fields: dict[str, object] = {
+        "id": "",
+        "type": "order.created",
+        "source_type": "user",
+        "source_id": "octocat",
+    }
+    fields.update(changes)
+    return Event(**fields)  # type: ignore[arg-type]
+
+
+def test_prepare_fills_id_and_time() -> None:
+    event = prepare_event(an_event(), "event", LIMITS, NOW)
+    assert uuid.UUID(event.id).version == 7
+    assert event.time == NOW
+
+
+def test_prepare_keeps_given_id_and_time() -> None:
+    moment = datetime(2020, 1, 1, tzinfo=UTC)
+    event = prepare_event(an_event(id="abc-1", time=moment), "event", LIMITS, NOW)
+    assert (event.id, event.time) == ("abc-1", moment)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"type": ""}, "event.type"),
+        ({"source_type": ""}, "event.source_type"),
+        ({"source_id": ""}, "event.source_id"),
+        ({"source_type": "us:er"}, "event.source_type"),
+        ({"source_type": "user*"}, "event.source_type"),
+        ({"source_id": "octo?cat"}, "event.source_id"),
+        ({"source_id": "octo[cat]"}, "event.source_id"),
+        ({"source_id": "octo\\cat"}, "event.source_id"),
+        ({"source_id": "octo\ncat"}, "event.source_id"),
+        ({"source_id": "octo cat"}, "event.source_id"),
+        ({"type": "order\x00created"}, "event.type"),
+        ({"type": "order*"}, "event.type"),
+        ({"source_id": "x" * 513}, "event.source_id"),
+        ({"id": "a b"}, "event.id"),
+        ({"data": b"x" * 1025}, "event.data"),
+        ({"content_type": "text/plain\x07"}, "event.content_type"),
+        ({"attributes": {"Bad": "v"}}, "event.attributes['Bad']"),
+        ({"attributes": {"traceparent": "v"}}, "event.attributes['traceparent']"),
+        ({"attributes": {"a" * 21: "v"}}, f"event.attributes['{'a' * 21}']"),
+        ({"attributes": {f"k{i}": "v" for i in range(33)}}, "event.attributes"),
+    ],
+)
+def test_invalid_events_name_the_field(changes: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        prepare_event(an_event(**changes), "event", LIMITS, NOW)
+    assert caught.value.field == field
+
+
+def test_colons_and_slashes_are_fine_in_source_id() -> None:
+    prepare_event(an_event(source_id="owner/repo:main"), "event", LIMITS, NOW)
+
+
+def test_batch_validates_everything_first() -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        prepare_batch([an_event(), an_event(type="")], LIMITS, NOW)
+    assert caught.value.field == "events[1].type"
+    with pytest.raises(InvalidArgumentError, match="at most 3"):
+        prepare_batch([an_event()] * 4, LIMITS, NOW)
+    with pytest.raises(InvalidArgumentError, match="at least one"):
+        prepare_batch([], LIMITS, NOW)
+
+
+def test_uuid7_is_monotonic_and_versioned() -> None:
+    ids = [uuid7() for _ in range(10_000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    parsed = uuid.UUID(ids[0])
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+
+
+def test_record_round_trip() -> None:
+    event = prepare_event(
+        an_event(
+            source_id="owner/repo",
+            data=b"\x00payload",
+            content_type="application/json",
+            attributes={"tenant": "acme"},
+        ),
+        "event",
+        LIMITS,
+        NOW,
+    )
+    record = to_record(event, {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+    headers = dict(record.headers)
+    assert record.key == b"owner/repo"
+    assert record.value == b"\x00payload"
+    assert headers["ce_specversion"] == b"1.0"
+    assert headers["ce_source"] == b"/user/owner%2Frepo"
+    assert headers["ce_time"] == b"2026-11-28T12:00:00.000000Z"
+    assert headers["content-type"] == b"application/json"
+    assert headers["ce_tenant"] == b"acme"
+    assert from_record(record.value, record.headers) == event
+
+
+def test_notification_json_has_ids_and_no_payload() -> None:
+    notification = Notification("i", "t", "user", "octocat", "events", 2, 7, "tp")
+    body = json.loads(notification.to_json())
+    assert body == {
+        "id": "i",
+        "type": "t",
+        "source_type": "user",
+        "source_id": "octocat",
+        "topic": "events",
+        "partition": 2,
+        "offset": 7,
+        "traceparent": "tp",
+    }
+    assert Notification.from_json(notification.to_json()) == notification
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[]",
+        b"{}",
+        b'{"id": 1}',
+        b"not json",
+        b"\xff",
+        b'{"id":"i","type":"t","source_type":"s",'
+        b'"source_id":"x","topic":"e","partition":"1","offset":0}',
+    ],
+)
+def test_malformed_notifications_are_rejected(raw: bytes) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        Notification.from_json(raw)
+
+
+def test_channel_naming() -> None:
+    assert channel_for(Source("repo", "owner/repo")) == "events:repo:owner/repo"
+    assert channel_for(Source("user", "octocat"), "live") == "live:user:octocat"

@@ -1,0 +1,59 @@
+"""Settings come from flags, then DUALSTREAM_* variables, then defaults; telemetry from OTEL_*."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from dualstream.settings import Settings, TelemetrySettings
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    Settings.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_defaults_match_the_contract() -> None:
+    settings = Settings.load({})
+    assert settings.listen == "127.0.0.1:50051"
+    assert settings.kafka_bootstrap == "127.0.0.1:9092"
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.kafka_topic == "events"
+    assert settings.max_payload_bytes == 1024 * 1024
+
+
+def test_flag_beats_env_beats_default() -> None:
+    env = {"DUALSTREAM_KAFKA_TOPIC": "from-env", "DUALSTREAM_REDIS_TIMEOUT": "0.5"}
+    settings = Settings.load(env, parse(["--kafka-topic", "from-flag"]))
+    assert settings.kafka_topic == "from-flag"
+    assert settings.redis_timeout == 0.5
+
+
+def test_bad_values_are_named() -> None:
+    with pytest.raises(ValueError, match="DUALSTREAM_MAX_STREAMS"):
+        Settings.load({"DUALSTREAM_MAX_STREAMS": "many"})
+    with pytest.raises(ValueError, match="max_streams"):
+        Settings.load({"DUALSTREAM_MAX_STREAMS": "0"})
+    with pytest.raises(ValueError, match="channel_prefix"):
+        Settings.load({"DUALSTREAM_CHANNEL_PREFIX": "a:b"})
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.load({})
+    with pytest.raises(AttributeError):
+        settings.listen = "elsewhere"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("env", "exporter"),
+    [
+        ({}, "none"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}, "otlp"),
+        ({"OTEL_TRACES_EXPORTER": "console"}, "console"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}, "none"),
+    ],
+)
+def test_telemetry_follows_otel_variables(env: dict[str, str], exporter: str) -> None:
+    assert TelemetrySettings.load(env).exporter == exporter

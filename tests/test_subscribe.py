@@ -1,0 +1,185 @@
+"""Subscribe: live notifications, local fan-out over one Redis subscription per channel."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as redis
+
+from dualstream.events import Source
+from dualstream.hub import Overflow
+from dualstream.notifications import Notification
+from dualstream.transport.server import Sidecar
+from dualstream.v1 import event_service_pb2 as pb
+from dualstream.v1 import event_service_pb2_grpc as pb_grpc
+from dualstream_client import DualstreamClient, EventInput, ResourceExhaustedError
+from stack.localstack import KafkaBroker, RedisServer
+from tests.conftest import eventually, make_settings, target_of
+
+
+async def numsub(client: redis.Redis, channel: str) -> int:
+    [(_, count)] = await client.pubsub_numsub(channel)
+    return int(count)
+
+
+async def test_subscriber_receives_what_is_published_after_subscribed(
+    client: DualstreamClient, source_type: str
+) -> None:
+    async with client.subscribe([(source_type, "octocat"), (source_type, "hubot")]) as stream:
+        assert stream.channels == (f"events:{source_type}:octocat", f"events:{source_type}:hubot")
+        published = [
+            await client.publish(EventInput("a", source_type, "octocat")),
+            await client.publish(EventInput("b", source_type, "other")),
+            await client.publish(EventInput("c", source_type, "hubot")),
+        ]
+        received = [await anext(stream), await anext(stream)]
+    assert [(n.id, n.type) for n in received] == [(published[0].id, "a"), (published[2].id, "c")]
+    first = received[0]
+    assert (first.topic, first.partition, first.offset) == (
+        published[0].topic,
+        published[0].partition,
+        published[0].offset,
+    )
+
+
+async def test_many_local_streams_share_one_redis_subscription(
+    client: DualstreamClient, sidecar: Sidecar, redis_client: redis.Redis, source_type: str
+) -> None:
+    channel = f"events:{source_type}:octocat"
+    streams = [client.subscribe([(source_type, "octocat")]) for _ in range(50)]
+    for stream in streams:
+        await stream.wait_live()
+    assert await numsub(redis_client, channel) == 1
+    assert sidecar.hub.stream_count == 50
+
+    published = await client.publish(EventInput("fan", source_type, "octocat"))
+    received = await asyncio.gather(*(anext(stream) for stream in streams))
+    assert {n.id for n in received} == {published.id}
+
+    for stream in streams[:-1]:
+        stream.close()
+    await eventually(lambda: _stream_count_is(sidecar, 1))
+    assert await numsub(redis_client, channel) == 1
+    streams[-1].close()
+
+    async def unsubscribed() -> bool:
+        return await numsub(redis_client, channel) == 0
+
+    await eventually(unsubscribed)
+    assert sidecar.hub.route_count == 0
+
+
+async def _stream_count_is(sidecar: Sidecar, count: int) -> bool:
+    return sidecar.hub.stream_count == count
+
+
+async def test_a_source_named_twice_is_delivered_once(
+    client: DualstreamClient, source_type: str
+) -> None:
+    async with client.subscribe([(source_type, "x"), (source_type, "x")]) as stream:
+        assert len(stream.channels) == 1
+        first = await client.publish(EventInput("one", source_type, "x"))
+        second = await client.publish(EventInput("two", source_type, "x"))
+        assert [(await anext(stream)).id, (await anext(stream)).id] == [first.id, second.id]
+
+
+@pytest.mark.parametrize(
+    ("source", "field"),
+    [
+        (pb.Source(source_type="", source_id="x"), "sources[0].source_type"),
+        (pb.Source(source_type="user", source_id=""), "sources[0].source_id"),
+        (pb.Source(source_type="us:er", source_id="x"), "sources[0].source_type"),
+        (pb.Source(source_type="user", source_id="oct*"), "sources[0].source_id"),
+        (pb.Source(source_type="us*", source_id="*"), "sources[0].source_type"),
+        (pb.Source(source_type="[a-z]", source_id="*"), "sources[0].source_type"),
+        (pb.Source(source_type="user", source_id="oct?cat"), "sources[0].source_id"),
+    ],
+)
+async def test_bad_sources_are_invalid_argument(
+    sidecar: Sidecar, source: pb.Source, field: str
+) -> None:
+    async with grpc.aio.insecure_channel(target_of(sidecar)) as channel:
+        stub = pb_grpc.EventServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stub.Subscribe(pb.SubscribeRequest(sources=[source])):
+                pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith(field)
+
+
+async def test_too_many_sources_and_streams_are_refused(
+    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tracer: Any, source_type: str
+) -> None:
+    settings = make_settings(
+        kafka.bootstrap, shared_redis.url, topic, max_sources_per_stream=2, max_streams=2
+    )
+    async with Sidecar(settings, tracer) as sidecar, DualstreamClient(target_of(sidecar)) as client:
+        async with grpc.aio.insecure_channel(target_of(sidecar)) as channel:
+            stub = pb_grpc.EventServiceStub(channel)
+            sources = [pb.Source(source_type=source_type, source_id=f"s{i}") for i in range(3)]
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in stub.Subscribe(pb.SubscribeRequest(sources=sources)):
+                    pass
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "at most 2" in (caught.value.details() or "")
+
+        first = client.subscribe([(source_type, "a")])
+        second = client.subscribe([(source_type, "b")])
+        await first.wait_live()
+        await second.wait_live()
+        with pytest.raises(ResourceExhaustedError, match="limit"):
+            await client.subscribe([(source_type, "c")]).wait_live()
+        first.close()
+        await eventually(lambda: _stream_count_is(sidecar, 1))
+        async with client.subscribe([(source_type, "c")]):
+            pass
+
+
+async def test_a_stream_that_never_reads_costs_a_bounded_queue(
+    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tracer: Any, source_type: str
+) -> None:
+    settings = make_settings(kafka.bootstrap, shared_redis.url, topic, stream_queue_size=8)
+    async with Sidecar(settings, tracer) as sidecar, DualstreamClient(target_of(sidecar)) as client:
+        hub = sidecar.hub
+        never_reads = await hub.subscribe(hub.validate([Source(source_type, "x")], []))
+        async with client.subscribe([(source_type, "x")]) as reader:
+            got = []
+            for i in range(20):
+                await client.publish(EventInput("e", source_type, "x", id=f"e{i}"))
+                got.append((await anext(reader)).id)
+        # The reading stream got everything; the other kept 8 and counted the rest.
+        assert got == [f"e{i}" for i in range(20)]
+        queued = [await never_reads.next() for _ in range(8)]
+        assert [n.id for n in queued if isinstance(n, Notification)] == [f"e{i}" for i in range(8)]
+        overflow = await never_reads.next()
+        assert isinstance(overflow, Overflow)
+        assert overflow.missed == 12
+        never_reads.close()
+
+
+async def test_hub_survives_redis_restart(
+    kafka: KafkaBroker, private_redis: RedisServer, topic: str, tracer: Any, source_type: str
+) -> None:
+    settings = make_settings(kafka.bootstrap, private_redis.url, topic)
+    async with (
+        Sidecar(settings, tracer) as sidecar,
+        DualstreamClient(target_of(sidecar)) as client,
+        client.subscribe([(source_type, "x")]) as stream,
+    ):
+        await asyncio.to_thread(private_redis.restart)
+        await eventually(lambda: _hub_live(sidecar), timeout=15)
+
+        async def delivered() -> bool:
+            result = await client.publish(EventInput("after", source_type, "x"))
+            return result.notified
+
+        await eventually(delivered, timeout=15)
+        notification = await asyncio.wait_for(anext(stream), 5)
+        assert notification.type == "after"
+
+
+async def _hub_live(sidecar: Sidecar) -> bool:
+    return sidecar.hub.connected

@@ -21,7 +21,7 @@ from opentelemetry.trace import Tracer
 
 from dualstream.settings import Settings
 from dualstream.transport.server import Sidecar
-from dualstream_client import DualstreamClient
+from dualstream_client import DualstreamClient, Notification, Subscription
 from stack.localstack import KafkaBroker, RedisServer, create_topic, free_port
 
 TEST_PARTITIONS = 6
@@ -139,3 +139,10 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
     async with asyncio.timeout(timeout):
         while not await check():
             await asyncio.sleep(0.05)
+
+
+async def next_notification(stream: Subscription, timeout: float = 10.0) -> Notification:
+    """The stream's next message, which must be a notification."""
+    message = await asyncio.wait_for(anext(stream), timeout)
+    assert isinstance(message, Notification), f"expected a notification, got {message}"
+    return message

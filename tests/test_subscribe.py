@@ -17,7 +17,7 @@ from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 from dualstream_client import DualstreamClient, EventInput, ResourceExhaustedError
 from stack.localstack import KafkaBroker, RedisServer
-from tests.conftest import eventually, make_settings, target_of
+from tests.conftest import eventually, make_settings, next_notification, target_of
 
 
 async def numsub(client: redis.Redis, channel: str) -> int:
@@ -35,7 +35,7 @@ async def test_subscriber_receives_what_is_published_after_subscribed(
             await client.publish(EventInput("b", source_type, "other")),
             await client.publish(EventInput("c", source_type, "hubot")),
         ]
-        received = [await anext(stream), await anext(stream)]
+        received = [await next_notification(stream), await next_notification(stream)]
     assert [(n.id, n.type) for n in received] == [(published[0].id, "a"), (published[2].id, "c")]
     first = received[0]
     assert (first.topic, first.partition, first.offset) == (
@@ -56,7 +56,7 @@ async def test_many_local_streams_share_one_redis_subscription(
     assert sidecar.hub.stream_count == 50
 
     published = await client.publish(EventInput("fan", source_type, "octocat"))
-    received = await asyncio.gather(*(anext(stream) for stream in streams))
+    received = await asyncio.gather(*(next_notification(stream) for stream in streams))
     assert {n.id for n in received} == {published.id}
 
     for stream in streams[:-1]:
@@ -83,7 +83,7 @@ async def test_a_source_named_twice_is_delivered_once(
         assert len(stream.channels) == 1
         first = await client.publish(EventInput("one", source_type, "x"))
         second = await client.publish(EventInput("two", source_type, "x"))
-        assert [(await anext(stream)).id, (await anext(stream)).id] == [first.id, second.id]
+        assert [(await next_notification(stream)).id for _ in range(2)] == [first.id, second.id]
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ async def test_a_stream_that_never_reads_costs_a_bounded_queue(
             got = []
             for i in range(20):
                 await client.publish(EventInput("e", source_type, "x", id=f"e{i}"))
-                got.append((await anext(reader)).id)
+                got.append((await next_notification(reader)).id)
         # The reading stream got everything; the other kept 8 and counted the rest.
         assert got == [f"e{i}" for i in range(20)]
         queued = [await never_reads.next() for _ in range(8)]
@@ -177,7 +177,7 @@ async def test_hub_survives_redis_restart(
             return result.notified
 
         await eventually(delivered, timeout=15)
-        notification = await asyncio.wait_for(anext(stream), 5)
+        notification = await next_notification(stream)
         assert notification.type == "after"
 
 

@@ -10,7 +10,15 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from dualstream_client import DualstreamClient, DualstreamClientError, EventInput
+from dualstream_client import (
+    CaughtUp,
+    DualstreamClient,
+    DualstreamClientError,
+    EventInput,
+    Gap,
+    Notification,
+    StreamMessage,
+)
 
 
 def _version() -> str:
@@ -56,6 +64,29 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe = commands.add_parser("subscribe", help="print notifications as they arrive")
     subscribe.add_argument("sources", type=_source, nargs="+", metavar="TYPE:ID")
     subscribe.add_argument("--limit", type=int, default=0, help="exit after this many")
+    subscribe.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        default=[],
+        help="only events of this type (repeatable)",
+    )
+    subscribe.add_argument(
+        "--resume",
+        default="",
+        metavar="CURSOR",
+        help="replay what was missed after CURSOR, then go live",
+    )
+    subscribe.add_argument(
+        "--from-earliest", action="store_true", help="replay everything Kafka holds, then go live"
+    )
+    subscribe.add_argument(
+        "--policy",
+        choices=["gap", "close", "replay"],
+        default="gap",
+        help="when the stream cannot keep up: report a gap, end, or replay",
+    )
+    subscribe.add_argument("--data", action="store_true", help="print each event's payload")
 
     for sub in (publish, subscribe):
         sub.add_argument("--target", default="127.0.0.1:50051", help="the sidecar's address")
@@ -89,19 +120,40 @@ async def _publish(args: argparse.Namespace) -> None:
 async def _subscribe(args: argparse.Namespace) -> None:
     async with (
         DualstreamClient(args.target) as client,
-        client.subscribe(args.sources) as stream,
+        client.subscribe(
+            args.sources,
+            types=args.types,
+            resume_cursor=args.resume,
+            start_earliest=args.from_earliest,
+            policy=args.policy,
+            include_data=args.data,
+        ) as stream,
     ):
-        print(f"subscribed to {', '.join(stream.channels)}", flush=True)
+        print(f"subscribed to {', '.join(stream.channels)} (cursor {stream.cursor})", flush=True)
         seen = 0
-        async for n in stream:
-            print(
-                f"{n.source_type}:{n.source_id} {n.type} id={n.id} "
-                f"at {n.topic}/{n.partition}@{n.offset}",
-                flush=True,
-            )
-            seen += 1
-            if args.limit and seen >= args.limit:
-                return
+        async for message in stream:
+            print(_describe(message), flush=True)
+            if isinstance(message, Notification):
+                seen += 1
+                if args.limit and seen >= args.limit:
+                    return
+
+
+def _describe(message: StreamMessage) -> str:
+    if isinstance(message, Gap):
+        missed = f"{message.missed} notifications" if message.missed else "notifications"
+        return f"GAP ({message.reason}): {missed} missed; resume with --resume {message.cursor}"
+    if isinstance(message, CaughtUp):
+        return f"caught up after replaying {message.replayed} events; now live"
+    line = (
+        f"{message.source_type}:{message.source_id} {message.type} id={message.id} "
+        f"at {message.topic}/{message.partition}@{message.offset}"
+    )
+    if message.replayed:
+        line += " (replayed)"
+    if message.event is not None:
+        line += f" data={message.event.data.decode(errors='replace')}"
+    return line
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -365,8 +365,9 @@ class SubscriptionHub(Service):
         for state in self._routes.values():
             state.replies_due = 0
         self._send_subscribe(list(self._routes))
-        self._connected.set()
-        logger.info("Redis subscriber connected to %s:%d", self._address.host, self._address.port)
+        # A stopped Redis still accepts connections (the kernel does), so the connection only
+        # counts once Redis answered on it.
+        writer.write(encode_command("PING"))
         pinger = asyncio.create_task(self._ping(writer), name="hub-redis-ping")
         try:
             while True:
@@ -375,6 +376,13 @@ class SubscriptionHub(Service):
                     self._settings.ping_interval + self._settings.ping_timeout
                 ):
                     reply = await read_reply(reader)
+                if not self._connected.is_set():
+                    self._connected.set()
+                    logger.info(
+                        "Redis subscriber connected to %s:%d",
+                        self._address.host,
+                        self._address.port,
+                    )
                 self._dispatch(reply)
         finally:
             pinger.cancel()

@@ -8,10 +8,14 @@ async with DualstreamClient("127.0.0.1:50051") as client:
 
 from dualstream_client.client import (
     BatchItemResult,
+    CaughtUp,
     DualstreamClient,
     EventInput,
+    Gap,
     Notification,
     PublishResult,
+    StreamMessage,
+    Subscription,
 )
 from dualstream_client.errors import (
     DualstreamClientError,
@@ -23,13 +27,17 @@ from dualstream_client.errors import (
 
 __all__ = [
     "BatchItemResult",
+    "CaughtUp",
     "DualstreamClient",
     "DualstreamClientError",
     "EventInput",
+    "Gap",
     "InvalidArgumentError",
     "Notification",
     "PublishResult",
     "ResourceExhaustedError",
+    "StreamMessage",
+    "Subscription",
     "UnauthenticatedError",
     "UnavailableError",
 ]

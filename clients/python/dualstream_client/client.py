@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
@@ -70,6 +70,8 @@ class BatchItemResult:
 
 @dataclass(frozen=True, slots=True)
 class Notification:
+    """An event was published. ``event`` is the whole event when ``include_data`` was asked."""
+
     id: str
     type: str
     source_type: str
@@ -77,6 +79,64 @@ class Notification:
     topic: str
     partition: int
     offset: int
+    cursor: str = ""
+    replayed: bool = False
+    event: EventInput | None = None
+
+    @classmethod
+    def from_proto(cls, n: pb.Notification) -> Notification:
+        event = None
+        if n.HasField("event"):
+            e = n.event
+            event = EventInput(
+                type=e.type,
+                source_type=e.source_type,
+                source_id=e.source_id,
+                data=e.data,
+                content_type=e.content_type,
+                id=e.id,
+                time=e.time.ToDatetime(tzinfo=UTC) if e.HasField("time") else None,
+                attributes=dict(e.attributes),
+            )
+        return cls(
+            n.id,
+            n.type,
+            n.source_type,
+            n.source_id,
+            n.topic,
+            n.partition,
+            n.offset,
+            n.cursor,
+            n.replayed,
+            event,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Notifications were missed and not replayed; resume from ``cursor`` to get them."""
+
+    reason: str
+    missed: int
+    cursor: str
+    since: datetime
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """A replay from Kafka reached the live stream."""
+
+    replayed: int
+    cursor: str
+
+
+StreamMessage = Notification | Gap | CaughtUp
+POLICIES = {
+    "gap": pb.SLOW_CONSUMER_POLICY_GAP,
+    "close": pb.SLOW_CONSUMER_POLICY_CLOSE,
+    "replay": pb.SLOW_CONSUMER_POLICY_REPLAY,
+}
 
 
 class DualstreamClient:
@@ -149,16 +209,35 @@ class DualstreamClient:
                 )
         return results
 
-    def subscribe(self, sources: Iterable[tuple[str, str]]) -> Subscription:
-        """Open a stream for ``(source_type, source_id)`` pairs.
+    def subscribe(
+        self,
+        sources: Iterable[tuple[str, str]],
+        *,
+        types: Iterable[str] = (),
+        resume_cursor: str = "",
+        start_earliest: bool = False,
+        start_time: datetime | None = None,
+        policy: str = "gap",
+        include_data: bool = False,
+    ) -> Subscription:
+        """Open a stream for ``(source_type, source_id)`` pairs; ``source_id`` may be ``*``.
 
         ``async with client.subscribe(...) as stream`` returns once the sidecar confirmed the
-        stream live, so everything published after that is seen; ``async for`` over it (or
-        over the call directly) yields notifications.
+        stream live, so everything published after that is seen; ``async for`` over it yields
+        ``Notification``, ``Gap`` and ``CaughtUp`` messages, and ``stream.cursor`` is always
+        the cursor to resume from. ``policy`` is ``gap``, ``close`` or ``replay``.
         """
         request = pb.SubscribeRequest(
-            sources=[pb.Source(source_type=t, source_id=i) for t, i in sources]
+            sources=[pb.Source(source_type=t, source_id=i) for t, i in sources],
+            types=list(types),
+            resume_cursor=resume_cursor,
+            slow_consumer_policy=POLICIES[policy],
+            include_data=include_data,
         )
+        if start_earliest:
+            request.start.earliest = True
+        elif start_time is not None:
+            request.start.time.FromDatetime(start_time)
         return Subscription(self._require_stub().Subscribe(request, metadata=self._metadata))
 
 
@@ -171,6 +250,7 @@ class Subscription:
         self._call = call
         self._live = False
         self.channels: tuple[str, ...] = ()
+        self.cursor = ""
 
     async def wait_live(self) -> None:
         """Wait for the stream's ``subscribed`` message; idempotent."""
@@ -184,12 +264,13 @@ class Subscription:
             self.close()
             raise DualstreamClientError(grpc.StatusCode.UNKNOWN, "stream did not confirm")
         self.channels = tuple(first.subscribed.channels)
+        self.cursor = first.subscribed.cursor
         self._live = True
 
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> Notification:
+    async def __anext__(self) -> StreamMessage:
         await self.wait_live()
         while True:
             try:
@@ -198,11 +279,23 @@ class Subscription:
                 raise from_rpc_error(exc) from exc
             if not isinstance(message, pb.SubscribeResponse):
                 raise StopAsyncIteration  # The sidecar ended the stream.
-            if message.HasField("notification"):
-                n = message.notification
-                return Notification(
-                    n.id, n.type, n.source_type, n.source_id, n.topic, n.partition, n.offset
+            kind = message.WhichOneof("message")
+            if kind == "notification":
+                self.cursor = message.notification.cursor
+                return Notification.from_proto(message.notification)
+            if kind == "gap":
+                gap = message.gap
+                self.cursor = gap.cursor
+                return Gap(
+                    reason=pb.GapReason.Name(gap.reason).removeprefix("GAP_REASON_").lower(),
+                    missed=gap.missed,
+                    cursor=gap.cursor,
+                    since=gap.since.ToDatetime(tzinfo=UTC),
+                    until=gap.until.ToDatetime(tzinfo=UTC),
                 )
+            if kind == "caught_up":
+                self.cursor = message.caught_up.cursor
+                return CaughtUp(message.caught_up.replayed, message.caught_up.cursor)
 
     def close(self) -> None:
         self._call.cancel()

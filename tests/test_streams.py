@@ -352,3 +352,45 @@ async def test_thousands_of_subscribe_cancel_cycles_leak_nothing(
     await eventually(back_to_baseline, timeout=20)
     # gRPC keeps no task per finished call; a leak would show thousands here.
     assert len(asyncio.all_tasks()) <= baseline_tasks + 5
+
+
+async def test_a_stream_that_never_reads_under_load_costs_bounded_memory(
+    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tracer: Any, source_type: str
+) -> None:
+    """1,000 events/s for 5 s with one stream that never reads: its share stays bounded (the
+    hub queue and the HTTP/2 window) and the stream that reads gets every event."""
+    settings = make_settings(kafka.bootstrap, shared_redis.url, topic, stream_queue_size=256)
+    async with Sidecar(settings, tracer) as sidecar, DualstreamClient(target_of(sidecar)) as client:
+        never_reads = client.subscribe([(source_type, "x")])
+        await never_reads.wait_live()
+        reader = client.subscribe([(source_type, "x")])
+        await reader.wait_live()
+        received: list[float] = []
+
+        async def read() -> None:
+            loop = asyncio.get_running_loop()
+            async for message in reader:
+                if isinstance(message, Notification):
+                    received.append(loop.time())
+
+        reading = asyncio.create_task(read())
+        loop = asyncio.get_running_loop()
+        sent: list[float] = []
+        peak_queued = 0
+        started = loop.time()
+        for tick in range(500):  # 10 events every 10 ms
+            await asyncio.sleep(max(0.0, started + tick * 0.01 - loop.time()))
+            sent.extend([loop.time()] * 10)
+            await client.publish_batch([EventInput("t", source_type, "x")] * 10)
+            peak_queued = max(peak_queued, *(s._queued_notifications for s in sidecar.hub._streams))
+        await eventually(lambda: _count_is(received, 5000), timeout=30)
+        reading.cancel()
+        never_reads.close()
+        reader.close()
+    elapsed = received[-1] - started
+    print(f"\n5000 events in {elapsed:.2f}s to the reading stream; peak queue {peak_queued}")
+    assert peak_queued <= 256
+
+
+async def _count_is(items: list[float], count: int) -> bool:
+    return len(items) >= count

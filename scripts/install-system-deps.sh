@@ -1,42 +1,60 @@
 #!/usr/bin/env bash
-# Installs what a fresh Debian machine lacks to run dualstream's stack and tests, and says so.
-# Idempotent: with everything present it only prints that.
+# Installs what a fresh Debian machine lacks to run dualstream's stack and tests, and says so:
+# Debian's redis-server (the stack and the tests run /usr/bin/redis-server) and redis-tools
+# (redis-cli, redis-benchmark). Java 17+ and Maven, which run and fetch Kafka, are only checked:
+# which JDK to install is the machine owner's choice.
+# Idempotent: with everything present it runs no apt-get at all and only says so.
 set -euo pipefail
 
 missing_packages=()
-command -v redis-server >/dev/null 2>&1 || missing_packages+=(redis-server)
+[ -x /usr/bin/redis-server ] || missing_packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing_packages+=(redis-tools)
 
 if ((${#missing_packages[@]})); then
-  echo "installing Debian packages: ${missing_packages[*]}"
-  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    "${missing_packages[@]}" >/dev/null
-  # Debian starts a redis-server service on 6379 after installing; the stack runs its own.
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
-    $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
+  if [ "$(id -u)" -eq 0 ]; then
+    as_root=()
+  elif command -v sudo >/dev/null 2>&1; then
+    as_root=(sudo)
+  else
+    echo "need root (or sudo) to apt-get install ${missing_packages[*]}" >&2
+    exit 1
   fi
+  echo "installing Debian packages: ${missing_packages[*]}"
+  "${as_root[@]}" apt-get update -qq
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing_packages[@]}" >/dev/null
+  # Debian enables a redis-server service on 6379 where systemd runs; `make up` needs that
+  # port for its own Redis, and the tests start theirs on free ports.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
+    "${as_root[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
+    echo "disabled the redis-server system service (the stack runs its own Redis)"
+  fi
+  echo "installed: ${missing_packages[*]}"
 fi
 
 problems=()
 if ! command -v java >/dev/null 2>&1; then
-  problems+=("java is missing: Kafka needs a Java 17+ JDK (apt-get install openjdk-17-jdk-headless)")
+  problems+=("java is missing: Kafka 4 needs Java 17+ (apt-get install openjdk-17-jre-headless)")
 else
+  # `java -version` prints e.g. 'openjdk version "17.0.15" 2025-04-15' (or "1.8.0_402").
   java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1)
   if [ "${java_major:-0}" -lt 17 ]; then
-    problems+=("java ${java_major} is too old: Kafka 4 needs Java 17+")
+    problems+=("java ${java_major:-?} is too old: Kafka 4 needs Java 17+ (apt-get install openjdk-17-jre-headless)")
   fi
 fi
-command -v mvn >/dev/null 2>&1 || problems+=("mvn is missing: Kafka's jars are fetched with Maven (apt-get install maven)")
-command -v python3 >/dev/null 2>&1 || problems+=("python3 is missing: dualstream needs Python 3.11+")
-if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+command -v mvn >/dev/null 2>&1 \
+  || problems+=("mvn is missing: Kafka's jars are fetched with Maven (apt-get install maven)")
+if ! command -v python3 >/dev/null 2>&1; then
+  problems+=("python3 is missing: dualstream needs Python 3.11+")
+elif ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   problems+=("python3 is $(python3 -V 2>&1): dualstream needs Python 3.11+")
 fi
 
 if ((${#problems[@]})); then
-  printf 'cannot continue:\n' >&2
+  echo "cannot continue:" >&2
   printf '  - %s\n' "${problems[@]}" >&2
   exit 1
 fi
-((${#missing_packages[@]})) || echo "system packages: all present (redis-server, java, mvn, python3)"
+if ((${#missing_packages[@]} == 0)); then
+  echo "system dependencies: all present (redis-server, redis-tools, java ${java_major}, mvn, python3)"
+fi

@@ -15,22 +15,24 @@ stack.localstack``) and the pytest fixtures. A session fixture looks like this::
         with RedisServer(tmp_path_factory.mktemp("redis"), port=free_port()) as server:
             yield server  # server.url == "redis://127.0.0.1:<port>/0"
 
-``start()`` (and entering the ``with``) returns only once the server answers clients; leaving
-it stops the process and reaps it. Fault-injection tests call ``kill()`` (SIGKILL),
-``pause()``/``resume()`` (SIGSTOP/SIGCONT) and ``restart()`` (same ports, same data).
-``KafkaCluster(workdir, size=3)`` runs three combined broker+controller nodes for replication
-tests. Everything here imports only the standard library; aiokafka is imported lazily by the
-functions that talk to Kafka.
+``start()`` (and entering the ``with``) returns only once the server answers clients;
+leaving it stops the process and reaps it, and servers still running when Python exits are
+killed then. Fault-injection tests call ``kill()`` (SIGKILL), ``pause()``/``resume()``
+(SIGSTOP/SIGCONT) and ``restart()`` (same ports, same data). ``KafkaCluster(workdir, size=3)``
+runs three combined broker+controller nodes for replication tests. Everything here imports
+only the standard library; aiokafka is imported lazily by the functions that talk to Kafka.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import base64
 import contextlib
 import fcntl
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -40,6 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -164,7 +167,10 @@ def port_open(port: int, host: str = LOOPBACK) -> bool:
 
 def _tail(path: Path, lines: int = 40) -> str:
     try:
-        text = path.read_text(errors="replace")
+        with path.open("rb") as log:
+            # Kafka's log can grow to many megabytes; its last lines are all we show.
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
+            text = log.read().decode(errors="replace")
     except OSError:
         return f"  ({path} does not exist)"
     return "\n".join(f"  {line}" for line in text.splitlines()[-lines:]) or f"  ({path} is empty)"
@@ -250,6 +256,20 @@ class ProcessControl:
             raise StackError(f"cannot {action} {self.name}: it is not running")
 
 
+# Servers spawned without ``detach``, until they are reaped. A script or test run that ends
+# without stopping them (an exception, a forgotten stop) must not leave them running.
+_attached_children: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_attached_children() -> None:
+    for child in list(_attached_children):
+        with contextlib.suppress(OSError):
+            child.kill()
+            child.wait()
+    _attached_children.clear()
+
+
 class ManagedProcess(ProcessControl):
     """A server process spawned by this module: started, made ready, signalled and reaped.
 
@@ -261,9 +281,9 @@ class ManagedProcess(ProcessControl):
     output_suffix: ClassVar[str] = ".out"
 
     def __init__(self, workdir: Path, *, log_dir: Path | None = None, detach: bool = False) -> None:
-        """``detach``: run in a session of its own, so that it outlives its parent and a
-        Ctrl-C in the parent's terminal does not reach it (the dev stack wants that; tests
-        don't, so an interrupted test run still takes its servers down with it)."""
+        """``detach``: run in a session of its own, so that a Ctrl-C in the terminal that
+        started it does not reach it and it outlives its parent (the dev stack wants that).
+        Tests leave it False: a Ctrl-C on pytest then also stops the servers it started."""
         self.workdir = Path(workdir).resolve()
         self.log_dir = Path(log_dir).resolve() if log_dir is not None else self.workdir
         self.detach_on_start = detach
@@ -283,9 +303,6 @@ class ManagedProcess(ProcessControl):
 
     def _is_ready(self) -> bool:
         raise NotImplementedError
-
-    def _on_launch(self) -> None:
-        """Called right after the process is spawned (e.g. to note where its log ends)."""
 
     # -- files
 
@@ -325,6 +342,7 @@ class ManagedProcess(ProcessControl):
             self._process.wait(timeout)
         except subprocess.TimeoutExpired:
             return False
+        _attached_children.discard(self._process)
         return True
 
     # -- lifecycle
@@ -344,7 +362,9 @@ class ManagedProcess(ProcessControl):
         self._prepare()
         command = self._command()
         with self.output_path.open("ab") as output:
-            output.write(f"\n=== {time.strftime('%F %T')} starting: {' '.join(command)}\n".encode())
+            output.write(
+                f"\n=== {time.strftime('%F %T')} starting: {shlex.join(command)}\n".encode()
+            )
             output.flush()
             # The child inherits its own copy of the descriptor; ours closes with the `with`.
             self._process = subprocess.Popen(
@@ -355,10 +375,11 @@ class ManagedProcess(ProcessControl):
                 cwd=self.workdir,
                 start_new_session=self.detach_on_start,
             )
-        self._on_launch()
+        if not self.detach_on_start:
+            _attached_children.add(self._process)
 
     def wait_until_ready(self, timeout: float = START_TIMEOUT) -> None:
-        """Return once the server answers; kill it and raise, with its logs, if it cannot."""
+        """Return once the server answers; raise, with its logs, if it exits or times out."""
         process = self._process
         if process is None:
             raise StackError(f"{self.name} was never launched")
@@ -372,17 +393,23 @@ class ManagedProcess(ProcessControl):
             if self._is_ready():
                 return
             if time.monotonic() > deadline:
-                self.kill()
                 raise StackError(
-                    f"{self.name} was not ready after {timeout:g}s and was killed\n"
-                    + self.describe_logs()
+                    f"{self.name} was not ready after {timeout:g}s\n" + self.describe_logs()
                 )
             time.sleep(0.1)
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Spawn the process and return once it is ready for clients."""
+        """Spawn the process and return once it is ready for clients.
+
+        If it does not get ready (or this is interrupted) it is killed: a failed start leaves
+        no process behind.
+        """
         self.launch()
-        self.wait_until_ready(timeout)
+        try:
+            self.wait_until_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
 
     def restart(self, timeout: float = START_TIMEOUT) -> None:
         """Stop (or reap, after a kill) and start again: same ports, same data directory."""
@@ -638,6 +665,9 @@ class KafkaBroker(ManagedProcess):
         )
         if not (self.data_dir / "meta.properties").exists():
             self._format_storage()
+        # Only a "started" line written after this point counts: the log file is appended to.
+        self._started_watch = _LogWatcher(self.log_path)
+        self._started_line_seen = False
 
     def _format_storage(self) -> None:
         # A short-lived tool: the C1 compiler alone starts it faster.
@@ -660,11 +690,6 @@ class KafkaBroker(ManagedProcess):
             "-XX:+ExitOnOutOfMemoryError",
         ]  # fmt: skip
         return self._java(jvm_options, "kafka.Kafka", str(self._config_path))
-
-    def _on_launch(self) -> None:
-        # Only a "started" line written by this launch counts: the log file is appended to.
-        self._started_watch = _LogWatcher(self.log_path)
-        self._started_line_seen = False
 
     def _is_ready(self) -> bool:
         # The log line is cheap to look for; the metadata request proves a client gets answers.
@@ -750,11 +775,11 @@ class KafkaCluster:
         # No node is ready before a quorum of controllers has elected a leader, so every node
         # must be launched before waiting for any. Formatting storage starts a JVM per node;
         # doing it on threads saves a few seconds.
-        with ThreadPoolExecutor(max_workers=len(self.brokers)) as pool:
-            for launched in [pool.submit(broker.launch) for broker in self.brokers]:
-                launched.result()
         deadline = time.monotonic() + timeout
         try:
+            with ThreadPoolExecutor(max_workers=len(self.brokers)) as pool:
+                for launched in [pool.submit(broker.launch) for broker in self.brokers]:
+                    launched.result()
             for broker in self.brokers:
                 broker.wait_until_ready(max(1.0, deadline - time.monotonic()))
         except BaseException:
@@ -909,13 +934,16 @@ class RecordedProcess(ProcessControl):
         # was not handed to an unrelated process after a reboot or crash.
         self.command_marker = command_marker
         self.pid_file = STATE_DIR / f"{name}.pid"
+        # The port it was started on, so `status` reports it and `up` notices changed flags.
+        self.port_file = STATE_DIR / f"{name}.port"
 
     @property
     def recorded_pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+        return _read_number(self.pid_file)
+
+    @property
+    def recorded_port(self) -> int | None:
+        return _read_number(self.port_file)
 
     @property
     def pid(self) -> int | None:
@@ -935,11 +963,13 @@ class RecordedProcess(ProcessControl):
         # A zombie has exited; it only waits for its parent to collect its exit status.
         return state != "Z" and self.command_marker.encode() in command_line
 
-    def record(self, pid: int) -> None:
+    def record(self, pid: int, port: int) -> None:
         self.pid_file.write_text(f"{pid}\n")
+        self.port_file.write_text(f"{port}\n")
 
     def forget(self) -> None:
         self.pid_file.unlink(missing_ok=True)
+        self.port_file.unlink(missing_ok=True)
 
     def _send_signal(self, signum: signal.Signals) -> None:
         pid = self.pid
@@ -956,16 +986,29 @@ class RecordedProcess(ProcessControl):
         return True
 
 
-def _dev_components(args: argparse.Namespace) -> list[tuple[RecordedProcess, ManagedProcess]]:
-    """The dev stack in start order, each as its pid-file record and its launcher."""
-    kafka_bootstrap = f"{LOOPBACK}:{args.kafka_port}"
-    redis_url = f"redis://{LOOPBACK}:{args.redis_port}/0"
-    components: list[tuple[RecordedProcess, ManagedProcess]] = [
-        (
+def _read_number(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass(frozen=True)
+class _DevComponent:
+    record: RecordedProcess
+    launcher: ManagedProcess
+    port: int  # The port clients use, as the flags ask for it.
+
+
+def _dev_components(args: argparse.Namespace) -> list[_DevComponent]:
+    """The dev stack in start order: each component's pid-file record and launcher."""
+    components = [
+        _DevComponent(
             RecordedProcess("redis", "redis-server", RedisServer.stop_grace),
             RedisServer(STATE_DIR / "redis", args.redis_port, log_dir=LOG_DIR, detach=True),
+            args.redis_port,
         ),
-        (
+        _DevComponent(
             RecordedProcess("kafka", "kafka.Kafka", KafkaBroker.stop_grace),
             KafkaBroker(
                 STATE_DIR / "kafka",
@@ -974,20 +1017,21 @@ def _dev_components(args: argparse.Namespace) -> list[tuple[RecordedProcess, Man
                 log_dir=LOG_DIR,
                 detach=True,
             ),
+            args.kafka_port,
         ),
     ]
     if not getattr(args, "no_sidecar", False):
         sidecar = SidecarProcess(
             STATE_DIR / "sidecar",
             args.port,
-            kafka_bootstrap,
-            redis_url,
-            args.topic,
+            kafka_bootstrap=f"{LOOPBACK}:{args.kafka_port}",
+            redis_url=f"redis://{LOOPBACK}:{args.redis_port}/0",
+            topic=args.topic,
             log_dir=LOG_DIR,
             detach=True,
         )
         record = RecordedProcess("sidecar", "dualstream serve", SidecarProcess.stop_grace)
-        components.append((record, sidecar))
+        components.append(_DevComponent(record, sidecar, args.port))
     return components
 
 
@@ -1005,20 +1049,27 @@ def up(args: argparse.Namespace) -> None:
     """Start whatever of the dev stack is not running; leave the rest alone."""
     STATE_DIR.mkdir(exist_ok=True)
     LOG_DIR.mkdir(exist_ok=True)
-    for record, launcher in _dev_components(args):
+    for component in _dev_components(args):
+        record, launcher = component.record, component.launcher
         pid = record.pid
         if pid is not None:
+            running_port = record.recorded_port
+            if running_port is not None and running_port != component.port:
+                raise StackError(
+                    f"{record.name} already runs on port {running_port} (pid {pid}), not "
+                    f"{component.port}: run `down` first to change ports"
+                )
             _say(record.name, f"already running (pid {pid})")
         else:
             record.forget()  # Stale, if present: its process is gone.
-            _say(record.name, "starting ...")
+            _say(record.name, f"starting on {LOOPBACK}:{component.port} ...")
             began = time.monotonic()
             try:
                 launcher.start()
             except StackError as exc:
                 raise StackError(f"{record.name} did not start: {exc}") from None
             pid = launcher.release()
-            record.record(pid)
+            record.record(pid, component.port)
             _say(
                 record.name,
                 f"ready in {time.monotonic() - began:.1f}s (pid {pid}), "
@@ -1038,7 +1089,8 @@ def up(args: argparse.Namespace) -> None:
 
 def down(args: argparse.Namespace) -> None:
     """Stop the dev stack, sidecar first (it needs the others to drain), then Kafka, Redis."""
-    for record, _ in reversed(_dev_components(args)):
+    for component in reversed(_dev_components(args)):
+        record = component.record
         pid = record.pid
         if pid is None:
             stale = " (removed a stale pid file)" if record.pid_file.exists() else ""
@@ -1056,14 +1108,14 @@ def down(args: argparse.Namespace) -> None:
 
 
 def status(args: argparse.Namespace) -> None:
-    ports = {"redis": args.redis_port, "kafka": args.kafka_port, "sidecar": args.port}
-    for record, _ in _dev_components(args):
+    for component in _dev_components(args):
+        record = component.record
         pid = record.pid
-        port = ports[record.name]
         if pid is None:
             stale = " (stale pid file)" if record.pid_file.exists() else ""
             _say(record.name, f"stopped{stale}")
         else:
+            port = record.recorded_port or component.port
             answering = "answering" if port_open(port) else "NOT answering"
             _say(record.name, f"running (pid {pid}), {LOOPBACK}:{port} {answering}")
 
@@ -1079,11 +1131,21 @@ def tail(args: argparse.Namespace) -> None:
 
 async def _tail_topic(bootstrap: str, topic: str, count: int) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
 
+    # A consumer without a subscription does not learn a topic's partitions; the admin does.
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"] != 0:
+        raise StackError(f"topic {topic} does not exist on {bootstrap}")
+    partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         for tp in partitions:
@@ -1092,13 +1154,13 @@ async def _tail_topic(bootstrap: str, topic: str, count: int) -> None:
         while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             for batch in (await consumer.getmany(timeout_ms=500)).values():
                 records.extend(batch)
-        for record in sorted(records, key=lambda r: r.timestamp)[-count:]:
-            headers = " ".join(f"{k}={v.decode(errors='replace')}" for k, v in record.headers)
-            print(f"{record.topic}/{record.partition}@{record.offset} key={record.key!r}")
-            print(f"    value={record.value!r}")
-            print(f"    {headers}")
     finally:
         await consumer.stop()
+    for record in sorted(records, key=lambda r: r.timestamp)[-count:]:
+        headers = " ".join(f"{k}={v.decode(errors='replace')}" for k, v in record.headers)
+        print(f"{record.topic}/{record.partition}@{record.offset} key={record.key!r}")
+        print(f"    value={record.value!r}")
+        print(f"    {headers}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -307,16 +307,25 @@ async def test_redis_outage_is_reported_or_filled(
         async with asyncio.timeout(20):
             while not any(isinstance(m, Gap | CaughtUp) for m in messages):
                 messages.append(await anext(stream))
-        after = await client.publish(EventInput("t", source_type, "x", id="after"))
-        rest = await notifications_until(stream, {after.id})
-    delivered = ids_of(messages + rest)
+        # The notifier's breaker may still skip Redis for up to a probe interval; events it
+        # skips are durable but not live (see the README), so count only notified ones.
+        live_ids: list[str] = []
+        for i in range(100):
+            result = await client.publish(EventInput("t", source_type, "x", id=f"after{i}"))
+            if result.notified:
+                live_ids.append(result.id)
+                break
+            await asyncio.sleep(0.1)
+        rest = await notifications_until(stream, set(live_ids))
+    delivered = [i for i in ids_of(messages + rest) if not i.startswith("after") or i in live_ids]
+    assert live_ids
     if policy == "gap":
         gap = next(m for m in messages if isinstance(m, Gap))
         assert gap.reason == "redis_outage"
         assert gap.since <= gap.until
-        assert delivered == ["after"]
+        assert delivered == live_ids
     else:
-        assert delivered == [*during, "after"]
+        assert delivered == [*during, *live_ids]
 
 
 async def test_thousands_of_subscribe_cancel_cycles_leak_nothing(

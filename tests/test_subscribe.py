@@ -15,7 +15,7 @@ from dualstream.notifications import Notification
 from dualstream.transport.server import Sidecar
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
-from dualstream_client import DualstreamClient, EventInput, ResourceExhaustedError
+from dualstream_client import DualstreamClient, EventInput, Gap, ResourceExhaustedError
 from stack.localstack import KafkaBroker, RedisServer
 from tests.conftest import eventually, make_settings, next_notification, target_of
 
@@ -177,7 +177,10 @@ async def test_hub_survives_redis_restart(
             return result.notified
 
         await eventually(delivered, timeout=15)
-        notification = await next_notification(stream)
+        first = await asyncio.wait_for(anext(stream), 10)
+        assert isinstance(first, Gap)  # The outage window is reported ...
+        assert first.reason == "redis_outage"
+        notification = await next_notification(stream)  # ... and delivery goes on.
         assert notification.type == "after"
 
 

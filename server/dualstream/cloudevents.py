@@ -33,6 +33,11 @@ class KafkaRecord:
     value: bytes
     headers: Headers
 
+    @property
+    def size(self) -> int:
+        """Bytes the record holds in memory until Kafka acknowledges it (roughly)."""
+        return len(self.key) + len(self.value) + sum(len(n) + len(v) for n, v in self.headers)
+
 
 def source_uri(source_type: str, source_id: str) -> str:
     return f"/{quote(source_type, safe='')}/{quote(source_id, safe='')}"

@@ -21,6 +21,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
+from dualstream.budget import Budget
 from dualstream.cloudevents import KafkaRecord
 from dualstream.errors import InvalidArgumentError, UnavailableError
 from dualstream.events import RecordPosition
@@ -45,6 +46,7 @@ class KafkaEventLog(Service):
         self._connector: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._last_connect_error: BaseException | None = None
+        self.buffer = Budget(settings.kafka_buffer_events, settings.kafka_buffer_bytes)
 
     @property
     def topic(self) -> str:
@@ -54,6 +56,10 @@ class KafkaEventLog(Service):
     def ready(self) -> bool:
         """Whether the producer is connected and can take records."""
         return self._connected.is_set()
+
+    @property
+    def last_connect_error(self) -> str:
+        return str(self._last_connect_error or "")
 
     async def wait_ready(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -138,17 +144,28 @@ class KafkaEventLog(Service):
             )
         return self._producer
 
-    async def _enqueue(self, producer: AIOKafkaProducer, record: KafkaRecord) -> Any:
-        return await producer.send(
-            self._topic, value=record.value, key=record.key, headers=record.headers
-        )
+    async def _send_reserved(self, producer: AIOKafkaProducer, record: KafkaRecord) -> Any:
+        """Hand a record, whose buffer room is reserved, to the producer. The room is given
+        back when Kafka answers for the record (not when the caller gives up), so a stalled
+        broker cannot grow memory without bound."""
+        size = record.size
+        try:
+            delivery = await producer.send(
+                self._topic, value=record.value, key=record.key, headers=record.headers
+            )
+        except BaseException:
+            self.buffer.release(1, size)
+            raise
+        delivery.add_done_callback(lambda _: self.buffer.release(1, size))
+        return delivery
 
     async def append(self, record: KafkaRecord) -> RecordPosition:
         """Write one record and wait for the broker's acknowledgement."""
         producer = self._require_producer()
         try:
             async with asyncio.timeout(self._settings.kafka_delivery_timeout):
-                delivery = await self._enqueue(producer, record)
+                await self.buffer.acquire(1, record.size, self._settings.kafka_buffer_wait)
+                delivery = await self._send_reserved(producer, record)
                 metadata = await delivery
         except TimeoutError as exc:
             raise self._timed_out() from exc
@@ -162,7 +179,19 @@ class KafkaEventLog(Service):
         outcomes: list[RecordPosition | Exception] = []
         try:
             async with asyncio.timeout(self._settings.kafka_delivery_timeout):
-                deliveries = [await self._enqueue(producer, record) for record in records]
+                # The whole batch reserves its room first, so a full buffer never splits it.
+                sizes = [record.size for record in records]
+                await self.buffer.acquire(
+                    len(records), sum(sizes), self._settings.kafka_buffer_wait
+                )
+                deliveries = []
+                for index, record in enumerate(records):
+                    try:
+                        deliveries.append(await self._send_reserved(producer, record))
+                    except BaseException:
+                        # _send_reserved gave back this record's room; give back the rest.
+                        self.buffer.release(len(records) - index - 1, sum(sizes[index + 1 :]))
+                        raise
                 results = await asyncio.gather(*deliveries, return_exceptions=True)
         except TimeoutError as exc:
             raise self._timed_out() from exc

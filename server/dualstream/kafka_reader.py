@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,7 +24,9 @@ REPLAY_BATCH_RECORDS = 500
 
 
 class KafkaReader(Service):
-    """One shared consumer for offset look-ups; a consumer of its own per replay."""
+    """One shared consumer for offset look-ups, and a small pool of consumers for replays and
+    record fetches. Pooled consumers are reused, not started and stopped per replay: that is
+    faster, and an aiokafka client stopped while its metadata task connects leaks a socket."""
 
     def __init__(self, bootstrap: str, topic: str, max_concurrent_replays: int = 16) -> None:
         self._bootstrap = bootstrap
@@ -32,6 +34,7 @@ class KafkaReader(Service):
         self._lookups: AIOKafkaConsumer | None = None
         self._lookup_lock = asyncio.Lock()
         self._replay_slots = asyncio.Semaphore(max_concurrent_replays)
+        self._idle: list[AIOKafkaConsumer] = []
         self._partitions: list[TopicPartition] = []
 
     @property
@@ -53,9 +56,39 @@ class KafkaReader(Service):
         pass  # Connected lazily: the sidecar must start, and publish, while Kafka is away.
 
     async def _stop(self) -> None:
+        consumers, self._idle = self._idle, []
         consumer, self._lookups = self._lookups, None
         if consumer is not None:
-            await consumer.stop()
+            consumers.append(consumer)
+        for each in consumers:
+            await each.stop()
+
+    @contextlib.asynccontextmanager
+    async def borrow(self) -> AsyncIterator[AIOKafkaConsumer]:
+        """A started consumer with no assignment, returned to the pool afterwards."""
+        async with self._replay_slots:
+            if self._idle:
+                consumer = self._idle.pop()
+            else:
+                consumer = self.new_consumer()
+                try:
+                    await consumer.start()
+                except BaseException:
+                    await consumer.stop()
+                    raise
+            reusable = False
+            try:
+                yield consumer
+                reusable = True
+            except (GeneratorExit, asyncio.CancelledError):
+                reusable = True  # The borrower went away; the consumer itself is fine.
+                raise
+            finally:
+                if reusable and self.started:
+                    consumer.unsubscribe()
+                    self._idle.append(consumer)
+                else:
+                    await consumer.stop()
 
     async def _lookup_consumer(self) -> AIOKafkaConsumer:
         if self._lookups is None:
@@ -127,16 +160,16 @@ class KafkaReader(Service):
         result: dict[int, int] = await self._lookup("offsets by time", call)
         return result
 
-    async def replay(self, start: Mapping[int, int], stop: Mapping[int, int]) -> AsyncIterator[Any]:
+    async def replay(
+        self, start: Mapping[int, int], stop: Mapping[int, int]
+    ) -> AsyncGenerator[Any, None]:
         """Yield every record with ``start[p] <= offset < stop[p]``, in offset order per
         partition. Reads in bounded batches, no faster than the caller consumes."""
         pending = {p: s for p, s in start.items() if s < stop.get(p, 0)}
         if not pending:
             return
-        async with self._replay_slots:
-            consumer = self.new_consumer()
+        async with self.borrow() as consumer:
             try:
-                await consumer.start()
                 partitions = [TopicPartition(self._topic, p) for p in pending]
                 consumer.assign(partitions)
                 for tp in partitions:
@@ -163,55 +196,36 @@ class KafkaReader(Service):
                             pending.pop(partition, None)
             except KafkaError as exc:
                 raise UnavailableError(f"replay from Kafka failed: {exc!r}") from exc
-            finally:
-                await consumer.stop()
 
 
 class RecordFetcher:
-    """Reads single records by position for one stream, cheaply when they come in order."""
+    """Reads single records by position for one stream, cheaply when they come in order:
+    each read fetches a batch, and the records after the one asked for are kept."""
 
     def __init__(self, reader: KafkaReader) -> None:
         self._reader = reader
-        self._consumer: AIOKafkaConsumer | None = None
         self._buffered: dict[tuple[int, int], Any] = {}
 
     async def fetch(self, partition: int, offset: int) -> Any:
         key = (partition, offset)
         if key in self._buffered:
             return self._buffered.pop(key)
-        consumer = await self._ensure_consumer()
-        tp = TopicPartition(self._reader.topic, partition)
-        if tp not in consumer.assignment():
-            consumer.assign([*consumer.assignment(), tp])
-        consumer.seek(tp, offset)
         self._buffered.clear()
+        tp = TopicPartition(self._reader.topic, partition)
         try:
-            async with asyncio.timeout(10):
+            async with self._reader.borrow() as consumer, asyncio.timeout(10):
+                consumer.assign([tp])
+                consumer.seek(tp, offset)
                 while True:
                     batches = await consumer.getmany(tp, timeout_ms=1000, max_records=100)
                     for record in batches.get(tp, ()):
                         self._buffered[(partition, record.offset)] = record
                     if key in self._buffered:
                         return self._buffered.pop(key)
-                    if any(record_offset > offset for _, record_offset in self._buffered):
+                    if any(found > offset for _, found in self._buffered):
                         raise UnavailableError(f"record {partition}@{offset} is gone from Kafka")
         except (KafkaError, TimeoutError) as exc:
             raise UnavailableError(f"could not read {partition}@{offset}: {exc!r}") from exc
 
-    async def _ensure_consumer(self) -> AIOKafkaConsumer:
-        if self._consumer is None:
-            consumer = self._reader.new_consumer()
-            try:
-                await consumer.start()
-            except BaseException:
-                await consumer.stop()
-                raise
-            self._consumer = consumer
-        return self._consumer
-
     async def close(self) -> None:
-        consumer, self._consumer = self._consumer, None
         self._buffered.clear()
-        if consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await consumer.stop()

@@ -2,7 +2,9 @@
 
 Nothing here raises to the publish path. A failure or a timeout is logged (once when the
 leg starts failing, once when it recovers, not per event), counted, and reported as
-"not notified".
+"not notified". After ``breaker_failures`` failures in a row a breaker opens: the leg is
+skipped outright, so publishes do not each wait for a timeout while Redis is down, and one call
+per ``probe_interval`` probes whether Redis is back.
 """
 
 from __future__ import annotations
@@ -27,15 +29,26 @@ class NotifierStats:
 
     sent: int = 0
     failed: int = 0
+    skipped: int = 0
     consecutive_failures: int = 0
     last_error: str = ""
 
 
 class RedisNotifier(Service):
-    def __init__(self, redis_url: str, timeout: float, channel_prefix: str) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        timeout: float,
+        channel_prefix: str,
+        breaker_failures: int = 3,
+        probe_interval: float = 1.0,
+    ) -> None:
         self._redis_url = redis_url
         self._timeout = timeout
         self._channel_prefix = channel_prefix
+        self._breaker_failures = breaker_failures
+        self._probe_interval = probe_interval
+        self._next_probe = 0.0
         self._client: redis.Redis | None = None
         self.stats = NotifierStats()
 
@@ -43,6 +56,20 @@ class RedisNotifier(Service):
     def healthy(self) -> bool:
         """False while the most recent notification attempt failed."""
         return self.stats.consecutive_failures == 0
+
+    @property
+    def breaker_open(self) -> bool:
+        return self.stats.consecutive_failures >= self._breaker_failures
+
+    def _skip(self) -> bool:
+        """Whether to skip this attempt; lets one probe through per probe interval."""
+        if not self.breaker_open:
+            return False
+        now = asyncio.get_running_loop().time()
+        if now < self._next_probe:
+            return True
+        self._next_probe = now + self._probe_interval
+        return False
 
     async def _start(self) -> None:
         # Connections are made lazily, so the sidecar starts (and publishes) without Redis.
@@ -71,6 +98,9 @@ class RedisNotifier(Service):
             return []
         if self._client is None:
             return self._failed(len(notifications), "the notifier is not started")
+        if self._skip():
+            self.stats.skipped += len(notifications)
+            return [False] * len(notifications)
         try:
             async with asyncio.timeout(self._timeout):
                 if len(notifications) == 1:
@@ -98,6 +128,8 @@ class RedisNotifier(Service):
         stats.failed += count
         stats.consecutive_failures += count
         stats.last_error = reason
+        if self.breaker_open:
+            self._next_probe = asyncio.get_running_loop().time() + self._probe_interval
         return [False] * count
 
     def _succeeded(self, count: int) -> None:

@@ -37,9 +37,24 @@ class Settings:
         10.0, "how long a Kafka write may take before the call answers UNAVAILABLE"
     )
     kafka_compression: str = _setting("none", "producer compression: none, gzip, lz4 or zstd")
+    kafka_buffer_events: int = _setting(
+        10000, "most events awaiting Kafka's acknowledgement at once"
+    )
+    kafka_buffer_bytes: int = _setting(
+        64 * 1024 * 1024, "most bytes awaiting Kafka's acknowledgement at once"
+    )
+    kafka_buffer_wait: float = _setting(
+        0.5, "how long a publish waits for buffer room before RESOURCE_EXHAUSTED"
+    )
     redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis URL for notifications")
     redis_timeout: float = _setting(
         0.25, "how long the Redis leg may take before the event is reported not notified"
+    )
+    redis_breaker_failures: int = _setting(
+        3, "consecutive Redis failures after which the Redis leg is skipped until a probe works"
+    )
+    redis_probe_interval: float = _setting(
+        1.0, "how often a skipped Redis leg probes whether Redis is back"
     )
     channel_prefix: str = _setting("events", "Redis channel prefix: {prefix}:{type}:{id}")
     max_payload_bytes: int = _setting(1024 * 1024, "largest Event.data accepted, in bytes")
@@ -49,6 +64,18 @@ class Settings:
     stream_queue_size: int = _setting(
         1024, "notifications buffered per stream before it counts as too slow"
     )
+    max_streams_per_client: int = _setting(
+        100, "most concurrent Subscribe streams per client connection"
+    )
+    max_concurrent_rpcs: int = _setting(
+        2000, "most concurrent calls; more are answered RESOURCE_EXHAUSTED"
+    )
+    auth_token: str = _setting(
+        "", "if set, every call but health needs metadata `authorization: Bearer <token>`"
+    )
+    auth_token_file: str = _setting("", "read the auth token from this file instead")
+    tls_cert_file: str = _setting("", "PEM certificate chain: serve TLS instead of plaintext")
+    tls_key_file: str = _setting("", "PEM private key for tls_cert_file")
     shutdown_grace: float = _setting(10.0, "how long in-flight calls may finish after SIGTERM")
     log_level: str = _setting("INFO", "log level: DEBUG, INFO, WARNING or ERROR")
     log_format: str = _setting("text", "log format: text or json")
@@ -56,6 +83,13 @@ class Settings:
     def __post_init__(self) -> None:
         positive = (
             "kafka_max_batch_bytes",
+            "kafka_buffer_events",
+            "kafka_buffer_bytes",
+            "kafka_buffer_wait",
+            "redis_breaker_failures",
+            "redis_probe_interval",
+            "max_streams_per_client",
+            "max_concurrent_rpcs",
             "kafka_delivery_timeout",
             "redis_timeout",
             "max_payload_bytes",
@@ -73,6 +107,10 @@ class Settings:
             raise ValueError(f"setting kafka_compression: unknown codec {self.kafka_compression!r}")
         if self.log_format not in {"text", "json"}:
             raise ValueError(f"setting log_format must be text or json, not {self.log_format!r}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("settings tls_cert_file and tls_key_file go together")
+        if self.auth_token and self.auth_token_file:
+            raise ValueError("set auth_token or auth_token_file, not both")
         if not self.channel_prefix or any(c in self.channel_prefix for c in ":*?[]\\"):
             raise ValueError("setting channel_prefix must be non-empty, without : * ? [ ] \\")
 

@@ -11,7 +11,8 @@ published after the subscription was live, so Redis delivers it (or the hub repo
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -133,7 +134,7 @@ class StreamService:
         self._hub = hub
         self._reader = reader
 
-    async def open(self, request: StreamRequest) -> AsyncIterator[StreamItem]:
+    async def open(self, request: StreamRequest) -> AsyncGenerator[StreamItem, None]:
         routes = self._hub.validate(request.sources, sorted(request.types))
         if request.resume_cursor and (request.start_earliest or request.start_time):
             raise InvalidArgumentError("start", "cannot be combined with resume_cursor")
@@ -145,10 +146,10 @@ class StreamService:
         subscription = await self._hub.subscribe(routes)
         fetcher = RecordFetcher(self._reader) if request.include_data else None
         try:
-            async for item in _Stream(request, subscription, self._reader, fetcher).run(
-                resume, tuple(r.name for r in routes)
-            ):
-                yield item
+            stream = _Stream(request, subscription, self._reader, fetcher)
+            async with aclosing(stream.run(resume, tuple(r.name for r in routes))) as items:
+                async for item in items:
+                    yield item
         finally:
             subscription.close()
             if fetcher is not None:
@@ -190,13 +191,14 @@ class _Stream:
 
     async def run(
         self, resume: Cursor | None, routes: tuple[str, ...]
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         live_at = await self._reader.end_offsets()
         self._frontier = await self._starting_point(resume, live_at)
         yield Subscribed(routes, self._cursor())
         if self._frontier != live_at:
-            async for item in self._replay(live_at):
-                yield item
+            async with aclosing(self._replay(live_at)) as replayed:
+                async for item in replayed:
+                    yield item
         self._seam = dict(live_at)
         outage_since: datetime | None = None
         while True:
@@ -206,10 +208,11 @@ class _Stream:
                 if delivery is not None:
                     yield delivery
             elif isinstance(received, Overflow):
-                async for out in self._handle_gap(
-                    GapReason.SLOW_CONSUMER, received.missed, received.since
-                ):
-                    yield out
+                async with aclosing(
+                    self._handle_gap(GapReason.SLOW_CONSUMER, received.missed, received.since)
+                ) as handled:
+                    async for out in handled:
+                        yield out
             elif isinstance(received, Outage):
                 outage_since = received.since
                 if self._request.policy is SlowConsumerPolicy.CLOSE:
@@ -218,15 +221,16 @@ class _Stream:
                         + self._cursor()
                     )
             elif isinstance(received, Restored):
-                async for out in self._handle_gap(
-                    GapReason.REDIS_OUTAGE, 0, outage_since or received.at
-                ):
-                    yield out
+                async with aclosing(
+                    self._handle_gap(GapReason.REDIS_OUTAGE, 0, outage_since or received.at)
+                ) as handled:
+                    async for out in handled:
+                        yield out
                 outage_since = None
 
     async def _handle_gap(
         self, reason: GapReason, missed: int, since: datetime
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         policy = self._request.policy
         if policy is SlowConsumerPolicy.CLOSE:
             raise ResourceExhaustedError(
@@ -237,22 +241,26 @@ class _Stream:
             yield Gap(reason, missed, self._cursor(), since, datetime.now(UTC))
             return
         live_at = await self._reader.end_offsets()
-        async for item in self._replay(live_at):
-            yield item
+        async with aclosing(self._replay(live_at)) as replayed:
+            async for item in replayed:
+                yield item
         self._seam = dict(live_at)
 
-    async def _replay(self, until: Mapping[int, int]) -> AsyncIterator[StreamItem]:
+    async def _replay(self, until: Mapping[int, int]) -> AsyncGenerator[StreamItem, None]:
         replayed = 0
-        async for record in self._reader.replay(self._frontier, until):
-            self._frontier[record.partition] = record.offset + 1
-            notification = notification_from_record(record)
-            if notification is None or not self._selection.wants(
-                notification.source_type, notification.source_id, notification.type
-            ):
-                continue
-            event = from_record(record.value, record.headers) if self._fetcher else None
-            replayed += 1
-            yield Delivery(notification, self._cursor(), replayed=True, event=event)
+        # aclosing: a stream cancelled mid-replay must close the replay's consumer now, not
+        # whenever the garbage collector finalizes the generator.
+        async with aclosing(self._reader.replay(dict(self._frontier), until)) as records:
+            async for record in records:
+                self._frontier[record.partition] = record.offset + 1
+                notification = notification_from_record(record)
+                if notification is None or not self._selection.wants(
+                    notification.source_type, notification.source_id, notification.type
+                ):
+                    continue
+                event = from_record(record.value, record.headers) if self._fetcher else None
+                replayed += 1
+                yield Delivery(notification, self._cursor(), replayed=True, event=event)
         for partition, offset in until.items():
             self._frontier[partition] = max(self._frontier.get(partition, 0), offset)
         yield CaughtUp(replayed, self._cursor())

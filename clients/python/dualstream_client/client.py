@@ -146,15 +146,25 @@ class DualstreamClient:
         *,
         timeout: float | None = 30.0,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str = "",
+        tls_root_certificates: bytes | None = None,
     ) -> None:
+        """``token`` is sent as ``authorization: Bearer <token>``; ``tls_root_certificates``
+        (PEM) switches to TLS, trusting those roots."""
         self._target = target
         self._timeout = timeout
-        self._metadata = tuple(metadata)
+        auth = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = tuple(metadata) + auth
+        self._tls_roots = tls_root_certificates
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.EventServiceAsyncStub | None = None
 
     async def __aenter__(self) -> Self:
-        self._channel = grpc.aio.insecure_channel(self._target)
+        if self._tls_roots is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self._tls_roots)
+            self._channel = grpc.aio.secure_channel(self._target, credentials)
+        else:
+            self._channel = grpc.aio.insecure_channel(self._target)
         self._stub = pb_grpc.EventServiceStub(self._channel)
         return self
 
@@ -208,6 +218,15 @@ class DualstreamClient:
                     BatchItemResult(item.id, None, DualstreamClientError(code, item.error.message))
                 )
         return results
+
+    async def status(self) -> pb.GetStatusResponse:
+        """The sidecar's detailed status (the proto message; see GetStatusResponse)."""
+        try:
+            return await self._require_stub().GetStatus(
+                pb.GetStatusRequest(), timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from exc
 
     def subscribe(
         self,

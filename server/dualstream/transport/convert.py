@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from dualstream.errors import InvalidArgumentError
 from dualstream.events import Event, NotPublished, Published, PublishOutcome, Source
 from dualstream.notifications import Notification
+from dualstream.status import ServingState, SidecarStatus
 from dualstream.streams import (
     Delivery,
     Gap,
@@ -146,4 +147,35 @@ def notification_to_proto(notification: Notification) -> pb.Notification:
         topic=notification.topic,
         partition=notification.partition,
         offset=notification.offset,
+    )
+
+
+_SERVING_STATES = {
+    ServingState.SERVING: pb.SERVING_STATE_SERVING,
+    ServingState.DEGRADED: pb.SERVING_STATE_DEGRADED,
+    ServingState.NOT_SERVING: pb.SERVING_STATE_NOT_SERVING,
+}
+
+
+def status_to_proto(status: SidecarStatus) -> pb.GetStatusResponse:
+    return pb.GetStatusResponse(
+        state=_SERVING_STATES[status.state],
+        kafka=pb.KafkaStatus(
+            connected=status.kafka_connected,
+            topic=status.kafka_topic,
+            buffered_events=status.kafka_buffered_events,
+            buffered_bytes=status.kafka_buffered_bytes,
+            last_error=status.kafka_last_error,
+        ),
+        redis=pb.RedisStatus(
+            publishing=status.redis_publishing,
+            breaker_open=status.redis_breaker_open,
+            sent=status.redis_sent,
+            failed=status.redis_failed,
+            skipped=status.redis_skipped,
+            last_error=status.redis_last_error,
+            subscriber_connected=status.subscriber_connected,
+        ),
+        streams=status.streams,
+        routes=status.routes,
     )

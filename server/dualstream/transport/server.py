@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,10 +21,11 @@ from dualstream.lifecycle import Service
 from dualstream.publisher import Publisher
 from dualstream.redis_notifier import RedisNotifier
 from dualstream.settings import Settings
+from dualstream.status import SidecarStatus, sidecar_status
 from dualstream.streams import StreamService
-from dualstream.transport.servicer import SERVICE_NAME, EventServicer
+from dualstream.transport.access import TokenAuthInterceptor
+from dualstream.transport.servicer import SERVICE_NAME, EventServicer, tolerant_parser
 from dualstream.v1 import event_service_pb2 as pb
-from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 HEALTH_POLL_SECONDS = 0.5
@@ -33,7 +36,13 @@ MESSAGE_SIZE_HEADROOM = 1024 * 1024
 def build_publisher(settings: Settings, tracer: Tracer) -> Publisher:
     return Publisher(
         KafkaEventLog(settings),
-        RedisNotifier(settings.redis_url, settings.redis_timeout, settings.channel_prefix),
+        RedisNotifier(
+            settings.redis_url,
+            settings.redis_timeout,
+            settings.channel_prefix,
+            breaker_failures=settings.redis_breaker_failures,
+            probe_interval=settings.redis_probe_interval,
+        ),
         settings.event_limits,
         tracer,
     )
@@ -60,7 +69,14 @@ class Sidecar(Service):
         self.publisher = build_publisher(settings, tracer)
         self.hub = build_hub(settings)
         self.reader = KafkaReader(settings.kafka_bootstrap, settings.kafka_topic)
-        self._servicer = EventServicer(self.publisher, StreamService(self.hub, self.reader), tracer)
+        self.draining = False
+        self._servicer = EventServicer(
+            self.publisher,
+            StreamService(self.hub, self.reader),
+            tracer,
+            status=self.status,
+            max_streams_per_client=settings.max_streams_per_client,
+        )
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
         self._health_watch: asyncio.Task[None] | None = None
@@ -74,13 +90,16 @@ class Sidecar(Service):
             self.settings.max_payload_bytes * min(self.settings.max_batch_events, 16)
             + MESSAGE_SIZE_HEADROOM
         )
+        token = self._auth_token()
         server = grpc.aio.server(
+            interceptors=[TokenAuthInterceptor(token)] if token else [],
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
         )
-        pb_grpc.add_EventServiceServicer_to_server(self._servicer, server)
+        server.add_generic_rpc_handlers((self._event_service_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
@@ -90,12 +109,61 @@ class Sidecar(Service):
             ),
             server,
         )
-        self.port = server.add_insecure_port(self.settings.listen)
+        self.port = self._bind(server)
         await server.start()
         self._server = server
         await self._report_health()
         self._health_watch = asyncio.create_task(self._watch_health(), name="health-watch")
         logger.info("dualstream listening on %s", self.settings.listen)
+
+    def _auth_token(self) -> str:
+        if self.settings.auth_token_file:
+            return Path(self.settings.auth_token_file).read_text().strip()
+        return self.settings.auth_token
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        if not self.settings.tls_cert_file:
+            return server.add_insecure_port(self.settings.listen)
+        credentials = grpc.ssl_server_credentials(
+            [
+                (
+                    Path(self.settings.tls_key_file).read_bytes(),
+                    Path(self.settings.tls_cert_file).read_bytes(),
+                )
+            ]
+        )
+        return server.add_secure_port(self.settings.listen, credentials)
+
+    def _event_service_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        """EventService's handlers, with request parsing that names a malformed field."""
+        servicer = self._servicer
+        unary = grpc.unary_unary_rpc_method_handler
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            "Publish": unary(
+                servicer.Publish,
+                request_deserializer=tolerant_parser(pb.PublishRequest),
+                response_serializer=pb.PublishResponse.SerializeToString,
+            ),
+            "PublishBatch": unary(
+                servicer.PublishBatch,
+                request_deserializer=tolerant_parser(pb.PublishBatchRequest),
+                response_serializer=pb.PublishBatchResponse.SerializeToString,
+            ),
+            "Subscribe": grpc.unary_stream_rpc_method_handler(
+                servicer.Subscribe,
+                request_deserializer=tolerant_parser(pb.SubscribeRequest),
+                response_serializer=pb.SubscribeResponse.SerializeToString,
+            ),
+            "GetStatus": unary(
+                servicer.GetStatus,
+                request_deserializer=tolerant_parser(pb.GetStatusRequest),
+                response_serializer=pb.GetStatusResponse.SerializeToString,
+            ),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+    def status(self) -> SidecarStatus:
+        return sidecar_status(self.publisher, self.hub, self.draining)
 
     async def _report_health(self) -> None:
         # SERVING only while the Kafka leg can work; Redis trouble is degraded, not down.
@@ -114,6 +182,7 @@ class Sidecar(Service):
 
     async def _stop(self) -> None:
         logger.info("dualstream draining: no new calls, in-flight calls may finish")
+        self.draining = True
         if self._health_watch is not None:
             self._health_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

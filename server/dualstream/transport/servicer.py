@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import collections
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from dualstream.errors import DualstreamError, InvalidArgumentError
+from dualstream.errors import DualstreamError, InvalidArgumentError, ResourceExhaustedError
 from dualstream.publisher import Publisher
+from dualstream.status import SidecarStatus
 from dualstream.streams import StreamService
 from dualstream.telemetry import context_from_metadata
 from dualstream.transport import convert
 from dualstream.transport.status import status_code_for
+from dualstream.transport.wire import find_invalid_field
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 
@@ -66,15 +71,52 @@ def _rpc_span(tracer: Tracer, method: str, context: _Context) -> Iterator[Span]:
         span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.OK.value[0])
 
 
+@dataclass(frozen=True, slots=True)
+class MalformedRequest:
+    """A request protobuf could not parse; ``field`` is the path of the field at fault."""
+
+    field: str
+    problem: str
+
+    def error(self) -> InvalidArgumentError:
+        return InvalidArgumentError(self.field, self.problem)
+
+
+def tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Any]:
+    """A request deserializer that turns unparseable bytes into ``MalformedRequest``, so the
+    handler can answer INVALID_ARGUMENT naming the field (gRPC itself would say INTERNAL)."""
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return message_class.FromString(raw)
+        except DecodeError:
+            field = find_invalid_field(message_class.DESCRIPTOR, raw) or "request"
+            return MalformedRequest(field, "is not valid protobuf (a string that is not UTF-8?)")
+
+    return parse
+
+
 class EventServicer(pb_grpc.EventServiceServicer):
-    def __init__(self, publisher: Publisher, streams: StreamService, tracer: Tracer) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        streams: StreamService,
+        tracer: Tracer,
+        status: Callable[[], SidecarStatus],
+        max_streams_per_client: int,
+    ) -> None:
         self._publisher = publisher
         self._streams = streams
         self._tracer = tracer
+        self._status = status
+        self._max_streams_per_client = max_streams_per_client
+        self._streams_by_peer: collections.Counter[str] = collections.Counter()
 
     async def Publish(self, request: pb.PublishRequest, context: _Context) -> pb.PublishResponse:
         try:
             with _rpc_span(self._tracer, "Publish", context):
+                if isinstance(request, MalformedRequest):
+                    raise request.error()
                 if not request.HasField("event"):
                     raise InvalidArgumentError("event", "is required")
                 event = convert.event_from_proto(request.event, "event")
@@ -88,6 +130,8 @@ class EventServicer(pb_grpc.EventServiceServicer):
     ) -> pb.PublishBatchResponse:
         try:
             with _rpc_span(self._tracer, "PublishBatch", context):
+                if isinstance(request, MalformedRequest):
+                    raise request.error()
                 events = [
                     convert.event_from_proto(event, f"events[{i}]")
                     for i, event in enumerate(request.events)
@@ -105,8 +149,28 @@ class EventServicer(pb_grpc.EventServiceServicer):
     ) -> AsyncIterator[pb.SubscribeResponse]:
         try:
             with _rpc_span(self._tracer, "Subscribe", context):
+                if isinstance(request, MalformedRequest):
+                    raise request.error()
                 stream_request = convert.stream_request_from_proto(request)
-                async for item in self._streams.open(stream_request):
-                    yield convert.stream_item_to_proto(item)
+                peer = context.peer()
+                if self._streams_by_peer[peer] >= self._max_streams_per_client:
+                    raise ResourceExhaustedError(
+                        f"this client already has {self._max_streams_per_client} streams open, "
+                        "its limit"
+                    )
+                self._streams_by_peer[peer] += 1
+                try:
+                    async with aclosing(self._streams.open(stream_request)) as items:
+                        async for item in items:
+                            yield convert.stream_item_to_proto(item)
+                finally:
+                    self._streams_by_peer[peer] -= 1
+                    if not self._streams_by_peer[peer]:
+                        del self._streams_by_peer[peer]
         except _StatusError as failure:
             await context.abort(failure.code, failure.details)
+
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: _Context
+    ) -> pb.GetStatusResponse:
+        return convert.status_to_proto(self._status())

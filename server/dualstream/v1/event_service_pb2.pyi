@@ -78,6 +78,34 @@ GAP_REASON_REDIS_OUTAGE: GapReason.ValueType  # 2
 """The sidecar lost its Redis connection; notifications sent meanwhile were not received."""
 Global___GapReason: _TypeAlias = GapReason  # noqa: Y015
 
+class _ServingState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ServingStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServingState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SERVING_STATE_UNSPECIFIED: _ServingState.ValueType  # 0
+    """Not used."""
+    SERVING_STATE_SERVING: _ServingState.ValueType  # 1
+    """Kafka and Redis both work."""
+    SERVING_STATE_DEGRADED: _ServingState.ValueType  # 2
+    """Publishing works, but Redis does not: events are durable, live notifications are not sent."""
+    SERVING_STATE_NOT_SERVING: _ServingState.ValueType  # 3
+    """Publishing does not work: Kafka is not connected, or the sidecar is shutting down."""
+
+class ServingState(_ServingState, metaclass=_ServingStateEnumTypeWrapper):
+    """ServingState summarises the sidecar's state."""
+
+SERVING_STATE_UNSPECIFIED: ServingState.ValueType  # 0
+"""Not used."""
+SERVING_STATE_SERVING: ServingState.ValueType  # 1
+"""Kafka and Redis both work."""
+SERVING_STATE_DEGRADED: ServingState.ValueType  # 2
+"""Publishing works, but Redis does not: events are durable, live notifications are not sent."""
+SERVING_STATE_NOT_SERVING: ServingState.ValueType  # 3
+"""Publishing does not work: Kafka is not connected, or the sidecar is shutting down."""
+Global___ServingState: _TypeAlias = ServingState  # noqa: Y015
+
 @_typing.final
 class Event(_message.Message):
     """Event is the unit of publishing. It maps onto a CloudEvents 1.0 event; see the README."""
@@ -642,3 +670,146 @@ class Notification(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Notification: _TypeAlias = Notification  # noqa: Y015
+
+@_typing.final
+class GetStatusRequest(_message.Message):
+    """GetStatusRequest asks for the sidecar's status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatusRequest: _TypeAlias = GetStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetStatusResponse(_message.Message):
+    """GetStatusResponse describes the sidecar and each of its legs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    KAFKA_FIELD_NUMBER: _builtins.int
+    REDIS_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    state: Global___ServingState.ValueType
+    """The summary."""
+    streams: _builtins.int
+    """Open Subscribe streams."""
+    routes: _builtins.int
+    """Redis channels and patterns the hub holds for them."""
+    @_builtins.property
+    def kafka(self) -> Global___KafkaStatus:
+        """The Kafka leg."""
+
+    @_builtins.property
+    def redis(self) -> Global___RedisStatus:
+        """The Redis legs."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___ServingState.ValueType = ...,
+        kafka: Global___KafkaStatus | None = ...,
+        redis: Global___RedisStatus | None = ...,
+        streams: _builtins.int = ...,
+        routes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kafka", b"kafka", "redis", b"redis"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kafka", b"kafka", "redis", b"redis", "routes", b"routes", "state", b"state", "streams", b"streams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class KafkaStatus(_message.Message):
+    """KafkaStatus describes the durable leg."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    BUFFERED_EVENTS_FIELD_NUMBER: _builtins.int
+    BUFFERED_BYTES_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    connected: _builtins.bool
+    """Whether the producer is connected."""
+    topic: _builtins.str
+    """The topic events are written to."""
+    buffered_events: _builtins.int
+    """Events written but not yet acknowledged."""
+    buffered_bytes: _builtins.int
+    """Bytes of those events."""
+    last_error: _builtins.str
+    """The last connection error, if the producer is not connected."""
+    def __init__(
+        self,
+        *,
+        connected: _builtins.bool = ...,
+        topic: _builtins.str = ...,
+        buffered_events: _builtins.int = ...,
+        buffered_bytes: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffered_bytes", b"buffered_bytes", "buffered_events", b"buffered_events", "connected", b"connected", "last_error", b"last_error", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KafkaStatus: _TypeAlias = KafkaStatus  # noqa: Y015
+
+@_typing.final
+class RedisStatus(_message.Message):
+    """RedisStatus describes the notification and subscription legs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLISHING_FIELD_NUMBER: _builtins.int
+    BREAKER_OPEN_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    SUBSCRIBER_CONNECTED_FIELD_NUMBER: _builtins.int
+    publishing: _builtins.bool
+    """Whether the last notification went out."""
+    breaker_open: _builtins.bool
+    """Whether notifications are being skipped until a probe reaches Redis again."""
+    sent: _builtins.int
+    """Notifications sent since start."""
+    failed: _builtins.int
+    """Notifications that failed since start."""
+    skipped: _builtins.int
+    """Notifications skipped while the breaker was open."""
+    last_error: _builtins.str
+    """The last failure."""
+    subscriber_connected: _builtins.bool
+    """Whether the subscription hub's connection is up and answering."""
+    def __init__(
+        self,
+        *,
+        publishing: _builtins.bool = ...,
+        breaker_open: _builtins.bool = ...,
+        sent: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        subscriber_connected: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_open", b"breaker_open", "failed", b"failed", "last_error", b"last_error", "publishing", b"publishing", "sent", b"sent", "skipped", b"skipped", "subscriber_connected", b"subscriber_connected"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedisStatus: _TypeAlias = RedisStatus  # noqa: Y015

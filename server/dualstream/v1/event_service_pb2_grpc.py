@@ -50,6 +50,11 @@ class EventServiceStub:
                 request_serializer=dualstream_dot_v1_dot_event__service__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=dualstream_dot_v1_dot_event__service__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/dualstream.v1.EventService/GetStatus',
+                request_serializer=dualstream_dot_v1_dot_event__service__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=dualstream_dot_v1_dot_event__service__pb2.GetStatusResponse.FromString,
+                _registered_method=True)
 
 
 class EventServiceServicer:
@@ -80,6 +85,14 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatus(self, request, context):
+        """GetStatus tells how the sidecar and each of its legs are doing, beyond the yes-or-no of
+        the standard health service: a Redis outage shows here as DEGRADED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +110,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=dualstream_dot_v1_dot_event__service__pb2.SubscribeRequest.FromString,
                     response_serializer=dualstream_dot_v1_dot_event__service__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=dualstream_dot_v1_dot_event__service__pb2.GetStatusRequest.FromString,
+                    response_serializer=dualstream_dot_v1_dot_event__service__pb2.GetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +199,33 @@ class EventService:
             '/dualstream.v1.EventService/Subscribe',
             dualstream_dot_v1_dot_event__service__pb2.SubscribeRequest.SerializeToString,
             dualstream_dot_v1_dot_event__service__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dualstream.v1.EventService/GetStatus',
+            dualstream_dot_v1_dot_event__service__pb2.GetStatusRequest.SerializeToString,
+            dualstream_dot_v1_dot_event__service__pb2.GetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class EventServiceStub:
     """Subscribe streams a notification for every event published to the requested sources
     from the moment the stream's first message, `subscribed`, is sent.
     """
+    GetStatus: _grpc.UnaryUnaryMultiCallable[_event_service_pb2.GetStatusRequest, _event_service_pb2.GetStatusResponse]
+    """GetStatus tells how the sidecar and each of its legs are doing, beyond the yes-or-no of
+    the standard health service: a Redis outage shows here as DEGRADED.
+    """
 
 @_typing.type_check_only
 class EventServiceAsyncStub(EventServiceStub):
@@ -62,6 +66,10 @@ class EventServiceAsyncStub(EventServiceStub):
     Subscribe: _aio.UnaryStreamMultiCallable[_event_service_pb2.SubscribeRequest, _event_service_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Subscribe streams a notification for every event published to the requested sources
     from the moment the stream's first message, `subscribed`, is sent.
+    """
+    GetStatus: _aio.UnaryUnaryMultiCallable[_event_service_pb2.GetStatusRequest, _event_service_pb2.GetStatusResponse]  # type: ignore[assignment]
+    """GetStatus tells how the sidecar and each of its legs are doing, beyond the yes-or-no of
+    the standard health service: a Redis outage shows here as DEGRADED.
     """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -95,6 +103,16 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_event_service_pb2.SubscribeResponse], _abc.AsyncIterator[_event_service_pb2.SubscribeResponse]]:
         """Subscribe streams a notification for every event published to the requested sources
         from the moment the stream's first message, `subscribed`, is sent.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStatus(
+        self,
+        request: _event_service_pb2.GetStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_service_pb2.GetStatusResponse, _abc.Awaitable[_event_service_pb2.GetStatusResponse]]:
+        """GetStatus tells how the sidecar and each of its legs are doing, beyond the yes-or-no of
+        the standard health service: a Redis outage shows here as DEGRADED.
         """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -345,6 +345,12 @@ class ManagedProcess(ProcessControl):
         _attached_children.discard(self._process)
         return True
 
+    def wait_exit(self, timeout: float) -> int | None:
+        """Wait for the process to exit by itself; its exit code, or None if it still runs."""
+        if self._process is None or not self._wait_for_exit(timeout):
+            return None
+        return self._process.returncode
+
     # -- lifecycle
 
     def launch(self) -> None:
@@ -900,12 +906,14 @@ class SidecarProcess(ManagedProcess):
         *,
         log_dir: Path | None = None,
         detach: bool = False,
+        extra_args: Sequence[str] = (),
     ) -> None:
         super().__init__(workdir, log_dir=log_dir, detach=detach)
         self.port = port
         self.kafka_bootstrap = kafka_bootstrap
         self.redis_url = redis_url
         self.topic = topic
+        self.extra_args = list(extra_args)
 
     def _ports(self) -> list[int]:
         return [self.port]
@@ -917,7 +925,7 @@ class SidecarProcess(ManagedProcess):
         return [
             str(executable), "serve", "--listen", f"{LOOPBACK}:{self.port}",
             "--kafka-bootstrap", self.kafka_bootstrap, "--kafka-topic", self.topic,
-            "--redis-url", self.redis_url,
+            "--redis-url", self.redis_url, *self.extra_args,
         ]  # fmt: skip
 
     def _is_ready(self) -> bool:

@@ -343,7 +343,8 @@ class SubscriptionHub(Service):
                 async with asyncio.timeout(self._settings.ping_timeout + 1.0):
                     reader, writer = await self._address.open()
             except (OSError, TimeoutError) as exc:
-                logger.warning("Redis subscriber connection failed (%s); retrying", exc)
+                if backoff == RECONNECT_BACKOFF_INITIAL:  # Once per outage, not per attempt.
+                    logger.warning("Redis subscriber connection failed (%s); retrying", exc)
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX)
                 continue

@@ -1,0 +1,36 @@
+"""Checks against what Kafka actually holds after a fault."""
+
+from __future__ import annotations
+
+import collections
+
+from tests.faults.load import Outcome
+from tests.kafka_records import read_all
+
+
+async def check_acknowledged_exactly_once_in_order(
+    bootstrap: str, topic: str, outcomes: list[Outcome]
+) -> dict[str, int]:
+    """Every acknowledged event is in Kafka exactly once, and per key in sequence order."""
+    acknowledged = {o.event_id: o for o in outcomes if o.ok}
+    records = await read_all(bootstrap, topic, len(acknowledged), timeout=60)
+    copies = collections.Counter(
+        dict(record.headers).get("ce_id", b"").decode() for record in records
+    )
+    missing = [event_id for event_id in acknowledged if copies[event_id] == 0]
+    duplicated = [event_id for event_id in acknowledged if copies[event_id] > 1]
+    assert not missing, f"{len(missing)} acknowledged events are not in Kafka: {missing[:5]}"
+    assert not duplicated, f"{len(duplicated)} acknowledged events are doubled: {duplicated[:5]}"
+    by_key: dict[bytes, list[tuple[int, int]]] = collections.defaultdict(list)
+    for record in records:
+        event_id = dict(record.headers).get("ce_id", b"").decode()
+        if event_id in acknowledged and record.key is not None and record.value is not None:
+            by_key[record.key].append((record.offset, int(record.value)))
+    for key, entries in by_key.items():
+        sequences = [sequence for _, sequence in sorted(entries)]
+        assert sequences == sorted(sequences), f"key {key!r} out of order: {sequences[:20]}"
+    return {
+        "acknowledged": len(acknowledged),
+        "records_in_kafka": len(records),
+        "acknowledged_found_once": len(acknowledged) - len(missing) - len(duplicated),
+    }

@@ -117,9 +117,9 @@ async def test_streams_per_client_are_capped(
         call = other(
             pb.SubscribeRequest(sources=[pb.Source(source_type=source_type, source_id="c")])
         )
-        first = await call.read()
-        assert isinstance(first, pb.SubscribeResponse)
-        assert first.HasField("subscribed")
+        reply = await call.read()
+        assert isinstance(reply, pb.SubscribeResponse)
+        assert reply.HasField("subscribed")
         call.cancel()
         first.close()
         second.close()

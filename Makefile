@@ -5,13 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PY) -m stack.localstack
 
-.PHONY: help install system-deps kafka-jars proto proto-check lint typecheck unit test faults up down status demo clean
+.PHONY: help install system-deps kafka-jars proto proto-check lint typecheck unit test faults bench bench-smoke up down status demo clean
 
 help:
 	@echo "make demo       install everything, start Kafka + Redis + the sidecar, show events flowing"
 	@echo "make test       lint, type checks, proto drift check and the whole test suite"
 	@echo "make up / down  start / stop the local stack (Kafka :9092, Redis :6379, sidecar :50051)"
 	@echo "make status     what of the local stack is running"
+	@echo "make bench      the benchmark: writes bench/results/<date>.{json,md,png}"
 	@echo "make faults     the fault-injection suite; rewrites docs/reliability.md"
 	@echo "make proto      regenerate server/dualstream/v1 from protos/"
 
@@ -51,6 +52,12 @@ unit: $(VENV)/.installed
 
 test: install proto-check lint typecheck
 	$(VENV)/bin/pytest -q -ra
+
+bench: install
+	$(PY) -m bench.run
+
+bench-smoke: install
+	$(PY) -m bench.run --smoke
 
 faults: install
 	$(VENV)/bin/pytest -q -ra -m faults -s

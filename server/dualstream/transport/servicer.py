@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from dualstream.errors import DualstreamError, InvalidArgumentError, ResourceExhaustedError
@@ -39,36 +40,45 @@ class _StatusError(Exception):
 
 
 @contextmanager
-def _rpc_span(tracer: Tracer, method: str, context: _Context) -> Iterator[Span]:
-    """A SERVER span, child of the caller's ``traceparent``, that maps errors to a status."""
+def _rpc_span(
+    tracer: Tracer, method: str, context: _Context, *, streaming: bool = False
+) -> Iterator[Span]:
+    """A SERVER span, child of the caller's ``traceparent``, that maps errors to a status.
+
+    A streaming handler yields between its steps, possibly resumed in another context, so its
+    span is not made current (that would leave a context token that cannot be detached).
+    """
     metadata = {
         key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
     }
-    with tracer.start_as_current_span(
+    span = tracer.start_span(
         f"{SERVICE_NAME}/{method}",
         context=context_from_metadata(metadata),
         kind=SpanKind.SERVER,
         attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method},
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        try:
+    )
+    try:
+        if streaming:
             yield span
-        except DualstreamError as exc:
-            code = status_code_for(exc)
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code is not grpc.StatusCode.INVALID_ARGUMENT:
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-            raise _StatusError(code, str(exc)) from exc
-        except Exception as exc:
-            logger.exception("%s failed unexpectedly", method)
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.INTERNAL.value[0])
-            raise _StatusError(
-                grpc.StatusCode.INTERNAL, "internal error; see the sidecar log"
-            ) from exc
+        else:
+            with trace.use_span(span, end_on_exit=False):
+                yield span
+    except DualstreamError as exc:
+        code = status_code_for(exc)
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code is not grpc.StatusCode.INVALID_ARGUMENT:
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+        raise _StatusError(code, str(exc)) from exc
+    except Exception as exc:
+        logger.exception("%s failed unexpectedly", method)
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.INTERNAL.value[0])
+        raise _StatusError(grpc.StatusCode.INTERNAL, "internal error; see the sidecar log") from exc
+    else:
         span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.OK.value[0])
+    finally:
+        span.end()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +158,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
         self, request: pb.SubscribeRequest, context: _Context
     ) -> AsyncIterator[pb.SubscribeResponse]:
         try:
-            with _rpc_span(self._tracer, "Subscribe", context):
+            with _rpc_span(self._tracer, "Subscribe", context, streaming=True):
                 if isinstance(request, MalformedRequest):
                     raise request.error()
                 stream_request = convert.stream_request_from_proto(request)

@@ -244,3 +244,19 @@ def test_oversize_message_is_refused(fuzz_target: str) -> None:
             return grpc.StatusCode.OK
 
     assert asyncio.run(send()) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_concurrent_calls_are_capped(
+    sidecar_settings: Any, tracer: Any, source_type: str
+) -> None:
+    async with (
+        Sidecar(sidecar_settings(max_concurrent_rpcs=2), tracer) as sidecar,
+        DualstreamClient(target_of(sidecar)) as client,
+    ):
+        outcomes = await asyncio.gather(
+            *(client.publish(EventInput("t", source_type, f"k{i}")) for i in range(50)),
+            return_exceptions=True,
+        )
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert refused, "50 concurrent calls never hit a limit of 2"
+    assert all(isinstance(o, ResourceExhaustedError) for o in refused), refused[:3]

@@ -68,7 +68,7 @@ class Settings:
         100, "most concurrent Subscribe streams per client connection"
     )
     max_concurrent_rpcs: int = _setting(
-        2000, "most concurrent calls; more are answered RESOURCE_EXHAUSTED"
+        2000, "most concurrent Publish and PublishBatch calls; more are answered RESOURCE_EXHAUSTED"
     )
     auth_token: str = _setting(
         "", "if set, every call but health needs metadata `authorization: Bearer <token>`"

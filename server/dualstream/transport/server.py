@@ -76,6 +76,7 @@ class Sidecar(Service):
             tracer,
             status=self.status,
             max_streams_per_client=settings.max_streams_per_client,
+            max_concurrent_calls=settings.max_concurrent_rpcs,
         )
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
@@ -97,7 +98,6 @@ class Sidecar(Service):
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
         )
         server.add_generic_rpc_handlers((self._event_service_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -112,8 +112,10 @@ class EventServicer(pb_grpc.EventServiceServicer):
         publisher: Publisher,
         streams: StreamService,
         tracer: Tracer,
+        *,
         status: Callable[[], SidecarStatus],
         max_streams_per_client: int,
+        max_concurrent_calls: int,
     ) -> None:
         self._publisher = publisher
         self._streams = streams
@@ -121,10 +123,26 @@ class EventServicer(pb_grpc.EventServiceServicer):
         self._status = status
         self._max_streams_per_client = max_streams_per_client
         self._streams_by_peer: collections.Counter[str] = collections.Counter()
+        # Our own bound on calls in progress: grpc.aio's maximum_concurrent_rpcs is not
+        # reliable (it can stop counting, and overload then shows up as CANCELLED).
+        self._max_calls = max_concurrent_calls
+        self._calls = 0
+
+    @contextmanager
+    def _admitted(self) -> Iterator[None]:
+        if self._calls >= self._max_calls:
+            raise ResourceExhaustedError(
+                f"the sidecar is already handling {self._calls} calls, its limit; retry later"
+            )
+        self._calls += 1
+        try:
+            yield
+        finally:
+            self._calls -= 1
 
     async def Publish(self, request: pb.PublishRequest, context: _Context) -> pb.PublishResponse:
         try:
-            with _rpc_span(self._tracer, "Publish", context):
+            with _rpc_span(self._tracer, "Publish", context), self._admitted():
                 if isinstance(request, MalformedRequest):
                     raise request.error()
                 if not request.HasField("event"):
@@ -139,7 +157,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
         self, request: pb.PublishBatchRequest, context: _Context
     ) -> pb.PublishBatchResponse:
         try:
-            with _rpc_span(self._tracer, "PublishBatch", context):
+            with _rpc_span(self._tracer, "PublishBatch", context), self._admitted():
                 if isinstance(request, MalformedRequest):
                     raise request.error()
                 events = [

@@ -193,6 +193,28 @@ def _run_async(make_coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
 # ---- processes ------------------------------------------------------------------------------
 
 
+class _StartedInWith:
+    """``with part:`` starts the part and stops it, whatever happens inside."""
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        raise NotImplementedError
+
+    def stop(self, grace: float | None = None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 class ProcessControl:
     """Signals and the stop policy, shared by processes we spawned and ones found by pid file."""
 
@@ -270,7 +292,7 @@ def _kill_attached_children() -> None:
     _attached_children.clear()
 
 
-class ManagedProcess(ProcessControl):
+class ManagedProcess(ProcessControl, _StartedInWith):
     """A server process spawned by this module: started, made ready, signalled and reaped.
 
     Subclasses say how to run the server (``_command``), what to do first (``_prepare``), which
@@ -432,18 +454,6 @@ class ManagedProcess(ProcessControl):
             raise StackError(f"{self.name} is not running")
         self._process = None
         return pid
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class _LogWatcher:
@@ -723,7 +733,7 @@ async def broker_answers(bootstrap: str, node_id: int) -> bool:
     return node_id in {broker["node_id"] for broker in cluster["brokers"]}
 
 
-class KafkaCluster:
+class KafkaCluster(_StartedInWith):
     """``size`` combined broker+controller KRaft nodes on loopback, all of them voters.
 
     Replication defaults suit durability tests: topics get ``size`` replicas (at most 3) and
@@ -803,18 +813,6 @@ class KafkaCluster:
     def kill(self) -> None:
         for broker in self.brokers:
             broker.kill()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # ---- topics ---------------------------------------------------------------------------------

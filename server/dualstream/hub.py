@@ -183,23 +183,6 @@ class Subscription:
         self._missed, self._missed_since = 0, None
         return overflow
 
-    def discard_queued(self) -> int:
-        """Drop queued notifications (a replay will cover them); signals are kept."""
-        kept: list[StreamSignal | BaseException] = []
-        dropped = 0
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if isinstance(item, Notification):
-                dropped += 1
-            else:
-                kept.append(item)
-        for item in kept:
-            self._queue.put_nowait(item)
-        self._queued_notifications = 0
-        dropped += self._missed
-        self._missed, self._missed_since = 0, None
-        return dropped
-
     def close(self) -> None:
         """Leave the hub and free the queue; idempotent, and safe while being cancelled."""
         if self._closed:

@@ -128,23 +128,21 @@ class KafkaReader(Service):
                     await broken.stop()
                 raise UnavailableError(f"Kafka could not tell {what}: {exc!r}") from exc
 
+    async def _per_partition(self, what: str, method: str) -> dict[int, int]:
+        async def call(consumer: AIOKafkaConsumer) -> dict[int, int]:
+            offsets = await getattr(consumer, method)(self._partitions)
+            return {tp.partition: offset for tp, offset in offsets.items()}
+
+        result: dict[int, int] = await self._lookup(what, call)
+        return result
+
     async def end_offsets(self) -> dict[int, int]:
         """The offset the next record of each partition will get."""
-
-        async def call(consumer: AIOKafkaConsumer) -> dict[int, int]:
-            ends = await consumer.end_offsets(self._partitions)
-            return {tp.partition: offset for tp, offset in ends.items()}
-
-        result: dict[int, int] = await self._lookup("the end offsets", call)
-        return result
+        return await self._per_partition("the end offsets", "end_offsets")
 
     async def beginning_offsets(self) -> dict[int, int]:
-        async def call(consumer: AIOKafkaConsumer) -> dict[int, int]:
-            starts = await consumer.beginning_offsets(self._partitions)
-            return {tp.partition: offset for tp, offset in starts.items()}
-
-        result: dict[int, int] = await self._lookup("the beginning offsets", call)
-        return result
+        """The oldest offset each partition still holds."""
+        return await self._per_partition("the beginning offsets", "beginning_offsets")
 
     async def offsets_for_time(self, timestamp_ms: int) -> dict[int, int]:
         """Per partition, the first offset stored at or after ``timestamp_ms``."""

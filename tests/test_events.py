@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dualstream.cloudevents import from_record, to_record
 from dualstream.errors import InvalidArgumentError
@@ -155,3 +158,49 @@ def test_malformed_notifications_are_rejected(raw: bytes) -> None:
 def test_channel_naming() -> None:
     assert channel_for(Source("repo", "owner/repo")) == "events:repo:owner/repo"
     assert channel_for(Source("user", "octocat"), "live") == "live:user:octocat"
+
+
+@given(
+    text=st.text(max_size=30),
+    partition=st.integers(0, 2**31 - 1),
+    offset=st.integers(0, 2**63 - 1),
+    traceparent=st.sampled_from(["", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]),
+)
+def test_notification_json_matches_the_json_encoder(
+    text: str, partition: int, offset: int, traceparent: str
+) -> None:
+    notification = Notification(text, text, text, text, text, partition, offset, traceparent)
+    body: dict[str, str | int] = {
+        "id": text,
+        "type": text,
+        "source_type": text,
+        "source_id": text,
+        "topic": text,
+        "partition": partition,
+        "offset": offset,
+    }
+    if traceparent:
+        body["traceparent"] = traceparent
+    expected = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    assert notification.to_json() == expected
+    assert Notification.from_json(expected) == notification
+
+
+@given(st.text(max_size=12))
+def test_the_ascii_fast_path_agrees_with_the_character_check(value: str) -> None:
+    """The shortcut for plain ASCII accepts exactly what the per-character rules accept."""
+    for field, identifier in (("source_id", True), ("content_type", False)):
+        try:
+            prepare_event(an_event(**{field: value}), "event", LIMITS, NOW)
+        except InvalidArgumentError:
+            accepted = False
+        else:
+            accepted = True
+        expected = bool(value) or not identifier
+        for char in value:
+            category = unicodedata.category(char)
+            if category[0] == "C" or (
+                identifier and (char.isspace() or category[0] == "Z" or char in "*?[]\\")
+            ):
+                expected = False
+        assert accepted == expected, (field, value)

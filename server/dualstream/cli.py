@@ -157,24 +157,15 @@ def _describe(message: StreamMessage) -> str:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from dualstream.logs import configure_logging
     from dualstream.settings import Settings, TelemetrySettings
-    from dualstream.telemetry import build_tracer_provider, get_tracer
-    from dualstream.transport.server import run
+    from dualstream.workers import serve
 
     try:
         settings = Settings.load(os.environ, args)
         telemetry = TelemetrySettings.load(os.environ)
     except ValueError as exc:
         sys.exit(f"dualstream: bad setting: {exc}")
-    configure_logging(settings.log_level, settings.log_format)
-    provider = build_tracer_provider(telemetry, _version())
-    try:
-        import uvloop
-
-        uvloop.run(run(settings, get_tracer(provider)))
-    finally:
-        provider.shutdown()
+    sys.exit(serve(settings, telemetry, _version()))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

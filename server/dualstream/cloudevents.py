@@ -16,6 +16,7 @@ The record value is ``Event.data`` unchanged and the key is ``source_id``. Heade
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,19 +33,19 @@ class KafkaRecord:
     key: bytes
     value: bytes
     headers: Headers
-
-    @property
-    def size(self) -> int:
-        """Bytes the record holds in memory until Kafka acknowledges it (roughly)."""
-        return len(self.key) + len(self.value) + sum(len(n) + len(v) for n, v in self.headers)
+    # Bytes the record holds in memory until Kafka acknowledges it (roughly).
+    size: int
 
 
+@functools.lru_cache(maxsize=4096)
 def source_uri(source_type: str, source_id: str) -> str:
+    # Cached: a busy sidecar sees the same few sources over and over, and quote() is slow.
     return f"/{quote(source_type, safe='')}/{quote(source_id, safe='')}"
 
 
 def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times faster than strftime; "+00:00" becomes the shorter "Z".
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def to_record(event: Event, trace_headers: Mapping[str, str]) -> KafkaRecord:
@@ -60,7 +61,9 @@ def to_record(event: Event, trace_headers: Mapping[str, str]) -> KafkaRecord:
         headers.append(("content-type", event.content_type.encode()))
     headers.extend((f"ce_{name}", value.encode()) for name, value in event.attributes.items())
     headers.extend((name, value.encode()) for name, value in trace_headers.items())
-    return KafkaRecord(key=event.source_id.encode(), value=event.data, headers=headers)
+    key = event.source_id.encode()
+    size = len(key) + len(event.data) + sum(len(n) + len(v) for n, v in headers)
+    return KafkaRecord(key=key, value=event.data, headers=headers, size=size)
 
 
 def from_record(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> Event:

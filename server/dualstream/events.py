@@ -22,6 +22,10 @@ from dualstream.ids import uuid7
 
 GLOB_CHARACTERS = frozenset("*?[]\\")
 ATTRIBUTE_NAME = re.compile(r"[a-z0-9]{1,20}")
+# Fast paths for the common all-ASCII text: printable ASCII, and for identifiers also no space
+# and no glob character. Anything else is checked character by character, for a precise error.
+_PLAIN_TEXT = re.compile(r"[\x20-\x7e]*")
+_PLAIN_IDENTIFIER = re.compile(r"[\x21-\x29\x2b-\x3e\x40-\x5a\x5e-\x7e]*")
 # CloudEvents context attributes and tracing headers an extension attribute may not shadow.
 RESERVED_ATTRIBUTE_NAMES = frozenset(
     {
@@ -113,6 +117,8 @@ PublishOutcome = Published | NotPublished
 def _check_text(value: str, field_name: str, max_length: int, *, identifier: bool) -> None:
     if len(value) > max_length:
         raise InvalidArgumentError(field_name, f"is {len(value)} characters, at most {max_length}")
+    if value.isascii() and (_PLAIN_IDENTIFIER if identifier else _PLAIN_TEXT).fullmatch(value):
+        return
     for char in value:
         category = unicodedata.category(char)
         if category[0] == "C":

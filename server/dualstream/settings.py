@@ -77,6 +77,11 @@ class Settings:
     tls_cert_file: str = _setting("", "PEM certificate chain: serve TLS instead of plaintext")
     tls_key_file: str = _setting("", "PEM private key for tls_cert_file")
     shutdown_grace: float = _setting(10.0, "how long in-flight calls may finish after SIGTERM")
+    workers: int = _setting(
+        1,
+        "sidecar processes sharing the listen port (SO_REUSEPORT), each with its own Kafka "
+        "producer and Redis connections: more than one uses more than one core",
+    )
     log_level: str = _setting("INFO", "log level: DEBUG, INFO, WARNING or ERROR")
     log_format: str = _setting("text", "log format: text or json")
 
@@ -97,6 +102,7 @@ class Settings:
             "max_sources_per_stream",
             "max_streams",
             "stream_queue_size",
+            "workers",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -111,6 +117,8 @@ class Settings:
             raise ValueError("settings tls_cert_file and tls_key_file go together")
         if self.auth_token and self.auth_token_file:
             raise ValueError("set auth_token or auth_token_file, not both")
+        if self.workers > 1 and self.listen.startswith("unix:"):
+            raise ValueError("setting workers above 1 needs a TCP listen address, not a socket")
         if not self.channel_prefix or any(c in self.channel_prefix for c in ":*?[]\\"):
             raise ValueError("setting channel_prefix must be non-empty, without : * ? [ ] \\")
 

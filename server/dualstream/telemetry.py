@@ -22,23 +22,29 @@ INSTRUMENTATION_NAME = "dualstream"
 _W3C = TraceContextTextMapPropagator()
 
 
-def build_tracer_provider(settings: TelemetrySettings, version: str) -> TracerProvider:
-    """A provider exporting as ``settings`` say; with no exporter, spans are made but dropped."""
+def build_tracer_provider(settings: TelemetrySettings, version: str) -> TracerProvider | None:
+    """A provider exporting as ``settings`` say, or None when nothing would be exported.
+
+    Without an exporter, spans would be built only to be dropped (a tenth of a unary call's
+    CPU in the profile); the no-op tracer used instead still passes the caller's
+    ``traceparent`` on to Kafka and Redis.
+    """
+    if settings.exporter == "none":
+        return None
     provider = TracerProvider(
         resource=Resource.create(
             {"service.name": settings.service_name, "service.version": version}
         )
     )
-    exporter: SpanExporter | None = None
+    exporter: SpanExporter
     if settings.exporter == "otlp":
         # Imported here so a sidecar that never exports does not load the gRPC exporter.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter()
-    elif settings.exporter == "console":
+    else:
         exporter = ConsoleSpanExporter()
-    if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 
@@ -54,5 +60,8 @@ def context_from_metadata(metadata: Mapping[str, str]) -> Context:
     return propagate.extract(dict(metadata))
 
 
-def get_tracer(provider: trace.TracerProvider | None = None) -> trace.Tracer:
-    return trace.get_tracer(INSTRUMENTATION_NAME, tracer_provider=provider)
+def get_tracer(provider: trace.TracerProvider | None) -> trace.Tracer:
+    """The tracer of ``provider``; with None, one that records nothing but propagates."""
+    return trace.get_tracer(
+        INSTRUMENTATION_NAME, tracer_provider=provider or trace.NoOpTracerProvider()
+    )

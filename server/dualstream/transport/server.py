@@ -96,7 +96,9 @@ class Sidecar(Service):
             interceptors=[TokenAuthInterceptor(token)] if token else [],
             options=[
                 ("grpc.max_receive_message_length", max_message),
-                ("grpc.so_reuseport", 0),
+                # Off unless several workers share the port on purpose: a second sidecar
+                # started on a taken port by mistake must fail, not split the traffic.
+                ("grpc.so_reuseport", int(self.settings.workers > 1)),
             ],
         )
         server.add_generic_rpc_handlers((self._event_service_handler(),))

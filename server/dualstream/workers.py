@@ -1,0 +1,101 @@
+"""Running the sidecar: in this process, or as several worker processes sharing one port.
+
+One Python process serves gRPC on one core at most. With ``workers`` above 1 this process
+becomes a supervisor: it starts that many sidecar processes, which all bind the listen port
+with SO_REUSEPORT so the kernel spreads client connections across them, forwards SIGTERM and
+SIGINT to them (each drains and flushes on its own), and stops them all if one dies, so that
+whatever runs the sidecar notices and restarts it whole.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+from types import FrameType
+
+from dualstream.settings import Settings, TelemetrySettings
+
+
+def serve(settings: Settings, telemetry: TelemetrySettings, version: str) -> int:
+    """Serve until told to stop; returns the process exit status."""
+    if settings.workers == 1:
+        _serve_here(settings, telemetry, version)
+        return 0
+    return _supervise(settings, telemetry, version)
+
+
+def _serve_here(settings: Settings, telemetry: TelemetrySettings, version: str) -> None:
+    # Imported here: the supervisor itself never loads gRPC.
+    import uvloop
+
+    from dualstream.logs import configure_logging
+    from dualstream.telemetry import build_tracer_provider, get_tracer
+    from dualstream.transport.server import run
+
+    configure_logging(settings.log_level, settings.log_format)
+    provider = build_tracer_provider(telemetry, version)
+    try:
+        uvloop.run(run(settings, get_tracer(provider)))
+    finally:
+        if provider is not None:
+            provider.shutdown()
+
+
+def _worker_main(settings: Settings, telemetry: TelemetrySettings, version: str) -> None:
+    # The supervisor forwards signals itself; a Ctrl-C reaching the whole process group must
+    # not make a worker stop twice.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _serve_here(settings, telemetry, version)
+
+
+def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -> int:
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(
+            target=_worker_main,
+            args=(settings, telemetry, version),
+            name=f"dualstream-worker-{number}",
+        )
+        for number in range(settings.workers)
+    ]
+    stopping = False
+
+    def stop_workers(signum: int | None = None, frame: FrameType | None = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            if worker.pid is not None and worker.exitcode is None:
+                os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_workers)
+    signal.signal(signal.SIGINT, stop_workers)
+    for worker in workers:
+        worker.start()
+    print(
+        f"dualstream: {len(workers)} workers on {settings.listen}: "
+        + ", ".join(str(worker.pid) for worker in workers),
+        file=sys.stderr,
+        flush=True,
+    )
+    status = 0
+    running = list(workers)
+    while running:
+        multiprocessing.connection.wait([worker.sentinel for worker in running])
+        for worker in [w for w in running if w.exitcode is not None]:
+            running.remove(worker)
+            worker.join()
+            if worker.exitcode != 0:
+                status = 1
+            if not stopping:
+                print(
+                    f"dualstream: worker {worker.pid} exited with {worker.exitcode}; "
+                    "stopping the others",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                status = 1
+                stop_workers()
+    return status

@@ -40,7 +40,7 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
 
 
 async def closed_loop(
-    stub: pb_grpc.EventServiceAsyncStub, seconds: float, concurrency: int, batch: int
+    stubs: list[pb_grpc.EventServiceAsyncStub], seconds: float, concurrency: int, batch: int
 ) -> dict[str, object]:
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
@@ -49,6 +49,7 @@ async def closed_loop(
     )
 
     async def worker(number: int) -> None:
+        stub = stubs[number % len(stubs)]
         while time.monotonic() < deadline:
             started = time.monotonic()
             if request is not None:
@@ -68,7 +69,7 @@ async def closed_loop(
 
 
 async def open_loop(
-    stub: pb_grpc.EventServiceAsyncStub, seconds: float, rate: float
+    stubs: list[pb_grpc.EventServiceAsyncStub], seconds: float, rate: float
 ) -> dict[str, object]:
     latencies: list[float] = []
     tasks: list[asyncio.Task[None]] = []
@@ -80,7 +81,7 @@ async def open_loop(
 
     async def one(number: int, scheduled: float) -> None:
         try:
-            await stub.Publish(pb.PublishRequest(event=_event(number)))
+            await stubs[number % len(stubs)].Publish(pb.PublishRequest(event=_event(number)))
         except grpc.aio.AioRpcError as exc:
             errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
             return
@@ -98,18 +99,28 @@ async def open_loop(
 
 
 async def main(args: argparse.Namespace) -> None:
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = pb_grpc.EventServiceStub(channel)
-        await stub.Publish(pb.PublishRequest(event=_event(0)))  # connect and warm up
+    # Separate subchannel pools make separate TCP connections, which the kernel can spread
+    # over sidecar workers sharing the port.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [
+        grpc.aio.insecure_channel(args.target, options=options) for _ in range(args.connections)
+    ]
+    try:
+        stubs = [pb_grpc.EventServiceStub(channel) for channel in channels]
+        for stub in stubs:
+            await stub.Publish(pb.PublishRequest(event=_event(0)))  # connect and warm up
         before = resource.getrusage(resource.RUSAGE_SELF)
         wall = time.monotonic()
         if args.mode == "closed":
-            result = await closed_loop(stub, args.seconds, args.concurrency, args.batch)
+            result = await closed_loop(stubs, args.seconds, args.concurrency, args.batch)
         else:
-            result = await open_loop(stub, args.seconds, args.rate)
+            result = await open_loop(stubs, args.seconds, args.rate)
         after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         result["loadgen_cpu_percent"] = round(100 * cpu / (time.monotonic() - wall), 1)
+    finally:
+        for channel in channels:
+            await channel.close(None)
     print(json.dumps(result))
 
 
@@ -121,5 +132,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--tag", default=str(uuid.uuid4()))
     uvloop.run(main(parser.parse_args()))

@@ -48,7 +48,22 @@ def _worker_main(settings: Settings, telemetry: TelemetrySettings, version: str)
     # The supervisor forwards signals itself; a Ctrl-C reaching the whole process group must
     # not make a worker stop twice.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop_with_parent()
     _serve_here(settings, telemetry, version)
+
+
+def _stop_with_parent() -> None:
+    """Ask Linux for SIGTERM when the supervisor dies (even by SIGKILL), so that no orphaned
+    worker keeps the port; elsewhere this does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # The supervisor died before the request was in place.
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -> int:

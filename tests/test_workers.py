@@ -1,0 +1,110 @@
+"""``--workers N``: sidecar processes sharing one port, supervised as one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import grpc
+
+from dualstream.v1 import event_service_pb2 as pb
+from dualstream.v1 import event_service_pb2_grpc as pb_grpc
+from dualstream_client import DualstreamClient
+from stack.localstack import KafkaBroker, RedisServer, SidecarProcess, free_port
+from tests.conftest import next_notification
+
+
+def _workers(pid: int) -> list[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def _established_sockets(port: int) -> set[str]:
+    """Inodes of established TCP sockets whose local port is ``port`` (gRPC's sockets are
+    dual-stack, so they are listed as IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                inodes.add(fields[9])
+    return inodes
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+async def test_workers_share_the_port_and_stop_together(
+    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path, source_type: str
+) -> None:
+    port = free_port()
+    sidecar = SidecarProcess(
+        tmp_path / "sidecar", port, kafka.bootstrap, shared_redis.url, topic,
+        extra_args=["--workers", "2"],
+    )  # fmt: skip
+    await asyncio.to_thread(sidecar.start)
+    target = f"127.0.0.1:{port}"
+    # Own subchannel pools: separate connections, which the kernel spreads over the workers.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(16)]
+    try:
+        assert sidecar.pid is not None
+        workers = _workers(sidecar.pid)
+        assert len(workers) == 2
+        async with DualstreamClient(target) as client:
+            stream = client.subscribe([(source_type, "shared")])
+            await stream.wait_live()
+            stubs = [pb_grpc.EventServiceStub(channel) for channel in channels]
+            event = pb.Event(type="t", source_type=source_type, source_id="shared", data=b"x")
+            replies = [await stub.Publish(pb.PublishRequest(event=event)) for stub in stubs]
+            assert all(reply.notified for reply in replies)
+            # Every worker took connections, and the stream hears the events of both.
+            established = _established_sockets(port)
+            for worker in workers:
+                assert _socket_inodes(worker) & established, f"worker {worker} took no call"
+            received = {(await next_notification(stream)).id for _ in replies}
+            assert received == {reply.id for reply in replies}
+            stream.close()
+        sidecar.request_stop()
+        assert await asyncio.to_thread(sidecar.wait_exit, 30) == 0
+        assert not any(_alive(worker) for worker in workers)
+    finally:
+        for channel in channels:
+            await channel.close(None)
+        await asyncio.to_thread(sidecar.stop)
+
+
+async def test_a_dead_worker_stops_the_others(
+    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    sidecar = SidecarProcess(
+        tmp_path / "sidecar", port, kafka.bootstrap, shared_redis.url, topic,
+        extra_args=["--workers", "2"],
+    )  # fmt: skip
+    await asyncio.to_thread(sidecar.start)
+    try:
+        assert sidecar.pid is not None
+        first, second = _workers(sidecar.pid)
+        os.kill(first, signal.SIGKILL)
+        # The supervisor exits non-zero, so whatever runs it restarts the sidecar whole.
+        assert await asyncio.to_thread(sidecar.wait_exit, 30) == 1
+        assert not _alive(second)
+    finally:
+        await asyncio.to_thread(sidecar.stop)

@@ -12,6 +12,7 @@ import json
 import resource
 import time
 import uuid
+from typing import Any
 
 import grpc
 import uvloop
@@ -26,17 +27,25 @@ def _event(source: int) -> pb.Event:
     return pb.Event(type="bench", source_type="bench", source_id=f"s{source % 64}", data=PAYLOAD)
 
 
-def _percentiles(seconds: list[float]) -> dict[str, float]:
+CDF_QUANTILES = [q / 100 for q in range(1, 100)] + [0.999]
+
+
+def percentiles(seconds: list[float]) -> dict[str, Any]:
+    """p50/p99/p99.9/max in milliseconds, and the CDF's points for the plots."""
     ordered = sorted(seconds)
 
     def at(q: float) -> float:
-        return (
-            round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
-            if ordered
-            else 0.0
-        )
+        if not ordered:
+            return 0.0
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
 
-    return {"p50_ms": at(0.5), "p99_ms": at(0.99), "p999_ms": at(0.999), "max_ms": at(1.0)}
+    return {
+        "p50_ms": at(0.5),
+        "p99_ms": at(0.99),
+        "p999_ms": at(0.999),
+        "max_ms": at(1.0),
+        "cdf_ms": [at(q) for q in CDF_QUANTILES],
+    }
 
 
 async def closed_loop(
@@ -64,7 +73,7 @@ async def closed_loop(
     return {
         "calls_per_s": round(len(latencies) / elapsed, 1),
         "events_per_s": round(len(latencies) * max(batch, 1) / elapsed, 1),
-        **_percentiles(latencies),
+        **percentiles(latencies),
     }
 
 
@@ -95,7 +104,7 @@ async def open_loop(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(number, scheduled)))
     await asyncio.gather(*tasks)
-    return {"rate": rate, "sent": total, "errors": errors, **_percentiles(latencies)}
+    return {"rate": rate, "sent": total, "errors": errors, **percentiles(latencies)}
 
 
 async def main(args: argparse.Namespace) -> None:

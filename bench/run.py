@@ -27,7 +27,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from dualstream_client import DualstreamClient, EventInput, Notification
+from bench.loadgen import CDF_QUANTILES, percentiles
+from dualstream_client import DualstreamClient, EventInput
 from stack.localstack import (
     KafkaBroker,
     RedisServer,
@@ -35,10 +36,12 @@ from stack.localstack import (
     create_topic,
     ensure_kafka_jars,
     free_port,
+    port_open,
 )
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+GO_BUILD = REPO / "build" / "go"
 PAYLOAD = b"x" * 200
 # One set of producer settings for every Kafka client measured.
 LINGER_MS = 2
@@ -46,23 +49,28 @@ BATCH_BYTES = 65536
 
 
 class Sampler:
-    """Samples a process's RSS and CPU time in a thread while a measurement runs."""
+    """Samples the summed RSS and CPU time of processes in a thread while a measurement runs."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, pids: int | list[int]) -> None:
+        self.pids = [pids] if isinstance(pids, int) else pids
         self.peak_rss_kib = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
+        total = 0
+        for pid in self.pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -84,6 +92,16 @@ class Sampler:
         return {"sidecar_cpu_percent": self.cpu_percent, "sidecar_peak_rss_kib": self.peak_rss_kib}
 
 
+def worker_pids(supervisor: int) -> list[int]:
+    """The sidecar processes of a ``--workers N`` supervisor."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [
+        int(child)
+        for child in children
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
 def kafka_producer_performance(bootstrap: str, topic: str, records: int) -> dict[str, Any]:
     libs = ensure_kafka_jars()
     command = [
@@ -97,17 +115,6 @@ def kafka_producer_performance(bootstrap: str, topic: str, records: int) -> dict
     rate = float(re.search(r"([\d.]+) records/sec", last).group(1))  # type: ignore[union-attr]
     avg = float(re.search(r"([\d.]+) ms avg latency", last).group(1))  # type: ignore[union-attr]
     return {"events_per_s": rate, "avg_latency_ms": avg, "summary": last.strip()}
-
-
-def _percentiles(seconds: list[float]) -> dict[str, float]:
-    ordered = sorted(seconds)
-
-    def at(q: float) -> float:
-        if not ordered:
-            return 0.0
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
-
-    return {"p50_ms": at(0.5), "p99_ms": at(0.99), "p999_ms": at(0.999)}
 
 
 async def aiokafka_raw(bootstrap: str, topic: str, records: int, seconds: float) -> dict[str, Any]:
@@ -143,7 +150,44 @@ async def aiokafka_raw(bootstrap: str, topic: str, records: int, seconds: float)
         await asyncio.gather(*tasks)
     finally:
         await producer.stop()
-    return {"events_per_s": round(throughput, 1), "send_and_wait_1k": _percentiles(latencies)}
+    return {"events_per_s": round(throughput, 1), "send_and_wait_1k": percentiles(latencies)}
+
+
+def confluent_kafka_raw(bootstrap: str, topic: str, records: int) -> dict[str, Any]:
+    """librdkafka through confluent-kafka, same settings: what another Python Kafka client
+    could reach on this machine."""
+    from confluent_kafka import KafkaException, Producer
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": LINGER_MS,
+            "batch.size": BATCH_BYTES,
+        }
+    )
+    failures: list[str] = []
+
+    def delivered(error: Any, _message: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    started = time.monotonic()
+    for number in range(records):
+        while True:
+            try:
+                producer.produce(
+                    topic, PAYLOAD, key=f"s{number % 64}".encode(), on_delivery=delivered
+                )
+                break
+            except BufferError:
+                producer.poll(0.005)
+        if number % 1000 == 0:
+            producer.poll(0)
+    if producer.flush(60) or failures:
+        raise KafkaException(f"confluent-kafka: {len(failures)} records failed")
+    return {"events_per_s": round(records / (time.monotonic() - started), 1)}
 
 
 def redis_benchmark(port: int, requests: int) -> dict[str, Any]:
@@ -169,6 +213,38 @@ def redis_benchmark(port: int, requests: int) -> dict[str, Any]:
     return {"publish_per_s": rate}
 
 
+def build_go_tools() -> None:
+    """The Go peer and the Go subscriber, from ``bench/gopeer``."""
+    for output, package in (("gopeer", "."), ("subscriber", "./subscriber")):
+        subprocess.run(
+            ["go", "build", "-o", str(GO_BUILD / output), package],
+            cwd=REPO / "bench" / "gopeer",
+            check=True,
+        )
+
+
+def go_peer(bootstrap: str, redis_port: int, seconds: float) -> dict[str, Any]:
+    """The design note's dual publisher in Go (kafka-go + go-redis), in process, no RPC."""
+    binary = GO_BUILD / "gopeer"
+    figures: dict[str, Any] = {}
+    for batch, concurrency in ((1, 64), (10, 8), (100, 8), (1000, 8)):
+        command = [
+            str(binary), "-brokers", bootstrap, "-redis", f"127.0.0.1:{redis_port}",
+            "-topic", "gopeer", "-batch", str(batch), "-concurrency", str(concurrency),
+            "-seconds", str(seconds), "-batch-timeout", f"{LINGER_MS}ms",
+            "-batch-bytes", str(BATCH_BYTES), "-payload", str(len(PAYLOAD)),
+        ]  # fmt: skip
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        result = json.loads(output)
+        name = "publish" if batch == 1 else f"publish_batch_{batch}"
+        figures[name] = {
+            key: round(value, 3) if isinstance(value, float) else value
+            for key, value in result.items()
+            if key not in {"batch", "batch_timeout"}
+        }
+    return figures
+
+
 def loadgen(target: str, *args: str) -> dict[str, Any]:
     output = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", *args, "--target", target],
@@ -186,112 +262,181 @@ def empty_grpc(seconds: float) -> dict[str, Any]:
     server = subprocess.Popen([sys.executable, "-m", "bench.empty_server", str(port)], cwd=REPO)
     try:
         for _ in range(100):
-            try:
+            if port_open(port):
                 return loadgen(f"127.0.0.1:{port}", "closed", "--seconds", str(seconds))
-            except subprocess.CalledProcessError:
-                time.sleep(0.1)
+            time.sleep(0.1)
         raise RuntimeError("the empty gRPC server did not start")
     finally:
         server.terminate()
         server.wait()
 
 
+class SubscriberProcesses:
+    """Subscribing processes: the Go subscriber and the Redis watcher."""
+
+    def __init__(self, workdir: Path, name: str, events: int) -> None:
+        self.workdir = workdir / name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.events = events
+        self.processes: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
+
+    def start(self, *command: str) -> None:
+        """Start ``command`` with ``--events``, ``--ready`` and ``--out`` added."""
+        number = len(self.processes)
+        ready, out = self.workdir / f"{number}.ready", self.workdir / f"{number}.json"
+        arguments = ["--events", str(self.events), "--ready", str(ready), "--out", str(out)]
+        self.processes.append((subprocess.Popen([*command, *arguments], cwd=REPO), ready, out))
+
+    def subscribers(self, target: str, source_id: str, streams: int, timeout: float) -> None:
+        """Streams from the Go subscriber: a Python client would use as much CPU per message
+        as the sidecar, and on two cores it, not the sidecar, would be measured."""
+        self.start(
+            str(GO_BUILD / "subscriber"), "--target", target, "--source-id", source_id,
+            "--streams", str(streams), "--timeout", str(timeout),
+        )  # fmt: skip
+
+    def redis_watcher(self, redis_url: str, source_id: str, timeout: float) -> None:
+        self.start(
+            sys.executable, "-m", "bench.redis_watcher", "--redis-url", redis_url,
+            "--source-id", source_id, "--timeout", str(timeout),
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(ready.exists() for _, ready, _ in self.processes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the subscriber processes did not get ready")
+            time.sleep(0.05)
+
+    def results(self, timeout: float = 150) -> list[tuple[list[tuple[str, float]], float]]:
+        """Per process, in start order: its receipts ``(event id, monotonic time)`` and CPU %."""
+        results = []
+        for process, _, out in self.processes:
+            process.wait(timeout)
+            result = json.loads(out.read_text())
+            receipts = [(event_id, at) for event_id, at in result["receipts"]]
+            results.append((receipts, float(result["cpu_percent"])))
+        return results
+
+
 async def notification_latency(
-    target: str, subscribers: int, rate: float, seconds: float
+    workdir: Path, target: str, redis_url: str, subscribers: int, rate: float, seconds: float
 ) -> dict[str, Any]:
-    """Publish at ``rate`` and time each notification's arrival at every subscriber."""
+    """Publish at ``rate`` and time each notification's arrival at every subscriber.
+
+    The subscribers run in a process of their own, the publisher in this one. A plain Redis
+    subscriber on the same channel splits the time in two: publish to Redis (which includes
+    Kafka's acknowledgement, as notifications follow it) and Redis to the gRPC subscriber (the
+    sidecar's fan-out leg).
+    """
+    expected = int(rate * seconds)
+    source_id = f"e2e{subscribers}"
+    processes = SubscriberProcesses(workdir, source_id, expected)
+    processes.subscribers(target, source_id, subscribers, seconds + 20)
+    processes.redis_watcher(redis_url, source_id, seconds + 20)
+    processes.wait_ready()
     sent: dict[str, float] = {}
-    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
     async with DualstreamClient(target) as client:
-        streams = [client.subscribe([("bench", "e2e")]) for _ in range(subscribers)]
-        await asyncio.gather(*(s.wait_live() for s in streams))
-        expected = int(rate * seconds)
-        loop = asyncio.get_running_loop()
 
-        async def receive(stream: Any) -> None:
-            async for message in stream:
-                if isinstance(message, Notification):
-                    latencies.append(loop.time() - sent[message.id])
+        async def publish(event_id: str) -> None:
+            sent[event_id] = time.monotonic()
+            await client.publish(EventInput("bench", "bench", source_id, id=event_id))
 
-        receivers = [asyncio.create_task(receive(s)) for s in streams]
         start = loop.time()
         publishes = []
         for number in range(expected):
-            scheduled = start + number / rate
-            await asyncio.sleep(max(0.0, scheduled - loop.time()))
-            event_id = f"e2e-{subscribers}-{number}-{time.monotonic_ns()}"
-            sent[event_id] = loop.time()
-            publishes.append(
-                asyncio.create_task(
-                    client.publish(EventInput("bench", "bench", "e2e", id=event_id))
-                )
-            )
+            await asyncio.sleep(max(0.0, start + number / rate - loop.time()))
+            publishes.append(asyncio.create_task(publish(f"{source_id}-{number}")))
         outcomes = await asyncio.gather(*publishes, return_exceptions=True)
-        failed = [o for o in outcomes if isinstance(o, BaseException)]
-        arriving = (expected - len(failed)) * subscribers
-        settle = loop.time() + 30
-        while len(latencies) < arriving and loop.time() < settle:
-            await asyncio.sleep(0.05)
-        for stream in streams:
-            stream.close()
-        for receiver in receivers:
-            receiver.cancel()
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    *via_sidecar, (via_redis, _) = await asyncio.to_thread(processes.results)
+    at_redis = dict(via_redis)
+    latencies: list[float] = []
+    fan_out_legs: list[float] = []
+    for receipts, _ in via_sidecar:
+        for event_id, at in receipts:
+            latencies.append(at - sent[event_id])
+            if event_id in at_redis:
+                fan_out_legs.append(at - at_redis[event_id])
+    to_redis = [at_redis[i] - sent[i] for i in sent if i in at_redis]
     return {
         "subscribers": subscribers,
         "rate": rate,
         "failed_publishes": len(failed),
         "received": len(latencies),
-        **_percentiles(latencies),
+        "expected": (expected - len(failed)) * subscribers,
+        **percentiles(latencies),
+        "publish_to_redis": percentiles(to_redis),
+        "redis_to_subscriber": percentiles(fan_out_legs),
+        "subscriber_processes_cpu_percent": [cpu for _, cpu in via_sidecar],
     }
 
 
-async def fan_out(target: str, sampler: Sampler, streams_count: int, events: int) -> dict[str, Any]:
+async def fan_out(
+    workdir: Path, target: str, sampler: Sampler, streams: int, paced: int, burst: int
+) -> dict[str, Any]:
+    """``streams`` local streams on one source, their client in a process of its own.
+
+    First ``paced`` events 50 ms apart (20 events/s, so 20,000 deliveries/s offered to 1,000
+    streams): the latency of each event's last delivery. Then ``burst`` events published
+    back to back: how many deliveries per second the sidecar sustains.
+    """
+    rss_before = sampler.rss_kib()
+    processes = SubscriberProcesses(workdir, "fan", paced + burst)
+    processes.subscribers(target, "fan", streams, 120)
+    await asyncio.to_thread(processes.wait_ready)
+    await asyncio.sleep(1)
+    rss_idle = sampler.rss_kib()
+    sent: dict[str, float] = {}
     async with DualstreamClient(target) as client:
-        rss_before = sampler.rss_kib()
-        streams = [client.subscribe([("bench", "fan")]) for _ in range(streams_count)]
-        await asyncio.gather(*(s.wait_live() for s in streams))
-        await asyncio.sleep(1)
-        rss_idle = sampler.rss_kib()
-        last_delivery: dict[str, float] = {}
-        sent: dict[str, float] = {}
-        loop = asyncio.get_running_loop()
 
-        async def receive(stream: Any) -> None:
-            for _ in range(events):
-                message = await anext(stream)
-                while not isinstance(message, Notification):
-                    message = await anext(stream)
-                last_delivery[message.id] = loop.time()
-
-        receivers = [asyncio.create_task(receive(s)) for s in streams]
-        started = loop.time()
-        for number in range(events):
-            event_id = f"fan-{number}-{time.monotonic_ns()}"
-            sent[event_id] = loop.time()
+        async def publish(event_id: str) -> None:
+            sent[event_id] = time.monotonic()
             await client.publish(EventInput("bench", "bench", "fan", id=event_id))
+
+        for number in range(paced):
+            await publish(f"paced-{number}")
             await asyncio.sleep(0.05)
-        await asyncio.wait_for(asyncio.gather(*receivers), 120)
-        elapsed = max(last_delivery.values()) - started
-        for stream in streams:
-            stream.close()
-    last = [last_delivery[i] - sent[i] for i in sent]
+        burst_started = time.monotonic()
+        for number in range(burst):
+            await publish(f"burst-{number}")
+    results = await asyncio.to_thread(processes.results)
+    last_delivery: dict[str, float] = {}
+    received = 0
+    for receipts, _ in results:
+        received += len(receipts)
+        for event_id, at in receipts:
+            last_delivery[event_id] = max(at, last_delivery.get(event_id, at))
+    paced_last = [last_delivery[i] - sent[i] for i in sent if i.startswith("paced-")]
+    burst_end = max(at for i, at in last_delivery.items() if i.startswith("burst-"))
     return {
-        "streams": streams_count,
-        "deliveries_per_s": round(streams_count * events / elapsed, 1),
-        "last_delivery": _percentiles(last),
-        "rss_per_idle_stream_kib": round((rss_idle - rss_before) / streams_count, 2),
+        "streams": streams,
+        "received": received,
+        "expected": streams * (paced + burst),
+        "deliveries_per_s": round(streams * burst / (burst_end - burst_started), 1),
+        "last_delivery": percentiles(paced_last),
+        "rss_per_idle_stream_kib": round((rss_idle - rss_before) / streams, 2),
+        "subscriber_processes_cpu_percent": [cpu for _, cpu in results],
     }
 
 
-async def in_process(target: str, pid: int, *, smoke: bool, seconds: float) -> dict[str, Any]:
-    """The measurements whose clients must share the sidecar's clock with the publisher."""
+async def in_process(
+    workdir: Path, target: str, redis_url: str, pid: int, *, smoke: bool, seconds: float
+) -> dict[str, Any]:
+    """The measurements with subscribers; their clients run in processes of their own."""
     figures: dict[str, Any] = {}
     for subscribers in (1, 10, 100):
         with Sampler(pid) as sampler:
-            result = await notification_latency(target, subscribers, 1000, min(seconds, 5))
+            result = await notification_latency(
+                workdir, target, redis_url, subscribers, 1000, min(seconds, 5)
+            )
         figures[f"notification_e2e_{subscribers}"] = {**result, **sampler.figures()}
     with Sampler(pid) as sampler:
-        result = await fan_out(target, sampler, 100 if smoke else 1000, 5 if smoke else 40)
+        result = await fan_out(
+            workdir, target, sampler, 100 if smoke else 1000, 5 if smoke else 40,
+            10 if smoke else 100,
+        )  # fmt: skip
     figures["fan_out"] = {**result, **sampler.figures()}
     return figures
 
@@ -301,6 +446,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     seconds = 2.0 if smoke else 10.0
     records = 20_000 if smoke else 500_000
     workdir = Path(tempfile.mkdtemp(prefix="dualstream-bench-"))
+    build_go_tools()
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "smoke": smoke,
@@ -317,15 +463,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         KafkaBroker(workdir / "kafka", port=free_port(), controller_port=free_port()) as kafka,
         RedisServer(workdir / "redis", port=free_port()) as redis,
     ):
-        for topic in ("perf", "raw", "events"):
+        for topic in ("perf", "raw", "confluent", "gopeer", "events"):
             create_topic(kafka.bootstrap, topic, 6)
         base: dict[str, Any] = {}
         base["kafka_producer_performance"] = kafka_producer_performance(
             kafka.bootstrap, "perf", records
         )
         base["aiokafka_raw"] = asyncio.run(aiokafka_raw(kafka.bootstrap, "raw", records, seconds))
+        base["confluent_kafka_raw"] = confluent_kafka_raw(kafka.bootstrap, "confluent", records)
         base["redis_benchmark_publish"] = redis_benchmark(redis.port, records)
         base["grpc_empty_handler"] = empty_grpc(seconds)
+        for name, figures in go_peer(kafka.bootstrap, redis.port, seconds).items():
+            base[f"go_peer_{name}"] = figures
         results["baselines"] = base
 
         port = free_port()
@@ -370,33 +519,91 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 )
             # grpc.aio binds to the first event loop of a process: one loop for all of these.
-            ours.update(asyncio.run(in_process(target, sampler_pid, smoke=smoke, seconds=seconds)))
+            ours.update(
+                asyncio.run(
+                    in_process(
+                        workdir, target, redis.url, sampler_pid, smoke=smoke, seconds=seconds
+                    )
+                )
+            )
         finally:
             sidecar.stop()
+        ours.update(several_workers(workdir, kafka.bootstrap, redis.url, 2, seconds))
         results["ours"] = ours
     results["ratios"] = ratios(results)
     results["bench_process_max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return results
 
 
+def several_workers(
+    workdir: Path, bootstrap: str, redis_url: str, workers: int, seconds: float
+) -> dict[str, Any]:
+    """The unary and batch runs against ``--workers N``, the load spread over 8 connections."""
+    port = free_port()
+    sidecar = SidecarProcess(
+        workdir / f"sidecar-{workers}", port, bootstrap, redis_url, "events",
+        extra_args=["--kafka-linger-ms", str(LINGER_MS), "--kafka-max-batch-bytes",
+                    str(BATCH_BYTES), "--log-level", "WARNING", "--workers", str(workers)],
+    )  # fmt: skip
+    sidecar.start()
+    target = f"127.0.0.1:{port}"
+    figures: dict[str, Any] = {}
+    try:
+        assert sidecar.pid is not None
+        pids = worker_pids(sidecar.pid)
+        for batch, concurrency in ((1, 64), (100, 8), (1000, 8)):
+            with Sampler(pids) as sampler:
+                result = loadgen(
+                    target, "closed", "--seconds", str(seconds), "--batch", str(batch),
+                    "--concurrency", str(concurrency), "--connections", "8",
+                )  # fmt: skip
+            name = "publish_closed_loop" if batch == 1 else f"publish_batch_{batch}"
+            figures[f"{name}_{workers}_workers"] = {**result, **sampler.figures()}
+    finally:
+        sidecar.stop()
+    return figures
+
+
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
     base, ours = results["baselines"], results["ours"]
-    best_batch = max(ours[f"publish_batch_{b}"]["events_per_s"] for b in (10, 100, 1000))
+    batches = (10, 100, 1000)
+    best_batch = max(ours[f"publish_batch_{b}"]["events_per_s"] for b in batches)
+    best_batch_workers = max(
+        ours[f"publish_batch_{b}_2_workers"]["events_per_s"] for b in (100, 1000)
+    )
+    best_go_batch = max(base[f"go_peer_publish_batch_{b}"]["events_per_s"] for b in batches)
+    raw = base["aiokafka_raw"]
+    empty_grpc = base["grpc_empty_handler"]["calls_per_s"]
+    e2e_10 = ours["notification_e2e_10"]
+
+    def ratio(value: float, to: float) -> float:
+        return round(value / to, 3)
+
     return {
-        "batch_vs_raw_aiokafka (target >= 0.7)": round(
-            best_batch / base["aiokafka_raw"]["events_per_s"], 3
+        "batch_vs_raw_aiokafka (target >= 0.7)": ratio(best_batch, raw["events_per_s"]),
+        "batch_2_workers_vs_raw_aiokafka": ratio(best_batch_workers, raw["events_per_s"]),
+        "raw_aiokafka_vs_raw_confluent_kafka": ratio(
+            raw["events_per_s"], base["confluent_kafka_raw"]["events_per_s"]
         ),
-        "unary_vs_empty_grpc (target >= 0.6)": round(
-            ours["publish_closed_loop"]["calls_per_s"] / base["grpc_empty_handler"]["calls_per_s"],
-            3,
+        "batch_vs_go_peer_batch (target >= 1)": ratio(best_batch, best_go_batch),
+        "batch_2_workers_vs_go_peer_batch": ratio(best_batch_workers, best_go_batch),
+        "unary_vs_go_peer_publish": ratio(
+            ours["publish_closed_loop"]["events_per_s"], base["go_peer_publish"]["events_per_s"]
+        ),
+        "unary_vs_empty_grpc (target >= 0.6)": ratio(
+            ours["publish_closed_loop"]["calls_per_s"], empty_grpc
+        ),
+        "unary_2_workers_vs_empty_grpc": ratio(
+            ours["publish_closed_loop_2_workers"]["calls_per_s"], empty_grpc
         ),
         "p99_at_1k_minus_send_and_wait_p99_ms (target <= 2)": round(
-            ours["publish_open_loop_1000"]["p99_ms"]
-            - base["aiokafka_raw"]["send_and_wait_1k"]["p99_ms"],
-            3,
+            ours["publish_open_loop_1000"]["p99_ms"] - raw["send_and_wait_1k"]["p99_ms"], 3
         ),
-        "notification_e2e_10_p50_ms (target <= 1.5)": ours["notification_e2e_10"]["p50_ms"],
-        "notification_e2e_10_p99_ms (target <= 5)": ours["notification_e2e_10"]["p99_ms"],
+        "notification_e2e_10_p50_ms (target <= 1.5)": e2e_10["p50_ms"],
+        "notification_e2e_10_p99_ms (target <= 5)": e2e_10["p99_ms"],
+        "floor_for_e2e: send_and_wait_1k_p50_ms": raw["send_and_wait_1k"]["p50_ms"],
+        "notification_e2e_10_redis_to_subscriber_p50_ms": e2e_10["redis_to_subscriber"]["p50_ms"],
+        "notification_e2e_10_redis_to_subscriber_p99_ms": e2e_10["redis_to_subscriber"]["p99_ms"],
         "fan_out_deliveries_per_s (target >= 20000)": ours["fan_out"]["deliveries_per_s"],
         "fan_out_last_delivery_p99_ms (target <= 50)": ours["fan_out"]["last_delivery"]["p99_ms"],
         "rss_per_idle_stream_kib (target <= 30)": ours["fan_out"]["rss_per_idle_stream_kib"],
@@ -426,10 +633,20 @@ def write(results: dict[str, Any], stem: str) -> Path:
 
 def _compact(figures: Any) -> str:
     return (
-        ", ".join(f"{k}={v}" for k, v in figures.items() if not isinstance(v, str) or len(v) < 40)
+        ", ".join(
+            f"{k}={_compact_value(v)}"
+            for k, v in figures.items()
+            if not isinstance(v, list) and (not isinstance(v, str) or len(v) < 40)
+        )
         if isinstance(figures, dict)
         else str(figures)
     )
+
+
+def _compact_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if not isinstance(v, list)}
+    return value
 
 
 def plot(results: dict[str, Any], stem: str) -> None:
@@ -444,7 +661,19 @@ def plot(results: dict[str, Any], stem: str) -> None:
     rates = [ours["publish_closed_loop"]["events_per_s"]] + [
         ours[f"publish_batch_{b}"]["events_per_s"] for b in sizes[1:]
     ]
-    left.plot(sizes, rates, marker="o", label="dualstream")
+    left.plot(sizes, rates, marker="o", label="dualstream, 1 worker")
+    left.plot(
+        [1, 100, 1000],
+        [ours[f"{n}_2_workers"]["events_per_s"]
+         for n in ("publish_closed_loop", "publish_batch_100", "publish_batch_1000")],
+        marker="s", label="dualstream, 2 workers",
+    )  # fmt: skip
+    left.plot(
+        sizes,
+        [base["go_peer_publish"]["events_per_s"]]
+        + [base[f"go_peer_publish_batch_{b}"]["events_per_s"] for b in sizes[1:]],
+        marker="^", label="Go peer (in process)",
+    )  # fmt: skip
     left.axhline(base["aiokafka_raw"]["events_per_s"], linestyle="--", label="raw aiokafka")
     left.axhline(
         base["kafka_producer_performance"]["events_per_s"],
@@ -452,24 +681,27 @@ def plot(results: dict[str, Any], stem: str) -> None:
         label="Kafka ProducerPerformance",
     )
     left.set_xscale("log")
+    left.set_yscale("log")
     left.set_xlabel("events per call")
     left.set_ylabel("events/s")
     left.set_title("Throughput against batch size")
-    left.legend()
-    names = ["publish_open_loop_1000", "publish_open_loop_5000", "notification_e2e_1",
-             "notification_e2e_10", "notification_e2e_100"]  # fmt: skip
-    quantiles = ["p50_ms", "p99_ms", "p999_ms"]
-    for offset, quantile in enumerate(quantiles):
-        right.bar([i + offset * 0.25 for i in range(len(names))],
-                  [ours[n][quantile] for n in names], width=0.25, label=quantile)  # fmt: skip
-    right.set_xticks([i + 0.25 for i in range(len(names))])
-    right.set_xticklabels(
-        [n.replace("publish_", "").replace("notification_", "") for n in names], rotation=20
-    )
-    right.set_ylabel("ms")
-    right.set_yscale("log")
-    right.set_title("Latency percentiles")
-    right.legend()
+    left.legend(fontsize="small")
+    curves = {
+        "aiokafka send_and_wait 1k/s": base["aiokafka_raw"]["send_and_wait_1k"],
+        "Publish 1k/s": ours["publish_open_loop_1000"],
+        "Publish 5k/s": ours["publish_open_loop_5000"],
+        "e2e 1 sub": ours["notification_e2e_1"],
+        "e2e 10 subs": ours["notification_e2e_10"],
+        "e2e 100 subs": ours["notification_e2e_100"],
+        "Redis to 10 subs": ours["notification_e2e_10"]["redis_to_subscriber"],
+    }
+    for label, figures in curves.items():
+        right.plot(figures["cdf_ms"], CDF_QUANTILES, label=label)
+    right.set_xscale("log")
+    right.set_xlabel("ms")
+    right.set_ylabel("fraction of calls / deliveries")
+    right.set_title("Latency CDFs")
+    right.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(RESULTS / f"{stem}.png", dpi=100)
 

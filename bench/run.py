@@ -676,6 +676,9 @@ def plot(results: dict[str, Any], stem: str) -> None:
     )  # fmt: skip
     left.axhline(base["aiokafka_raw"]["events_per_s"], linestyle="--", label="raw aiokafka")
     left.axhline(
+        base["confluent_kafka_raw"]["events_per_s"], linestyle="-.", label="raw confluent-kafka"
+    )
+    left.axhline(
         base["kafka_producer_performance"]["events_per_s"],
         linestyle=":",
         label="Kafka ProducerPerformance",

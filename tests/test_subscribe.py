@@ -186,3 +186,21 @@ async def test_hub_survives_redis_restart(
 
 async def _hub_live(sidecar: Sidecar) -> bool:
     return sidecar.hub.connected
+
+
+async def test_concurrent_publishes_of_one_source_are_notified_in_offset_order(
+    client: DualstreamClient, source_type: str
+) -> None:
+    """Acks of one partition come back in offset order and every notification goes down one
+    pipelined Redis connection in the order its ack arrived, so a stream sees one source's
+    events in offset order even when many publishes of it are in flight at once."""
+    async with client.subscribe([(source_type, "busy")]) as stream:
+        for _ in range(3):
+            published = await asyncio.gather(
+                *(client.publish(EventInput("t", source_type, "busy")) for _ in range(200))
+            )
+            assert all(p.notified for p in published)
+            received = [await next_notification(stream) for _ in published]
+            offsets = [n.offset for n in received]
+            assert offsets == sorted(offsets)
+            assert {n.id for n in received} == {p.id for p in published}

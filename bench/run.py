@@ -477,15 +477,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             base[f"go_peer_{name}"] = figures
         results["baselines"] = base
 
-        port = free_port()
-        sidecar = SidecarProcess(
-            workdir / "sidecar", port, kafka.bootstrap, redis.url, "events",
-            extra_args=["--kafka-linger-ms", str(LINGER_MS), "--kafka-max-batch-bytes",
-                        str(BATCH_BYTES), "--max-streams-per-client", "5000",
-                        "--log-level", "WARNING"],
-        )  # fmt: skip
-        sidecar.start()
-        target = f"127.0.0.1:{port}"
+        sidecar, target = start_sidecar(
+            workdir / "sidecar", kafka.bootstrap, redis.url, "--max-streams-per-client", "5000"
+        )
         ours: dict[str, Any] = {}
         try:
             assert sidecar.pid is not None
@@ -535,18 +529,27 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def start_sidecar(
+    workdir: Path, bootstrap: str, redis_url: str, *extra_args: str
+) -> tuple[SidecarProcess, str]:
+    """A sidecar with the benchmark's producer settings; returns it and its address."""
+    port = free_port()
+    sidecar = SidecarProcess(
+        workdir, port, bootstrap, redis_url, "events",
+        extra_args=["--kafka-linger-ms", str(LINGER_MS), "--kafka-max-batch-bytes",
+                    str(BATCH_BYTES), "--log-level", "WARNING", *extra_args],
+    )  # fmt: skip
+    sidecar.start()
+    return sidecar, f"127.0.0.1:{port}"
+
+
 def several_workers(
     workdir: Path, bootstrap: str, redis_url: str, workers: int, seconds: float
 ) -> dict[str, Any]:
     """The unary and batch runs against ``--workers N``, the load spread over 8 connections."""
-    port = free_port()
-    sidecar = SidecarProcess(
-        workdir / f"sidecar-{workers}", port, bootstrap, redis_url, "events",
-        extra_args=["--kafka-linger-ms", str(LINGER_MS), "--kafka-max-batch-bytes",
-                    str(BATCH_BYTES), "--log-level", "WARNING", "--workers", str(workers)],
-    )  # fmt: skip
-    sidecar.start()
-    target = f"127.0.0.1:{port}"
+    sidecar, target = start_sidecar(
+        workdir / f"sidecar-{workers}", bootstrap, redis_url, "--workers", str(workers)
+    )
     figures: dict[str, Any] = {}
     try:
         assert sidecar.pid is not None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import pytest
 
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
@@ -50,15 +52,27 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-async def test_workers_share_the_port_and_stop_together(
-    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path, source_type: str
-) -> None:
+@pytest.fixture
+async def two_workers(
+    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path
+) -> AsyncIterator[tuple[SidecarProcess, int]]:
+    """A sidecar started with ``--workers 2``, and its port."""
     port = free_port()
     sidecar = SidecarProcess(
         tmp_path / "sidecar", port, kafka.bootstrap, shared_redis.url, topic,
         extra_args=["--workers", "2"],
     )  # fmt: skip
     await asyncio.to_thread(sidecar.start)
+    try:
+        yield sidecar, port
+    finally:
+        await asyncio.to_thread(sidecar.stop)
+
+
+async def test_workers_share_the_port_and_stop_together(
+    two_workers: tuple[SidecarProcess, int], source_type: str
+) -> None:
+    sidecar, port = two_workers
     target = f"127.0.0.1:{port}"
     # Own subchannel pools: separate connections, which the kernel spreads over the workers.
     options = [("grpc.use_local_subchannel_pool", 1)]
@@ -87,24 +101,13 @@ async def test_workers_share_the_port_and_stop_together(
     finally:
         for channel in channels:
             await channel.close(None)
-        await asyncio.to_thread(sidecar.stop)
 
 
-async def test_a_dead_worker_stops_the_others(
-    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path
-) -> None:
-    port = free_port()
-    sidecar = SidecarProcess(
-        tmp_path / "sidecar", port, kafka.bootstrap, shared_redis.url, topic,
-        extra_args=["--workers", "2"],
-    )  # fmt: skip
-    await asyncio.to_thread(sidecar.start)
-    try:
-        assert sidecar.pid is not None
-        first, second = _workers(sidecar.pid)
-        os.kill(first, signal.SIGKILL)
-        # The supervisor exits non-zero, so whatever runs it restarts the sidecar whole.
-        assert await asyncio.to_thread(sidecar.wait_exit, 30) == 1
-        assert not _alive(second)
-    finally:
-        await asyncio.to_thread(sidecar.stop)
+async def test_a_dead_worker_stops_the_others(two_workers: tuple[SidecarProcess, int]) -> None:
+    sidecar, _ = two_workers
+    assert sidecar.pid is not None
+    first, second = _workers(sidecar.pid)
+    os.kill(first, signal.SIGKILL)
+    # The supervisor exits non-zero, so whatever runs it restarts the sidecar whole.
+    assert await asyncio.to_thread(sidecar.wait_exit, 30) == 1
+    assert not _alive(second)

@@ -711,6 +711,19 @@ def plot(results: dict[str, Any], stem: str) -> None:
     figure.savefig(RESULTS / f"{stem}.png", dpi=100)
 
 
+def show_in_readme(markdown: Path) -> None:
+    """Put the run's table between the README's ``bench:start`` and ``bench:end`` markers."""
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->\n", "<!-- bench:end -->"
+    before, _, rest = text.partition(start)
+    _, found, after = rest.partition(end)
+    if not found:
+        return
+    table = markdown.read_text().split("\n", 1)[1].strip()  # Without the run's heading.
+    readme.write_text(f"{before}{start}{table}\n{end}{after}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="a brief run that checks the harness")
@@ -721,6 +734,8 @@ def main() -> None:
         global RESULTS
         RESULTS = REPO / "build" / "bench"
     markdown = write(results, stem)
+    if not args.smoke:
+        show_in_readme(markdown)
     print(markdown.read_text())
 
 

@@ -143,7 +143,6 @@ class RedisNotifier(Service):
         self._breaker_failures = breaker_failures
         self._probe_interval = probe_interval
         self._next_probe = 0.0
-        self._started = False
         self._link: _Link | None = None
         self._connecting: asyncio.Task[_Link] | None = None
         self.stats = NotifierStats()
@@ -168,11 +167,10 @@ class RedisNotifier(Service):
         return False
 
     async def _start(self) -> None:
-        # The connection is made on first use, so the sidecar starts (and publishes) without Redis.
-        self._started = True
+        """Nothing to do: the connection is made on first use, so the sidecar starts (and
+        publishes) without Redis."""
 
     async def _stop(self) -> None:
-        self._started = False
         if self._connecting is not None:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError, RespError):
@@ -215,7 +213,7 @@ class RedisNotifier(Service):
         """Publish notifications in one pipeline; all succeed or all count as failed."""
         if not notifications:
             return []
-        if not self._started:
+        if not self.started:
             return self._failed(len(notifications), "the notifier is not started")
         if self._skip():
             self.stats.skipped += len(notifications)

@@ -214,8 +214,12 @@ def redis_benchmark(port: int, requests: int) -> dict[str, Any]:
 
 
 def build_go_tools() -> None:
-    """The Go peer and the Go subscriber, from ``bench/gopeer``."""
-    for output, package in (("gopeer", "."), ("subscriber", "./subscriber")):
+    """The Go peer, the Go subscriber and the Go load client, from ``bench/gopeer``."""
+    for output, package in (
+        ("gopeer", "."),
+        ("subscriber", "./subscriber"),
+        ("loadgen", "./loadgen"),
+    ):
         subprocess.run(
             ["go", "build", "-o", str(GO_BUILD / output), package],
             cwd=REPO / "bench" / "gopeer",
@@ -257,13 +261,31 @@ def loadgen(target: str, *args: str) -> dict[str, Any]:
     return result
 
 
-def empty_grpc(seconds: float) -> dict[str, Any]:
+def go_loadgen(target: str, seconds: float) -> dict[str, Any]:
+    """Unary closed loop, 64 in flight, from the Go load client: a cross-check of the Python
+    one that costs the two cores less."""
+    output = subprocess.run(
+        [str(GO_BUILD / "loadgen"), "--target", target, "--seconds", str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(output)
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def empty_grpc(seconds: float) -> dict[str, dict[str, Any]]:
+    """The empty handler under the Python load client and under the Go one."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "bench.empty_server", str(port)], cwd=REPO)
+    target = f"127.0.0.1:{port}"
     try:
         for _ in range(100):
             if port_open(port):
-                return loadgen(f"127.0.0.1:{port}", "closed", "--seconds", str(seconds))
+                return {
+                    "grpc_empty_handler": loadgen(target, "closed", "--seconds", str(seconds)),
+                    "grpc_empty_handler_go_client": go_loadgen(target, seconds),
+                }
             time.sleep(0.1)
         raise RuntimeError("the empty gRPC server did not start")
     finally:
@@ -472,7 +494,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         base["aiokafka_raw"] = asyncio.run(aiokafka_raw(kafka.bootstrap, "raw", records, seconds))
         base["confluent_kafka_raw"] = confluent_kafka_raw(kafka.bootstrap, "confluent", records)
         base["redis_benchmark_publish"] = redis_benchmark(redis.port, records)
-        base["grpc_empty_handler"] = empty_grpc(seconds)
+        base.update(empty_grpc(seconds))
         for name, figures in go_peer(kafka.bootstrap, redis.port, seconds).items():
             base[f"go_peer_{name}"] = figures
         results["baselines"] = base
@@ -507,6 +529,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             ours["publish_closed_loop"] = sampled(
                 lambda: loadgen(target, "closed", "--seconds", str(seconds), "--concurrency", "64")
             )
+            ours["publish_closed_loop_go_client"] = sampled(lambda: go_loadgen(target, seconds))
             for batch in (10, 100, 1000):
                 ours[f"publish_batch_{batch}"] = sampled(
                     lambda batch=batch: loadgen(
@@ -594,6 +617,10 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         ),
         "unary_vs_empty_grpc (target >= 0.6)": ratio(
             ours["publish_closed_loop"]["calls_per_s"], empty_grpc
+        ),
+        "unary_vs_empty_grpc_both_with_go_client": ratio(
+            ours["publish_closed_loop_go_client"]["calls_per_s"],
+            base["grpc_empty_handler_go_client"]["calls_per_s"],
         ),
         "unary_2_workers_vs_empty_grpc": ratio(
             ours["publish_closed_loop_2_workers"]["calls_per_s"], empty_grpc

@@ -14,12 +14,12 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/dualstream/dualstream/bench/gopeer/internal/rawgrpc"
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 )
@@ -82,17 +82,6 @@ func (p *DualPublisher) PublishBatch(ctx context.Context, events []Event) error 
 		p.redisFailed.Add(int64(len(events)))
 	}
 	return nil
-}
-
-func percentile(sorted []time.Duration, q float64) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	index := int(q * float64(len(sorted)))
-	if index >= len(sorted) {
-		index = len(sorted) - 1
-	}
-	return float64(sorted[index].Microseconds()) / 1000
 }
 
 func main() {
@@ -169,18 +158,17 @@ func main() {
 	}
 	group.Wait()
 	elapsed := time.Since(started).Seconds()
-	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
 	result := map[string]any{
 		"calls_per_s":   float64(len(latencies)) / elapsed,
 		"events_per_s":  float64(len(latencies)**batch) / elapsed,
 		"failed_calls":  failed.Load(),
 		"redis_failed":  publisher.redisFailed.Load(),
-		"p50_ms":        percentile(latencies, 0.5),
-		"p99_ms":        percentile(latencies, 0.99),
-		"p999_ms":       percentile(latencies, 0.999),
 		"batch":         *batch,
 		"concurrency":   *concurrency,
 		"batch_timeout": batchTimeout.String(),
+	}
+	for name, value := range rawgrpc.Percentiles(latencies) {
+		result[name] = value
 	}
 	if err := json.NewEncoder(os.Stdout).Encode(result); err != nil {
 		log.Fatal(err)

@@ -19,24 +19,11 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/dualstream/dualstream/bench/gopeer/internal/rawgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/encoding"
 	"google.golang.org/protobuf/encoding/protowire"
 )
-
-// rawCodec hands message bytes through unchanged.
-type rawCodec struct{}
-
-func (rawCodec) Marshal(v any) ([]byte, error) { return *(v.(*[]byte)), nil }
-func (rawCodec) Unmarshal(data []byte, v any) error {
-	*(v.(*[]byte)) = append((*(v.(*[]byte)))[:0], data...)
-	return nil
-}
-func (rawCodec) Name() string { return "raw" }
-
-var _ encoding.Codec = rawCodec{}
 
 // Field numbers from protos/dualstream/v1/event_service.proto.
 const (
@@ -104,14 +91,6 @@ func notificationIDOf(notification []byte) string {
 	return ""
 }
 
-func monotonic() float64 {
-	var now unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &now); err != nil {
-		log.Fatal(err)
-	}
-	return float64(now.Sec) + float64(now.Nsec)/1e9
-}
-
 type receipt struct {
 	id string
 	at float64
@@ -130,7 +109,7 @@ func main() {
 
 	connection, err := grpc.NewClient(*target,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(rawgrpc.Codec{})))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -178,7 +157,7 @@ func main() {
 				if err := stream.RecvMsg(&response); err != nil {
 					return // The timeout or the sidecar ended it; the harness counts what is missing.
 				}
-				at := monotonic()
+				at := rawgrpc.Monotonic()
 				number, value, err := kind(response)
 				if err != nil {
 					log.Fatal(err)

@@ -92,16 +92,6 @@ class Sampler:
         return {"sidecar_cpu_percent": self.cpu_percent, "sidecar_peak_rss_kib": self.peak_rss_kib}
 
 
-def worker_pids(supervisor: int) -> list[int]:
-    """The sidecar processes of a ``--workers N`` supervisor."""
-    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    return [
-        int(child)
-        for child in children
-        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
-    ]
-
-
 def kafka_producer_performance(bootstrap: str, topic: str, records: int) -> dict[str, Any]:
     libs = ensure_kafka_jars()
     command = [
@@ -229,24 +219,25 @@ def build_go_tools() -> None:
 
 def go_peer(bootstrap: str, redis_port: int, seconds: float) -> dict[str, Any]:
     """The design note's dual publisher in Go (kafka-go + go-redis), in process, no RPC."""
-    binary = GO_BUILD / "gopeer"
     figures: dict[str, Any] = {}
     for batch, concurrency in ((1, 64), (10, 8), (100, 8), (1000, 8)):
-        command = [
-            str(binary), "-brokers", bootstrap, "-redis", f"127.0.0.1:{redis_port}",
+        name = "publish" if batch == 1 else f"publish_batch_{batch}"
+        figures[name] = run_go_tool(
+            "gopeer", "-brokers", bootstrap, "-redis", f"127.0.0.1:{redis_port}",
             "-topic", "gopeer", "-batch", str(batch), "-concurrency", str(concurrency),
             "-seconds", str(seconds), "-batch-timeout", f"{LINGER_MS}ms",
             "-batch-bytes", str(BATCH_BYTES), "-payload", str(len(PAYLOAD)),
-        ]  # fmt: skip
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        result = json.loads(output)
-        name = "publish" if batch == 1 else f"publish_batch_{batch}"
-        figures[name] = {
-            key: round(value, 3) if isinstance(value, float) else value
-            for key, value in result.items()
-            if key not in {"batch", "batch_timeout"}
-        }
+        )  # fmt: skip
     return figures
+
+
+def run_go_tool(name: str, *args: str) -> dict[str, Any]:
+    """Run one of the Go tools built by ``build_go_tools``; its JSON output, rounded."""
+    output = subprocess.run(
+        [str(GO_BUILD / name), *args], capture_output=True, text=True, check=True
+    ).stdout
+    result: dict[str, Any] = json.loads(output)
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
 
 
 def loadgen(target: str, *args: str) -> dict[str, Any]:
@@ -264,14 +255,7 @@ def loadgen(target: str, *args: str) -> dict[str, Any]:
 def go_loadgen(target: str, seconds: float) -> dict[str, Any]:
     """Unary closed loop, 64 in flight, from the Go load client: a cross-check of the Python
     one that costs the two cores less."""
-    output = subprocess.run(
-        [str(GO_BUILD / "loadgen"), "--target", target, "--seconds", str(seconds)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result: dict[str, Any] = json.loads(output)
-    return {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+    return run_go_tool("loadgen", "--target", target, "--seconds", str(seconds))
 
 
 def empty_grpc(seconds: float) -> dict[str, dict[str, Any]]:
@@ -575,7 +559,7 @@ def several_workers(
     figures: dict[str, Any] = {}
     try:
         assert sidecar.pid is not None
-        pids = worker_pids(sidecar.pid)
+        pids = sidecar.worker_pids()
         for batch, concurrency in ((1, 64), (100, 8), (1000, 8)):
             with Sampler(pids) as sampler:
                 result = loadgen(

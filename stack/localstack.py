@@ -916,6 +916,17 @@ class SidecarProcess(ManagedProcess):
     def _ports(self) -> list[int]:
         return [self.port]
 
+    def worker_pids(self) -> list[int]:
+        """With ``--workers N``, the worker processes (not multiprocessing's resource tracker)."""
+        if self.pid is None:
+            return []
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return [
+            int(child)
+            for child in children
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+        ]
+
     def _command(self) -> list[str]:
         executable = REPO_ROOT / ".venv" / "bin" / "dualstream"
         if not executable.is_file():

@@ -18,12 +18,6 @@ from stack.localstack import KafkaBroker, RedisServer, SidecarProcess, free_port
 from tests.conftest import next_notification
 
 
-def _workers(pid: int) -> list[int]:
-    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
-    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-
-
 def _established_sockets(port: int) -> set[str]:
     """Inodes of established TCP sockets whose local port is ``port`` (gRPC's sockets are
     dual-stack, so they are listed as IPv6)."""
@@ -79,7 +73,7 @@ async def test_workers_share_the_port_and_stop_together(
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(16)]
     try:
         assert sidecar.pid is not None
-        workers = _workers(sidecar.pid)
+        workers = sidecar.worker_pids()
         assert len(workers) == 2
         async with DualstreamClient(target) as client:
             stream = client.subscribe([(source_type, "shared")])
@@ -106,7 +100,7 @@ async def test_workers_share_the_port_and_stop_together(
 async def test_a_dead_worker_stops_the_others(two_workers: tuple[SidecarProcess, int]) -> None:
     sidecar, _ = two_workers
     assert sidecar.pid is not None
-    first, second = _workers(sidecar.pid)
+    first, second = sidecar.worker_pids()
     os.kill(first, signal.SIGKILL)
     # The supervisor exits non-zero, so whatever runs it restarts the sidecar whole.
     assert await asyncio.to_thread(sidecar.wait_exit, 30) == 1

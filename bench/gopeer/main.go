@@ -159,13 +159,11 @@ func main() {
 	group.Wait()
 	elapsed := time.Since(started).Seconds()
 	result := map[string]any{
-		"calls_per_s":   float64(len(latencies)) / elapsed,
-		"events_per_s":  float64(len(latencies)**batch) / elapsed,
-		"failed_calls":  failed.Load(),
-		"redis_failed":  publisher.redisFailed.Load(),
-		"batch":         *batch,
-		"concurrency":   *concurrency,
-		"batch_timeout": batchTimeout.String(),
+		"calls_per_s":  float64(len(latencies)) / elapsed,
+		"events_per_s": float64(len(latencies)**batch) / elapsed,
+		"failed_calls": failed.Load(),
+		"redis_failed": publisher.redisFailed.Load(),
+		"concurrency":  *concurrency,
 	}
 	for name, value := range rawgrpc.Percentiles(latencies) {
 		result[name] = value

@@ -12,6 +12,8 @@ import redis.asyncio as redis
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from dualstream.notifications import Notification
+from dualstream.redis_notifier import RedisNotifier
 from dualstream.settings import Settings
 from dualstream.transport.server import Sidecar
 from dualstream.v1 import event_service_pb2 as pb
@@ -159,6 +161,24 @@ async def test_redis_down_still_publishes_with_notified_false(
     # Bounded by the Redis timeout, not by the client's deadline (a generous margin for CI).
     assert elapsed < 5
     assert len(await read_all(kafka.bootstrap, topic, 5)) == 5
+
+
+async def test_notifications_made_while_connecting_keep_their_order(
+    shared_redis: RedisServer, redis_client: redis.Redis, source_type: str
+) -> None:
+    """The connection is made on first use. Calls arriving while it is made, and calls arriving
+    just after, must reach Redis in the order they were made (the order of their Kafka acks)."""
+    notifier = RedisNotifier(shared_redis.url, timeout=5.0, channel_prefix="events")
+    channel = f"events:{source_type}:x"
+    async with ChannelListener(redis_client, channel) as listener, notifier:
+        calls = []
+        for offset in range(200):
+            note = Notification(f"id{offset}", "t", source_type, "x", "topic", 0, offset)
+            calls.append(asyncio.create_task(notifier.notify(note)))
+            await asyncio.sleep(0)  # Spread the calls over the loop turns the connection takes.
+        assert all(await asyncio.gather(*calls))
+        received = await listener.collect(200)
+    assert [n["offset"] for n in received] == list(range(200))
 
 
 async def test_redis_paused_does_not_stall_publish(

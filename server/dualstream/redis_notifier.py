@@ -68,17 +68,15 @@ class _Link:
     def open(self) -> bool:
         return self._lost is None
 
-    def submit(self, commands: bytes, count: int) -> asyncio.Future[None]:
-        """Queue ``count`` commands; the future is done when Redis has answered them all."""
-        future: asyncio.Future[None] = self._loop.create_future()
+    def submit(self, future: asyncio.Future[None], commands: bytes, count: int) -> None:
+        """Queue ``count`` commands; ``future`` is done when Redis has answered them all."""
         if self._lost is not None:
             future.set_exception(RedisLinkLostError(self._lost))
-            return future
+            return
         if not self._unsent:
             self._loop.call_soon(self._write_unsent)
         self._unsent.append(commands)
         self._waiting.append((future, count))
-        return future
 
     def _write_unsent(self) -> None:
         unsent, self._unsent = self._unsent, []
@@ -144,7 +142,8 @@ class RedisNotifier(Service):
         self._probe_interval = probe_interval
         self._next_probe = 0.0
         self._link: _Link | None = None
-        self._connecting: asyncio.Task[_Link] | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._awaiting_link: deque[tuple[asyncio.Future[None], bytes, int]] = deque()
         self.stats = NotifierStats()
 
     @property
@@ -173,9 +172,9 @@ class RedisNotifier(Service):
     async def _stop(self) -> None:
         if self._connecting is not None:
             self._connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError, RespError):
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._connecting
-            self._connecting = None
+        self._fail_awaiting_link("the notifier stopped")
         link, self._link = self._link, None
         if link is not None:
             await link.close()
@@ -183,22 +182,42 @@ class RedisNotifier(Service):
     def channel(self, notification: Notification) -> str:
         return channel_for(notification.source, self._channel_prefix)
 
-    async def _connected_link(self) -> _Link:
-        if self._link is not None and self._link.open:
-            return self._link
+    def _submit(self, commands: bytes, count: int) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        link = self._link
+        if link is not None and link.open:
+            link.submit(future, commands, count)
+            return future
+        # Calls made while there is no connection queue here and go first, in order, once it
+        # is made: a call whose Kafka ack came later must never reach Redis earlier.
+        self._awaiting_link.append((future, commands, count))
         if self._connecting is None:
             self._connecting = asyncio.create_task(self._connect(), name="redis-notifier-connect")
-        # Shielded: one caller giving up must not abort the connection the others wait for.
-        return await asyncio.shield(self._connecting)
+        return future
 
-    async def _connect(self) -> _Link:
+    async def _connect(self) -> None:
         try:
             async with asyncio.timeout(self._timeout):
                 reader, writer = await self._address.open()
-            self._link = _Link(reader, writer)
-            return self._link
+        except (OSError, RespError, TimeoutError) as exc:
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else "timed out"
+            where = f"{self._address.host}:{self._address.port}"
+            self._fail_awaiting_link(f"could not connect to Redis at {where}: {detail}")
+            return
         finally:
             self._connecting = None
+        link = _Link(reader, writer)
+        while self._awaiting_link:
+            future, commands, count = self._awaiting_link.popleft()
+            if not future.done():  # Its caller may have timed out while we connected.
+                link.submit(future, commands, count)
+        self._link = link
+
+    def _fail_awaiting_link(self, reason: str) -> None:
+        while self._awaiting_link:
+            future, _, _ = self._awaiting_link.popleft()
+            if not future.done():
+                future.set_exception(RedisLinkLostError(reason))
 
     def _encode(self, notifications: Sequence[Notification]) -> bytes:
         return b"".join(
@@ -221,8 +240,7 @@ class RedisNotifier(Service):
         commands = self._encode(notifications)
         try:
             async with asyncio.timeout(self._timeout):
-                link = await self._connected_link()
-                await link.submit(commands, len(notifications))
+                await self._submit(commands, len(notifications))
         except TimeoutError:
             reason = f"no answer within {self._timeout:g}s"
             if self._link is not None:

@@ -384,12 +384,14 @@ async def fan_out(
 ) -> dict[str, Any]:
     """``streams`` local streams on one source, their client in a process of its own.
 
-    First ``paced`` events 50 ms apart (20 events/s, so 20,000 deliveries/s offered to 1,000
-    streams): the latency of each event's last delivery. Then ``burst`` events published
-    back to back: how many deliveries per second the sidecar sustains.
+    First one event on the fresh streams, reported on its own: its deliveries are each
+    stream's first, a one-off cost. Then ``paced`` events 50 ms apart (at most 20 events/s, so
+    20,000 deliveries/s offered to 1,000 streams): the latency of each event's last delivery.
+    Then ``burst`` events published back to back: how many deliveries per second the sidecar
+    sustains.
     """
     rss_before = sampler.rss_kib()
-    processes = SubscriberProcesses(workdir, "fan", paced + burst)
+    processes = SubscriberProcesses(workdir, "fan", 1 + paced + burst)
     processes.subscribers(target, "fan", streams, 120)
     await asyncio.to_thread(processes.wait_ready)
     await asyncio.sleep(1)
@@ -401,6 +403,8 @@ async def fan_out(
             sent[event_id] = time.monotonic()
             await client.publish(EventInput("bench", "bench", "fan", id=event_id))
 
+        await publish("first")
+        await asyncio.sleep(0.2)
         for number in range(paced):
             await publish(f"paced-{number}")
             await asyncio.sleep(0.05)
@@ -419,8 +423,9 @@ async def fan_out(
     return {
         "streams": streams,
         "received": received,
-        "expected": streams * (paced + burst),
+        "expected": streams * (1 + paced + burst),
         "deliveries_per_s": round(streams * burst / (burst_end - burst_started), 1),
+        "first_event_last_delivery_ms": round((last_delivery["first"] - sent["first"]) * 1000, 3),
         "last_delivery": percentiles(paced_last),
         "rss_per_idle_stream_kib": round((rss_idle - rss_before) / streams, 2),
         "subscriber_processes_cpu_percent": [cpu for _, cpu in results],
@@ -440,7 +445,7 @@ async def in_process(
         figures[f"notification_e2e_{subscribers}"] = {**result, **sampler.figures()}
     with Sampler(pid) as sampler:
         result = await fan_out(
-            workdir, target, sampler, 100 if smoke else 1000, 5 if smoke else 40,
+            workdir, target, sampler, 100 if smoke else 1000, 5 if smoke else 200,
             10 if smoke else 100,
         )  # fmt: skip
     figures["fan_out"] = {**result, **sampler.figures()}

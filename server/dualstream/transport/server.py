@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,14 +201,17 @@ class Sidecar(Service):
         logger.info("dualstream stopped; the producer is flushed")
 
 
-async def run(settings: Settings, tracer: Tracer) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and stop."""
+async def run(
+    settings: Settings, tracer: Tracer, on_serving: Callable[[], None] = lambda: None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and stop; ``on_serving`` runs once started."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
         async with Sidecar(settings, tracer):
+            on_serving()
             await stop.wait()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):

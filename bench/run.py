@@ -293,12 +293,15 @@ class SubscriberProcesses:
         arguments = ["--events", str(self.events), "--ready", str(ready), "--out", str(out)]
         self.processes.append((subprocess.Popen([*command, *arguments], cwd=REPO), ready, out))
 
-    def subscribers(self, target: str, source_id: str, streams: int, timeout: float) -> None:
+    def subscribers(
+        self, target: str, source_id: str, streams: int, timeout: float, connections: int = 1
+    ) -> None:
         """Streams from the Go subscriber: a Python client would use as much CPU per message
         as the sidecar, and on two cores it, not the sidecar, would be measured."""
         self.start(
             str(GO_BUILD / "subscriber"), "--target", target, "--source-id", source_id,
-            "--streams", str(streams), "--timeout", str(timeout),
+            "--streams", str(streams), "--connections", str(connections),
+            "--timeout", str(timeout),
         )  # fmt: skip
 
     def redis_watcher(self, redis_url: str, source_id: str, timeout: float) -> None:
@@ -380,7 +383,13 @@ async def notification_latency(
 
 
 async def fan_out(
-    workdir: Path, target: str, sampler: Sampler, streams: int, paced: int, burst: int
+    workdir: Path,
+    target: str,
+    sampler: Sampler,
+    streams: int,
+    paced: int,
+    burst: int,
+    connections: int = 1,
 ) -> dict[str, Any]:
     """``streams`` local streams on one source, their client in a process of its own.
 
@@ -392,7 +401,7 @@ async def fan_out(
     """
     rss_before = sampler.rss_kib()
     processes = SubscriberProcesses(workdir, "fan", 1 + paced + burst)
-    processes.subscribers(target, "fan", streams, 120)
+    processes.subscribers(target, "fan", streams, 120, connections)
     await asyncio.to_thread(processes.wait_ready)
     await asyncio.sleep(1)
     rss_idle = sampler.rss_kib()
@@ -422,6 +431,7 @@ async def fan_out(
     burst_end = max(at for i, at in last_delivery.items() if i.startswith("burst-"))
     return {
         "streams": streams,
+        "connections": connections,
         "received": received,
         "expected": streams * (1 + paced + burst),
         "deliveries_per_s": round(streams * burst / (burst_end - burst_started), 1),
@@ -443,13 +453,32 @@ async def in_process(
                 workdir, target, redis_url, subscribers, 1000, min(seconds, 5)
             )
         figures[f"notification_e2e_{subscribers}"] = {**result, **sampler.figures()}
-    with Sampler(pid) as sampler:
+    figures["fan_out"] = await sampled_fan_out(workdir, target, [pid], smoke=smoke, connections=1)
+    return figures
+
+
+async def sampled_fan_out(
+    workdir: Path, target: str, pids: list[int], *, smoke: bool, connections: int
+) -> dict[str, Any]:
+    with Sampler(pids) as sampler:
         result = await fan_out(
             workdir, target, sampler, 100 if smoke else 1000, 5 if smoke else 200,
-            10 if smoke else 100,
+            10 if smoke else 100, connections,
         )  # fmt: skip
-    figures["fan_out"] = {**result, **sampler.figures()}
-    return figures
+    return {**result, **sampler.figures()}
+
+
+def fan_out_in_child(workdir: Path, target: str, pids: list[int], *, smoke: bool) -> dict[str, Any]:
+    """The fan-out run from a fresh process: grpc.aio serves only the first event loop of a
+    process, and this one's is over by the time the workers run."""
+    command = [
+        sys.executable, "-m", "bench.run", "--fan-out-against", target,
+        "--pids", ",".join(map(str, pids)), "--workdir", str(workdir),
+        *(["--smoke"] if smoke else []),
+    ]  # fmt: skip
+    finished = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
+    return result
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -533,7 +562,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             )
         finally:
             sidecar.stop()
-        ours.update(several_workers(workdir, kafka.bootstrap, redis.url, 2, seconds))
+        ours.update(several_workers(workdir, kafka.bootstrap, redis.url, 2, seconds, smoke=smoke))
         results["ours"] = ours
     results["ratios"] = ratios(results)
     results["bench_process_max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -555,9 +584,10 @@ def start_sidecar(
 
 
 def several_workers(
-    workdir: Path, bootstrap: str, redis_url: str, workers: int, seconds: float
+    workdir: Path, bootstrap: str, redis_url: str, workers: int, seconds: float, *, smoke: bool
 ) -> dict[str, Any]:
-    """The unary and batch runs against ``--workers N``, the load spread over 8 connections."""
+    """The unary, batch and fan-out runs against ``--workers N``, the load spread over 8
+    connections."""
     sidecar, target = start_sidecar(
         workdir / f"sidecar-{workers}", bootstrap, redis_url, "--workers", str(workers)
     )
@@ -573,6 +603,10 @@ def several_workers(
                 )  # fmt: skip
             name = "publish_closed_loop" if batch == 1 else f"publish_batch_{batch}"
             figures[f"{name}_{workers}_workers"] = {**result, **sampler.figures()}
+        # The streams over 8 connections, which the kernel spreads across the workers.
+        figures[f"fan_out_{workers}_workers"] = fan_out_in_child(
+            workdir / f"fan-{workers}", target, pids, smoke=smoke
+        )
     finally:
         sidecar.stop()
     return figures
@@ -624,6 +658,10 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         "notification_e2e_10_redis_to_subscriber_p99_ms": e2e_10["redis_to_subscriber"]["p99_ms"],
         "fan_out_deliveries_per_s (target >= 20000)": ours["fan_out"]["deliveries_per_s"],
         "fan_out_last_delivery_p99_ms (target <= 50)": ours["fan_out"]["last_delivery"]["p99_ms"],
+        "fan_out_2_workers_deliveries_per_s": ours["fan_out_2_workers"]["deliveries_per_s"],
+        "fan_out_2_workers_last_delivery_p99_ms": ours["fan_out_2_workers"]["last_delivery"][
+            "p99_ms"
+        ],
         "rss_per_idle_stream_kib (target <= 30)": ours["fan_out"]["rss_per_idle_stream_kib"],
     }
 
@@ -715,6 +753,8 @@ def plot(results: dict[str, Any], stem: str) -> None:
         "e2e 10 subs": ours["notification_e2e_10"],
         "e2e 100 subs": ours["notification_e2e_100"],
         "Redis to 10 subs": ours["notification_e2e_10"]["redis_to_subscriber"],
+        "last of 1,000 streams": ours["fan_out"]["last_delivery"],
+        "last of 1,000 streams, 2 workers": ours["fan_out_2_workers"]["last_delivery"],
     }
     for label, figures in curves.items():
         right.plot(figures["cdf_ms"], CDF_QUANTILES, label=label)
@@ -743,7 +783,19 @@ def show_in_readme(markdown: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="a brief run that checks the harness")
+    parser.add_argument("--fan-out-against", metavar="TARGET", help=argparse.SUPPRESS)
+    parser.add_argument("--pids", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fan_out_against:
+        pids = [int(pid) for pid in args.pids.split(",")]
+        result = asyncio.run(
+            sampled_fan_out(
+                args.workdir, args.fan_out_against, pids, smoke=args.smoke, connections=8
+            )
+        )
+        print(json.dumps(result))
+        return
     results = measure(args)
     stem = ("smoke-" if args.smoke else "") + datetime.date.today().isoformat()
     if args.smoke:

@@ -101,19 +101,25 @@ func main() {
 	typ := flag.String("source-type", "bench", "source type")
 	id := flag.String("source-id", "", "source id")
 	streams := flag.Int("streams", 1, "streams to open")
+	connections := flag.Int("connections", 1, "connections the streams are spread over, in turn")
 	events := flag.Int("events", 1, "notifications each stream waits for")
 	ready := flag.String("ready", "", "file touched once every stream is live")
 	out := flag.String("out", "", "file the receipts are written to, as JSON")
 	timeout := flag.Float64("timeout", 120, "longest to wait for the notifications, in seconds")
 	flag.Parse()
 
-	connection, err := grpc.NewClient(*target,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(rawgrpc.Codec{})))
-	if err != nil {
-		log.Fatal(err)
+	// Each client is a connection of its own, so several sidecar workers each get some.
+	clients := make([]*grpc.ClientConn, *connections)
+	for i := range clients {
+		client, err := grpc.NewClient(*target,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.ForceCodec(rawgrpc.Codec{})))
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer client.Close()
+		clients[i] = client
 	}
-	defer connection.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(*timeout*float64(time.Second)))
 	defer cancel()
 	description := &grpc.StreamDesc{StreamName: "Subscribe", ServerStreams: true}
@@ -127,12 +133,12 @@ func main() {
 	var usageBefore syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &usageBefore)
 	started := time.Now()
-	for range *streams {
+	for number := range *streams {
 		live.Add(1)
 		done.Add(1)
 		go func() {
 			defer done.Done()
-			stream, err := connection.NewStream(ctx, description, "/dualstream.v1.EventService/Subscribe")
+			stream, err := clients[number%len(clients)].NewStream(ctx, description, "/dualstream.v1.EventService/Subscribe")
 			if err != nil {
 				log.Fatal(err)
 			}

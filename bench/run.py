@@ -599,6 +599,13 @@ def several_workers(
     try:
         assert sidecar.pid is not None
         pids = sidecar.worker_pids()
+        # As with one worker: the latency run first, after the broker settles from the floods
+        # before it, and the throughput floods after. The streams go over 8 connections, which
+        # the kernel spreads across the workers.
+        time.sleep(0 if smoke else 10)
+        figures[f"fan_out_{workers}_workers"] = fan_out_in_child(
+            workdir / f"fan-{workers}", target, pids, smoke=smoke
+        )
         for batch, concurrency in ((1, 64), (100, 8), (1000, 8)):
             with Sampler(pids) as sampler:
                 result = loadgen(
@@ -607,10 +614,6 @@ def several_workers(
                 )  # fmt: skip
             name = "publish_closed_loop" if batch == 1 else f"publish_batch_{batch}"
             figures[f"{name}_{workers}_workers"] = {**result, **sampler.figures()}
-        # The streams over 8 connections, which the kernel spreads across the workers.
-        figures[f"fan_out_{workers}_workers"] = fan_out_in_child(
-            workdir / f"fan-{workers}", target, pids, smoke=smoke
-        )
     finally:
         sidecar.stop()
     return figures

@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"github.com/dualstream/dualstream/bench/gopeer/internal/rawgrpc"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -73,16 +71,9 @@ func main() {
 	if *batch > 1 {
 		method = "/dualstream.v1.EventService/PublishBatch"
 	}
-	clients := make([]*grpc.ClientConn, *connections)
-	for i := range clients {
-		connection, err := grpc.NewClient(*target,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.ForceCodec(rawgrpc.Codec{})))
-		if err != nil {
-			log.Fatal(err)
-		}
+	clients := rawgrpc.Connect(*target, *connections)
+	for _, connection := range clients {
 		defer connection.Close()
-		clients[i] = connection
 	}
 	payload := make([]byte, *payloadSize)
 	ctx := context.Background()

@@ -21,7 +21,6 @@ import (
 
 	"github.com/dualstream/dualstream/bench/gopeer/internal/rawgrpc"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
@@ -108,17 +107,9 @@ func main() {
 	timeout := flag.Float64("timeout", 120, "longest to wait for the notifications, in seconds")
 	flag.Parse()
 
-	// Each client is a connection of its own, so several sidecar workers each get some.
-	clients := make([]*grpc.ClientConn, *connections)
-	for i := range clients {
-		client, err := grpc.NewClient(*target,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.ForceCodec(rawgrpc.Codec{})))
-		if err != nil {
-			log.Fatal(err)
-		}
+	clients := rawgrpc.Connect(*target, *connections)
+	for _, client := range clients {
 		defer client.Close()
-		clients[i] = client
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(*timeout*float64(time.Second)))
 	defer cancel()

@@ -1,6 +1,6 @@
 // Package rawgrpc holds what the benchmark's Go clients share: a gRPC codec that passes
-// message bytes through (so they need no generated code), the monotonic clock the Python
-// harness also reads, and latency percentiles.
+// message bytes through (so they need no generated code), connections that use it, the
+// monotonic clock the Python harness also reads, and latency percentiles.
 package rawgrpc
 
 import (
@@ -9,8 +9,26 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 )
+
+// Connect opens count plaintext connections to target that use Codec. Each is a TCP
+// connection of its own, so the sidecar's workers each get some; close them when done.
+func Connect(target string, count int) []*grpc.ClientConn {
+	connections := make([]*grpc.ClientConn, count)
+	for i := range connections {
+		connection, err := grpc.NewClient(target,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.ForceCodec(Codec{})))
+		if err != nil {
+			log.Fatal(err)
+		}
+		connections[i] = connection
+	}
+	return connections
+}
 
 // Codec hands message bytes through unchanged; messages are *[]byte.
 type Codec struct{}

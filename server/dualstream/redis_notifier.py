@@ -51,18 +51,21 @@ class _Link:
     """One Redis connection that pipelines the commands of concurrent calls.
 
     Each call queues its commands and a future; the commands queued during one event-loop turn
-    are written together at the end of it, and a reader task resolves the futures in order as
-    the replies arrive.
+    are written together at the end of it, and a task resolves the futures in order as the
+    replies arrive. The link exists from the moment it starts connecting: what is queued
+    before the connection is made is written first once it is, so calls reach Redis in the
+    order they were made (the order of their Kafka acks) however early they come.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, address: RedisAddress, connect_timeout: float) -> None:
         self._loop = asyncio.get_running_loop()
+        self._writer: asyncio.StreamWriter | None = None
         self._waiting: deque[tuple[asyncio.Future[None], int]] = deque()
         self._unsent: list[bytes] = []
         self._lost: str | None = None
-        self._replies = asyncio.create_task(self._read_replies(), name="redis-notifier-replies")
+        self._task = asyncio.create_task(
+            self._run(address, connect_timeout), name="redis-notifier-link"
+        )
 
     @property
     def open(self) -> bool:
@@ -73,23 +76,31 @@ class _Link:
         if self._lost is not None:
             future.set_exception(RedisLinkLostError(self._lost))
             return
-        if not self._unsent:
+        if not self._unsent and self._writer is not None:
             self._loop.call_soon(self._write_unsent)
         self._unsent.append(commands)
         self._waiting.append((future, count))
 
     def _write_unsent(self) -> None:
         unsent, self._unsent = self._unsent, []
-        if self._lost is not None:
+        if self._lost is not None or self._writer is None:
             return
         self._writer.write(b"".join(unsent))
         if self._writer.transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
             self.lose("Redis is not reading the commands sent to it")
 
-    async def _read_replies(self) -> None:
+    async def _run(self, address: RedisAddress, connect_timeout: float) -> None:
+        try:
+            async with asyncio.timeout(connect_timeout):
+                reader, self._writer = await address.open()
+        except (OSError, RespError, TimeoutError) as exc:
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else "timed out"
+            self.lose(f"could not connect to Redis at {address.host}:{address.port}: {detail}")
+            return
+        self._write_unsent()
         try:
             while True:
-                await read_reply(self._reader)
+                await read_reply(reader)
                 future, count = self._waiting[0]
                 if count > 1:
                     self._waiting[0] = (future, count - 1)
@@ -106,13 +117,15 @@ class _Link:
             self.lose("Redis sent a reply nobody asked for, or one that is not RESP")
 
     def lose(self, reason: str) -> None:
-        """Close the connection and fail every call still waiting on it."""
+        """Close the connection (or stop making it) and fail every call still waiting on it."""
         if self._lost is not None:
             return
         self._lost = reason
-        self._writer.close()
-        if asyncio.current_task() is not self._replies:
-            self._replies.cancel()
+        if self._writer is not None:
+            self._writer.close()
+        if asyncio.current_task() is not self._task:
+            self._task.cancel()
+        self._unsent.clear()
         while self._waiting:
             future, _ = self._waiting.popleft()
             if not future.done():
@@ -121,9 +134,10 @@ class _Link:
     async def close(self) -> None:
         self.lose("the notifier stopped")
         with contextlib.suppress(asyncio.CancelledError):
-            await self._replies
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+            await self._task
+        if self._writer is not None:
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
 
 
 class RedisNotifier(Service):
@@ -142,8 +156,6 @@ class RedisNotifier(Service):
         self._probe_interval = probe_interval
         self._next_probe = 0.0
         self._link: _Link | None = None
-        self._connecting: asyncio.Task[None] | None = None
-        self._awaiting_link: deque[tuple[asyncio.Future[None], bytes, int]] = deque()
         self.stats = NotifierStats()
 
     @property
@@ -170,11 +182,6 @@ class RedisNotifier(Service):
         publishes) without Redis."""
 
     async def _stop(self) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._connecting
-        self._fail_awaiting_link("the notifier stopped")
         link, self._link = self._link, None
         if link is not None:
             await link.close()
@@ -183,41 +190,11 @@ class RedisNotifier(Service):
         return channel_for(notification.source, self._channel_prefix)
 
     def _submit(self, commands: bytes, count: int) -> asyncio.Future[None]:
+        if self._link is None or not self._link.open:
+            self._link = _Link(self._address, self._timeout)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        link = self._link
-        if link is not None and link.open:
-            link.submit(future, commands, count)
-            return future
-        # Calls made while there is no connection queue here and go first, in order, once it
-        # is made: a call whose Kafka ack came later must never reach Redis earlier.
-        self._awaiting_link.append((future, commands, count))
-        if self._connecting is None:
-            self._connecting = asyncio.create_task(self._connect(), name="redis-notifier-connect")
+        self._link.submit(future, commands, count)
         return future
-
-    async def _connect(self) -> None:
-        try:
-            async with asyncio.timeout(self._timeout):
-                reader, writer = await self._address.open()
-        except (OSError, RespError, TimeoutError) as exc:
-            detail = f"{type(exc).__name__}: {exc}" if str(exc) else "timed out"
-            where = f"{self._address.host}:{self._address.port}"
-            self._fail_awaiting_link(f"could not connect to Redis at {where}: {detail}")
-            return
-        finally:
-            self._connecting = None
-        link = _Link(reader, writer)
-        while self._awaiting_link:
-            future, commands, count = self._awaiting_link.popleft()
-            if not future.done():  # Its caller may have timed out while we connected.
-                link.submit(future, commands, count)
-        self._link = link
-
-    def _fail_awaiting_link(self, reason: str) -> None:
-        while self._awaiting_link:
-            future, _, _ = self._awaiting_link.popleft()
-            if not future.done():
-                future.set_exception(RedisLinkLostError(reason))
 
     def _encode(self, notifications: Sequence[Notification]) -> bytes:
         return b"".join(

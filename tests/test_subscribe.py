@@ -189,12 +189,20 @@ async def _hub_live(sidecar: Sidecar) -> bool:
 
 
 async def test_concurrent_publishes_of_one_source_are_notified_in_offset_order(
-    client: DualstreamClient, source_type: str
+    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tracer: Any, source_type: str
 ) -> None:
     """Acks of one partition come back in offset order and every notification goes down one
     pipelined Redis connection in the order its ack arrived, so a stream sees one source's
-    events in offset order even when many publishes of it are in flight at once."""
-    async with client.subscribe([(source_type, "busy")]) as stream:
+    events in offset order even when many publishes of it are in flight at once.
+
+    The Redis timeout is generous: this is about order, and a stall of the loaded CI machine
+    past the default 0.25 s would report events "not notified" (once seen in the full suite)."""
+    settings = make_settings(kafka.bootstrap, shared_redis.url, topic, redis_timeout=5.0)
+    async with (
+        Sidecar(settings, tracer) as sidecar,
+        DualstreamClient(target_of(sidecar)) as client,
+        client.subscribe([(source_type, "busy")]) as stream,
+    ):
         for _ in range(3):
             published = await asyncio.gather(
                 *(client.publish(EventInput("t", source_type, "busy")) for _ in range(200))

@@ -147,6 +147,7 @@ def notification_to_proto(notification: Notification) -> pb.Notification:
         topic=notification.topic,
         partition=notification.partition,
         offset=notification.offset,
+        traceparent=notification.traceparent,
     )
 
 

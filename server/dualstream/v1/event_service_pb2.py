@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!dualstream/v1/event_service.proto\x12\rdualstream.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0bsource_type\x18\x03 \x01(\t\x12\x11\n\tsource_id\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\nattributes\x18\x08 \x03(\x0b\x32$.dualstream.v1.Event.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0ePublishRequest\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.dualstream.v1.Event\"a\n\x0fPublishResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x10\n\x08notified\x18\x05 \x01(\x08\";\n\x13PublishBatchRequest\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.dualstream.v1.Event\"J\n\x14PublishBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.dualstream.v1.PublishBatchResult\"\x87\x01\n\x12PublishBatchResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x33\n\tpublished\x18\x02 \x01(\x0b\x32\x1e.dualstream.v1.PublishResponseH\x00\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x14.dualstream.v1.ErrorH\x00\x42\t\n\x07outcome\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"0\n\x06Source\x12\x13\n\x0bsource_type\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\t\"[\n\rStartPosition\x12\x12\n\x08\x65\x61rliest\x18\x01 \x01(\x08H\x00\x12*\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\n\n\x08position\"\xe4\x01\n\x10SubscribeRequest\x12&\n\x07sources\x18\x01 \x03(\x0b\x32\x15.dualstream.v1.Source\x12\r\n\x05types\x18\x02 \x03(\t\x12\x15\n\rresume_cursor\x18\x03 \x01(\t\x12+\n\x05start\x18\x04 \x01(\x0b\x32\x1c.dualstream.v1.StartPosition\x12?\n\x14slow_consumer_policy\x18\x05 \x01(\x0e\x32!.dualstream.v1.SlowConsumerPolicy\x12\x14\n\x0cinclude_data\x18\x06 \x01(\x08\"\xd5\x01\n\x11SubscribeResponse\x12/\n\nsubscribed\x18\x01 \x01(\x0b\x32\x19.dualstream.v1.SubscribedH\x00\x12\x33\n\x0cnotification\x18\x02 \x01(\x0b\x32\x1b.dualstream.v1.NotificationH\x00\x12!\n\x03gap\x18\x03 \x01(\x0b\x32\x12.dualstream.v1.GapH\x00\x12,\n\tcaught_up\x18\x04 \x01(\x0b\x32\x17.dualstream.v1.CaughtUpH\x00\x42\t\n\x07message\".\n\nSubscribed\x12\x10\n\x08\x63hannels\x18\x01 \x03(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\xa5\x01\n\x03Gap\x12(\n\x06reason\x18\x01 \x01(\x0e\x32\x18.dualstream.v1.GapReason\x12\x0e\n\x06missed\x18\x02 \x01(\x03\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x08\x43\x61ughtUp\x12\x10\n\x08replayed\x18\x01 \x01(\x03\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\xc9\x01\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0bsource_type\x18\x03 \x01(\t\x12\x11\n\tsource_id\x18\x04 \x01(\t\x12\r\n\x05topic\x18\x05 \x01(\t\x12\x11\n\tpartition\x18\x06 \x01(\x05\x12\x0e\n\x06offset\x18\x07 \x01(\x03\x12\x0e\n\x06\x63ursor\x18\x08 \x01(\t\x12\x10\n\x08replayed\x18\t \x01(\x08\x12#\n\x05\x65vent\x18\n \x01(\x0b\x32\x14.dualstream.v1.Event\"\x12\n\x10GetStatusRequest\"\xb6\x01\n\x11GetStatusResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.dualstream.v1.ServingState\x12)\n\x05kafka\x18\x02 \x01(\x0b\x32\x1a.dualstream.v1.KafkaStatus\x12)\n\x05redis\x18\x03 \x01(\x0b\x32\x1a.dualstream.v1.RedisStatus\x12\x0f\n\x07streams\x18\x04 \x01(\x03\x12\x0e\n\x06routes\x18\x05 \x01(\x03\"t\n\x0bKafkaStatus\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x17\n\x0f\x62uffered_events\x18\x03 \x01(\x03\x12\x16\n\x0e\x62uffered_bytes\x18\x04 \x01(\x03\x12\x12\n\nlast_error\x18\x05 \x01(\t\"\x98\x01\n\x0bRedisStatus\x12\x12\n\npublishing\x18\x01 \x01(\x08\x12\x14\n\x0c\x62reaker_open\x18\x02 \x01(\x08\x12\x0c\n\x04sent\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x0f\n\x07skipped\x18\x05 \x01(\x03\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x1c\n\x14subscriber_connected\x18\x07 \x01(\x08*\x99\x01\n\x12SlowConsumerPolicy\x12$\n SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18SLOW_CONSUMER_POLICY_GAP\x10\x01\x12\x1e\n\x1aSLOW_CONSUMER_POLICY_CLOSE\x10\x02\x12\x1f\n\x1bSLOW_CONSUMER_POLICY_REPLAY\x10\x03*b\n\tGapReason\x12\x1a\n\x16GAP_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18GAP_REASON_SLOW_CONSUMER\x10\x01\x12\x1b\n\x17GAP_REASON_REDIS_OUTAGE\x10\x02*\x83\x01\n\x0cServingState\x12\x1d\n\x19SERVING_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SERVING_STATE_SERVING\x10\x01\x12\x1a\n\x16SERVING_STATE_DEGRADED\x10\x02\x12\x1d\n\x19SERVING_STATE_NOT_SERVING\x10\x03\x32\xd3\x02\n\x0c\x45ventService\x12H\n\x07Publish\x12\x1d.dualstream.v1.PublishRequest\x1a\x1e.dualstream.v1.PublishResponse\x12W\n\x0cPublishBatch\x12\".dualstream.v1.PublishBatchRequest\x1a#.dualstream.v1.PublishBatchResponse\x12P\n\tSubscribe\x12\x1f.dualstream.v1.SubscribeRequest\x1a .dualstream.v1.SubscribeResponse0\x01\x12N\n\tGetStatus\x12\x1f.dualstream.v1.GetStatusRequest\x1a .dualstream.v1.GetStatusResponseBl\n\x11\x64\x65v.dualstream.v1B\x11\x45ventServiceProtoP\x01ZBgithub.com/dualstream/dualstream/gen/go/dualstream/v1;dualstreamv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!dualstream/v1/event_service.proto\x12\rdualstream.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0bsource_type\x18\x03 \x01(\t\x12\x11\n\tsource_id\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\nattributes\x18\x08 \x03(\x0b\x32$.dualstream.v1.Event.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0ePublishRequest\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.dualstream.v1.Event\"a\n\x0fPublishResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x10\n\x08notified\x18\x05 \x01(\x08\";\n\x13PublishBatchRequest\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.dualstream.v1.Event\"J\n\x14PublishBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.dualstream.v1.PublishBatchResult\"\x87\x01\n\x12PublishBatchResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x33\n\tpublished\x18\x02 \x01(\x0b\x32\x1e.dualstream.v1.PublishResponseH\x00\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x14.dualstream.v1.ErrorH\x00\x42\t\n\x07outcome\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"0\n\x06Source\x12\x13\n\x0bsource_type\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\t\"[\n\rStartPosition\x12\x12\n\x08\x65\x61rliest\x18\x01 \x01(\x08H\x00\x12*\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\n\n\x08position\"\x8b\x02\n\x10SubscribeRequest\x12&\n\x07sources\x18\x01 \x03(\x0b\x32\x15.dualstream.v1.Source\x12\r\n\x05types\x18\x02 \x03(\t\x12\x15\n\rresume_cursor\x18\x03 \x01(\t\x12+\n\x05start\x18\x04 \x01(\x0b\x32\x1c.dualstream.v1.StartPosition\x12?\n\x14slow_consumer_policy\x18\x05 \x01(\x0e\x32!.dualstream.v1.SlowConsumerPolicy\x12\x14\n\x0cinclude_data\x18\x06 \x01(\x08\x12%\n\x1dmax_notifications_per_message\x18\x07 \x01(\r\"\x90\x02\n\x11SubscribeResponse\x12/\n\nsubscribed\x18\x01 \x01(\x0b\x32\x19.dualstream.v1.SubscribedH\x00\x12\x33\n\x0cnotification\x18\x02 \x01(\x0b\x32\x1b.dualstream.v1.NotificationH\x00\x12!\n\x03gap\x18\x03 \x01(\x0b\x32\x12.dualstream.v1.GapH\x00\x12,\n\tcaught_up\x18\x04 \x01(\x0b\x32\x17.dualstream.v1.CaughtUpH\x00\x12\x39\n\rnotifications\x18\x05 \x01(\x0b\x32 .dualstream.v1.NotificationBatchH\x00\x42\t\n\x07message\"G\n\x11NotificationBatch\x12\x32\n\rnotifications\x18\x01 \x03(\x0b\x32\x1b.dualstream.v1.Notification\".\n\nSubscribed\x12\x10\n\x08\x63hannels\x18\x01 \x03(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\xa5\x01\n\x03Gap\x12(\n\x06reason\x18\x01 \x01(\x0e\x32\x18.dualstream.v1.GapReason\x12\x0e\n\x06missed\x18\x02 \x01(\x03\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x08\x43\x61ughtUp\x12\x10\n\x08replayed\x18\x01 \x01(\x03\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\xf2\x01\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0bsource_type\x18\x03 \x01(\t\x12\x11\n\tsource_id\x18\x04 \x01(\t\x12\r\n\x05topic\x18\x05 \x01(\t\x12\x11\n\tpartition\x18\x06 \x01(\x05\x12\x0e\n\x06offset\x18\x07 \x01(\x03\x12\x0e\n\x06\x63ursor\x18\x08 \x01(\t\x12\x10\n\x08replayed\x18\t \x01(\x08\x12#\n\x05\x65vent\x18\n \x01(\x0b\x32\x14.dualstream.v1.Event\x12\x13\n\x0btraceparent\x18\x0b \x01(\t\x12\x12\n\ntracestate\x18\x0c \x01(\t\"\x12\n\x10GetStatusRequest\"\xb6\x01\n\x11GetStatusResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.dualstream.v1.ServingState\x12)\n\x05kafka\x18\x02 \x01(\x0b\x32\x1a.dualstream.v1.KafkaStatus\x12)\n\x05redis\x18\x03 \x01(\x0b\x32\x1a.dualstream.v1.RedisStatus\x12\x0f\n\x07streams\x18\x04 \x01(\x03\x12\x0e\n\x06routes\x18\x05 \x01(\x03\"t\n\x0bKafkaStatus\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x17\n\x0f\x62uffered_events\x18\x03 \x01(\x03\x12\x16\n\x0e\x62uffered_bytes\x18\x04 \x01(\x03\x12\x12\n\nlast_error\x18\x05 \x01(\t\"\x98\x01\n\x0bRedisStatus\x12\x12\n\npublishing\x18\x01 \x01(\x08\x12\x14\n\x0c\x62reaker_open\x18\x02 \x01(\x08\x12\x0c\n\x04sent\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x0f\n\x07skipped\x18\x05 \x01(\x03\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x1c\n\x14subscriber_connected\x18\x07 \x01(\x08*\x99\x01\n\x12SlowConsumerPolicy\x12$\n SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18SLOW_CONSUMER_POLICY_GAP\x10\x01\x12\x1e\n\x1aSLOW_CONSUMER_POLICY_CLOSE\x10\x02\x12\x1f\n\x1bSLOW_CONSUMER_POLICY_REPLAY\x10\x03*\x97\x01\n\tGapReason\x12\x1a\n\x16GAP_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18GAP_REASON_SLOW_CONSUMER\x10\x01\x12\x1b\n\x17GAP_REASON_REDIS_OUTAGE\x10\x02\x12\x1b\n\x17GAP_REASON_NOT_NOTIFIED\x10\x03\x12\x16\n\x12GAP_REASON_EXPIRED\x10\x04*\x83\x01\n\x0cServingState\x12\x1d\n\x19SERVING_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SERVING_STATE_SERVING\x10\x01\x12\x1a\n\x16SERVING_STATE_DEGRADED\x10\x02\x12\x1d\n\x19SERVING_STATE_NOT_SERVING\x10\x03\x32\xd3\x02\n\x0c\x45ventService\x12H\n\x07Publish\x12\x1d.dualstream.v1.PublishRequest\x1a\x1e.dualstream.v1.PublishResponse\x12W\n\x0cPublishBatch\x12\".dualstream.v1.PublishBatchRequest\x1a#.dualstream.v1.PublishBatchResponse\x12P\n\tSubscribe\x12\x1f.dualstream.v1.SubscribeRequest\x1a .dualstream.v1.SubscribeResponse0\x01\x12N\n\tGetStatus\x12\x1f.dualstream.v1.GetStatusRequest\x1a .dualstream.v1.GetStatusResponseBl\n\x11\x64\x65v.dualstream.v1B\x11\x45ventServiceProtoP\x01ZBgithub.com/dualstream/dualstream/gen/go/dualstream/v1;dualstreamv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.dualstream.v1B\021EventServiceProtoP\001ZBgithub.com/dualstream/dualstream/gen/go/dualstream/v1;dualstreamv1'
   _globals['_EVENT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_EVENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_SLOWCONSUMERPOLICY']._serialized_start=2352
-  _globals['_SLOWCONSUMERPOLICY']._serialized_end=2505
-  _globals['_GAPREASON']._serialized_start=2507
-  _globals['_GAPREASON']._serialized_end=2605
-  _globals['_SERVINGSTATE']._serialized_start=2608
-  _globals['_SERVINGSTATE']._serialized_end=2739
+  _globals['_SLOWCONSUMERPOLICY']._serialized_start=2564
+  _globals['_SLOWCONSUMERPOLICY']._serialized_end=2717
+  _globals['_GAPREASON']._serialized_start=2720
+  _globals['_GAPREASON']._serialized_end=2871
+  _globals['_SERVINGSTATE']._serialized_start=2874
+  _globals['_SERVINGSTATE']._serialized_end=3005
   _globals['_EVENT']._serialized_start=86
   _globals['_EVENT']._serialized_end=346
   _globals['_EVENT_ATTRIBUTESENTRY']._serialized_start=297
@@ -62,25 +62,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTPOSITION']._serialized_start=867
   _globals['_STARTPOSITION']._serialized_end=958
   _globals['_SUBSCRIBEREQUEST']._serialized_start=961
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1189
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1192
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1405
-  _globals['_SUBSCRIBED']._serialized_start=1407
-  _globals['_SUBSCRIBED']._serialized_end=1453
-  _globals['_GAP']._serialized_start=1456
-  _globals['_GAP']._serialized_end=1621
-  _globals['_CAUGHTUP']._serialized_start=1623
-  _globals['_CAUGHTUP']._serialized_end=1667
-  _globals['_NOTIFICATION']._serialized_start=1670
-  _globals['_NOTIFICATION']._serialized_end=1871
-  _globals['_GETSTATUSREQUEST']._serialized_start=1873
-  _globals['_GETSTATUSREQUEST']._serialized_end=1891
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1894
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2076
-  _globals['_KAFKASTATUS']._serialized_start=2078
-  _globals['_KAFKASTATUS']._serialized_end=2194
-  _globals['_REDISSTATUS']._serialized_start=2197
-  _globals['_REDISSTATUS']._serialized_end=2349
-  _globals['_EVENTSERVICE']._serialized_start=2742
-  _globals['_EVENTSERVICE']._serialized_end=3081
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1228
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1231
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1503
+  _globals['_NOTIFICATIONBATCH']._serialized_start=1505
+  _globals['_NOTIFICATIONBATCH']._serialized_end=1576
+  _globals['_SUBSCRIBED']._serialized_start=1578
+  _globals['_SUBSCRIBED']._serialized_end=1624
+  _globals['_GAP']._serialized_start=1627
+  _globals['_GAP']._serialized_end=1792
+  _globals['_CAUGHTUP']._serialized_start=1794
+  _globals['_CAUGHTUP']._serialized_end=1838
+  _globals['_NOTIFICATION']._serialized_start=1841
+  _globals['_NOTIFICATION']._serialized_end=2083
+  _globals['_GETSTATUSREQUEST']._serialized_start=2085
+  _globals['_GETSTATUSREQUEST']._serialized_end=2103
+  _globals['_GETSTATUSRESPONSE']._serialized_start=2106
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2288
+  _globals['_KAFKASTATUS']._serialized_start=2290
+  _globals['_KAFKASTATUS']._serialized_end=2406
+  _globals['_REDISSTATUS']._serialized_start=2409
+  _globals['_REDISSTATUS']._serialized_end=2561
+  _globals['_EVENTSERVICE']._serialized_start=3008
+  _globals['_EVENTSERVICE']._serialized_end=3347
 # @@protoc_insertion_point(module_scope)

@@ -66,6 +66,14 @@ class _GapReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GapReason.V
     """The client read too slowly and the stream's buffer overflowed."""
     GAP_REASON_REDIS_OUTAGE: _GapReason.ValueType  # 2
     """The sidecar lost its Redis connection; notifications sent meanwhile were not received."""
+    GAP_REASON_NOT_NOTIFIED: _GapReason.ValueType  # 3
+    """A publishing sidecar could not send some notifications (its Redis leg failed) and said
+    so once Redis worked again; resuming from the gap's cursor replays those events.
+    """
+    GAP_REASON_EXPIRED: _GapReason.ValueType  # 4
+    """Kafka's retention deleted events before the stream could replay them; they are lost to
+    it, and `missed` counts them.
+    """
 
 class GapReason(_GapReason, metaclass=_GapReasonEnumTypeWrapper):
     """GapReason says why notifications were missed."""
@@ -76,6 +84,14 @@ GAP_REASON_SLOW_CONSUMER: GapReason.ValueType  # 1
 """The client read too slowly and the stream's buffer overflowed."""
 GAP_REASON_REDIS_OUTAGE: GapReason.ValueType  # 2
 """The sidecar lost its Redis connection; notifications sent meanwhile were not received."""
+GAP_REASON_NOT_NOTIFIED: GapReason.ValueType  # 3
+"""A publishing sidecar could not send some notifications (its Redis leg failed) and said
+so once Redis worked again; resuming from the gap's cursor replays those events.
+"""
+GAP_REASON_EXPIRED: GapReason.ValueType  # 4
+"""Kafka's retention deleted events before the stream could replay them; they are lost to
+it, and `missed` counts them.
+"""
 Global___GapReason: _TypeAlias = GapReason  # noqa: Y015
 
 class _ServingState:
@@ -430,6 +446,7 @@ class SubscribeRequest(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     SLOW_CONSUMER_POLICY_FIELD_NUMBER: _builtins.int
     INCLUDE_DATA_FIELD_NUMBER: _builtins.int
+    MAX_NOTIFICATIONS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     resume_cursor: _builtins.str
     """Resume after the notification (or `subscribed`, `gap` or `caught_up` message) that carried
     this cursor: the missed events are replayed from Kafka, then the stream goes on live, with
@@ -439,6 +456,11 @@ class SubscribeRequest(_message.Message):
     """What to do when the stream cannot deliver everything live."""
     include_data: _builtins.bool
     """Carry each event's payload and attributes in its notification, read from Kafka."""
+    max_notifications_per_message: _builtins.int
+    """The most notifications the sidecar may put in one `notifications` message when the
+    stream has a backlog. 0 or 1 keeps one notification per `notification` message, as
+    clients that do not set this field expect.
+    """
     @_builtins.property
     def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___Source]:
         """The sources to follow. At least one, at most the configured number per stream."""
@@ -460,10 +482,11 @@ class SubscribeRequest(_message.Message):
         start: Global___StartPosition | None = ...,
         slow_consumer_policy: Global___SlowConsumerPolicy.ValueType = ...,
         include_data: _builtins.bool = ...,
+        max_notifications_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_data", b"include_data", "resume_cursor", b"resume_cursor", "slow_consumer_policy", b"slow_consumer_policy", "sources", b"sources", "start", b"start", "types", b"types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_data", b"include_data", "max_notifications_per_message", b"max_notifications_per_message", "resume_cursor", b"resume_cursor", "slow_consumer_policy", b"slow_consumer_policy", "sources", b"sources", "start", b"start", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -479,6 +502,7 @@ class SubscribeResponse(_message.Message):
     NOTIFICATION_FIELD_NUMBER: _builtins.int
     GAP_FIELD_NUMBER: _builtins.int
     CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    NOTIFICATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subscribed(self) -> Global___Subscribed:
         """The first message of every stream: live delivery has started for every source."""
@@ -495,6 +519,12 @@ class SubscribeResponse(_message.Message):
     def caught_up(self) -> Global___CaughtUp:
         """A replay from Kafka has reached the live stream; what follows is live."""
 
+    @_builtins.property
+    def notifications(self) -> Global___NotificationBatch:
+        """Several notifications in stream order, sent only to streams that asked for them with
+        `max_notifications_per_message` above 1.
+        """
+
     def __init__(
         self,
         *,
@@ -502,16 +532,41 @@ class SubscribeResponse(_message.Message):
         notification: Global___Notification | None = ...,
         gap: Global___Gap | None = ...,
         caught_up: Global___CaughtUp | None = ...,
+        notifications: Global___NotificationBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "gap", b"gap", "message", b"message", "notification", b"notification", "subscribed", b"subscribed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "gap", b"gap", "message", b"message", "notification", b"notification", "notifications", b"notifications", "subscribed", b"subscribed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "gap", b"gap", "message", b"message", "notification", b"notification", "subscribed", b"subscribed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "gap", b"gap", "message", b"message", "notification", b"notification", "notifications", b"notifications", "subscribed", b"subscribed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["subscribed", "notification", "gap", "caught_up"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["subscribed", "notification", "gap", "caught_up", "notifications"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
+
+@_typing.final
+class NotificationBatch(_message.Message):
+    """NotificationBatch carries several notifications of one stream in one message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notifications(self) -> _containers.RepeatedCompositeFieldContainer[Global___Notification]:
+        """The notifications, in the order the stream delivers them; each has its own cursor."""
+
+    def __init__(
+        self,
+        *,
+        notifications: _abc.Iterable[Global___Notification] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notifications", b"notifications"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationBatch: _TypeAlias = NotificationBatch  # noqa: Y015
 
 @_typing.final
 class Subscribed(_message.Message):
@@ -627,6 +682,8 @@ class Notification(_message.Message):
     CURSOR_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The event's id."""
     type: _builtins.str
@@ -645,6 +702,13 @@ class Notification(_message.Message):
     """Resume after this notification with this cursor."""
     replayed: _builtins.bool
     """Whether this notification was replayed from Kafka rather than received live."""
+    traceparent: _builtins.str
+    """The W3C `traceparent` to continue the event's trace from, so a subscriber's own work on
+    the event joins it: the sidecar's span delivering it to this stream when the sidecar
+    traces, else the publisher's. Empty when the event was published without a trace.
+    """
+    tracestate: _builtins.str
+    """The W3C `tracestate` that goes with `traceparent`, when there is one."""
     @_builtins.property
     def event(self) -> Global___Event:
         """The whole event, read from Kafka, when the request asked for `include_data`."""
@@ -662,10 +726,12 @@ class Notification(_message.Message):
         cursor: _builtins.str = ...,
         replayed: _builtins.bool = ...,
         event: Global___Event | None = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event", b"event", "id", b"id", "offset", b"offset", "partition", b"partition", "replayed", b"replayed", "source_id", b"source_id", "source_type", b"source_type", "topic", b"topic", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event", b"event", "id", b"id", "offset", b"offset", "partition", b"partition", "replayed", b"replayed", "source_id", b"source_id", "source_type", b"source_type", "topic", b"topic", "traceparent", b"traceparent", "tracestate", b"tracestate", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,6 +12,7 @@ import redis.asyncio as redis
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from dualstream.connections import RedisAddress
 from dualstream.notifications import Notification
 from dualstream.redis_notifier import RedisNotifier
 from dualstream.settings import Settings
@@ -168,7 +169,9 @@ async def test_notifications_made_while_connecting_keep_their_order(
 ) -> None:
     """The connection is made on first use. Calls arriving while it is made, and calls arriving
     just after, must reach Redis in the order they were made (the order of their Kafka acks)."""
-    notifier = RedisNotifier(shared_redis.url, timeout=5.0, channel_prefix="events")
+    notifier = RedisNotifier(
+        RedisAddress.from_url(shared_redis.url), timeout=5.0, channel_prefix="events"
+    )
     channel = f"events:{source_type}:x"
     async with ChannelListener(redis_client, channel) as listener, notifier:
         calls = []

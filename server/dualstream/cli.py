@@ -157,11 +157,13 @@ def _describe(message: StreamMessage) -> str:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from dualstream.connections import check_connection_settings
     from dualstream.settings import Settings, TelemetrySettings
     from dualstream.workers import serve
 
     try:
         settings = Settings.load(os.environ, args)
+        check_connection_settings(settings)
         telemetry = TelemetrySettings.load(os.environ)
     except ValueError as exc:
         sys.exit(f"dualstream: bad setting: {exc}")

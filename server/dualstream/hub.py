@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from dualstream.connections import RedisAddress
 from dualstream.errors import (
     InvalidArgumentError,
     ResourceExhaustedError,
@@ -37,7 +38,7 @@ from dualstream.events import (
 )
 from dualstream.lifecycle import Service
 from dualstream.notifications import Notification, channel_for
-from dualstream.resp import RedisAddress, Reply, encode_command, read_reply
+from dualstream.resp import Reply, encode_command, read_reply
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ WILDCARD = "*"
 
 @dataclass(frozen=True, slots=True)
 class HubSettings:
-    redis_url: str
+    redis: RedisAddress
     channel_prefix: str = "events"
     max_streams: int = 10000
     max_sources_per_stream: int = 64
@@ -222,7 +223,7 @@ class _RouteState:
 class SubscriptionHub(Service):
     def __init__(self, settings: HubSettings) -> None:
         self._settings = settings
-        self._address = RedisAddress.from_url(settings.redis_url)
+        self._address = settings.redis
         self._routes: dict[Route, _RouteState] = {}
         self._streams: set[Subscription] = set()
         self._writer: asyncio.StreamWriter | None = None
@@ -301,7 +302,7 @@ class SubscriptionHub(Service):
         except TimeoutError as exc:
             subscription.close()
             raise UnavailableError(
-                f"Redis at {self._address.host}:{self._address.port} did not confirm the "
+                f"Redis at {self._address.location} did not confirm the "
                 f"subscription within {self._settings.subscribe_timeout:g}s"
             ) from exc
         except BaseException:
@@ -379,11 +380,7 @@ class SubscriptionHub(Service):
                     reply = await read_reply(reader)
                 if not self._connected.is_set():
                     self._connected.set()
-                    logger.info(
-                        "Redis subscriber connected to %s:%d",
-                        self._address.host,
-                        self._address.port,
-                    )
+                    logger.info("Redis subscriber connected to %s", self._address.location)
                 self._dispatch(reply)
         finally:
             pinger.cancel()

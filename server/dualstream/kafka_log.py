@@ -23,6 +23,7 @@ from aiokafka.errors import (
 
 from dualstream.budget import Budget
 from dualstream.cloudevents import KafkaRecord
+from dualstream.connections import kafka_client_options
 from dualstream.errors import InvalidArgumentError, UnavailableError
 from dualstream.events import RecordPosition
 from dualstream.lifecycle import Service
@@ -42,6 +43,7 @@ class KafkaEventLog(Service):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._topic = settings.kafka_topic
+        self._client_options = kafka_client_options(settings)
         self._producer: AIOKafkaProducer | None = None
         self._connector: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -70,8 +72,7 @@ class KafkaEventLog(Service):
     def _new_producer(self) -> AIOKafkaProducer:
         settings = self._settings
         return AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id=settings.kafka_client_id,
+            **self._client_options,
             acks="all",
             enable_idempotence=True,
             linger_ms=settings.kafka_linger_ms,

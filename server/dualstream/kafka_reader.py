@@ -28,8 +28,14 @@ class KafkaReader(Service):
     record fetches. Pooled consumers are reused, not started and stopped per replay: that is
     faster, and an aiokafka client stopped while its metadata task connects leaks a socket."""
 
-    def __init__(self, bootstrap: str, topic: str, max_concurrent_replays: int = 16) -> None:
-        self._bootstrap = bootstrap
+    def __init__(
+        self,
+        client_options: Mapping[str, Any],
+        topic: str,
+        max_concurrent_replays: int = 16,
+    ) -> None:
+        """``client_options``: ``connections.kafka_client_options`` (bootstrap, TLS, SASL)."""
+        self._client_options = dict(client_options)
         self._topic = topic
         self._lookups: AIOKafkaConsumer | None = None
         self._lookup_lock = asyncio.Lock()
@@ -43,7 +49,7 @@ class KafkaReader(Service):
 
     def new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+            **self._client_options,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -104,7 +110,7 @@ class KafkaReader(Service):
         return self._lookups
 
     async def _describe_partitions(self) -> list[int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(**self._client_options, request_timeout_ms=10_000)
         try:
             await admin.start()
             [topic] = await admin.describe_topics([self._topic])

@@ -22,9 +22,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dualstream.connections import RedisAddress
 from dualstream.lifecycle import Service
 from dualstream.notifications import Notification, channel_for
-from dualstream.resp import RedisAddress, RespError, encode_command, read_reply
+from dualstream.resp import RespError, encode_command, read_reply
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class _Link:
                 reader, self._writer = await address.open()
         except (OSError, RespError, TimeoutError) as exc:
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else "timed out"
-            self.lose(f"could not connect to Redis at {address.host}:{address.port}: {detail}")
+            self.lose(f"could not connect to Redis at {address.location}: {detail}")
             return
         self._write_unsent()
         try:
@@ -143,13 +144,13 @@ class _Link:
 class RedisNotifier(Service):
     def __init__(
         self,
-        redis_url: str,
+        address: RedisAddress,
         timeout: float,
         channel_prefix: str,
         breaker_failures: int = 3,
         probe_interval: float = 1.0,
     ) -> None:
-        self._address = RedisAddress.from_url(redis_url)
+        self._address = address
         self._timeout = timeout
         self._channel_prefix = channel_prefix
         self._breaker_failures = breaker_failures

@@ -8,9 +8,6 @@ moment bounds what a subscriber may have missed.
 from __future__ import annotations
 
 import asyncio
-import ssl
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 Reply = bytes | int | str | list["Reply"] | None
 
@@ -47,49 +44,3 @@ async def read_reply(reader: asyncio.StreamReader) -> Reply:
             return None
         return [await read_reply(reader) for _ in range(count)]
     raise RespError(f"unexpected reply type {kind!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class RedisAddress:
-    """Where and how to reach Redis, from a ``redis://`` or ``rediss://`` URL."""
-
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    tls: bool
-
-    @classmethod
-    def from_url(cls, url: str) -> RedisAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in {"redis", "rediss"}:
-            raise ValueError(f"Redis URL {url!r}: the scheme must be redis:// or rediss://")
-        return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=parts.scheme == "rediss",
-        )
-
-    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Connect and authenticate; the caller bounds the time this may take."""
-        reader, writer = await asyncio.open_connection(
-            self.host, self.port, ssl=ssl.create_default_context() if self.tls else None
-        )
-        try:
-            if self.password is not None:
-                auth = (
-                    ("AUTH", self.username, self.password)
-                    if self.username
-                    else (
-                        "AUTH",
-                        self.password,
-                    )
-                )
-                writer.write(encode_command(*auth))
-                await read_reply(reader)
-        except BaseException:
-            writer.close()
-            raise
-        return reader, writer

@@ -15,6 +15,8 @@ from typing import Any
 from dualstream.events import EventLimits
 
 ENV_PREFIX = "DUALSTREAM_"
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -46,7 +48,45 @@ class Settings:
     kafka_buffer_wait: float = _setting(
         0.5, "how long a publish waits for buffer room before RESOURCE_EXHAUSTED"
     )
-    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis URL for notifications")
+    kafka_security_protocol: str = _setting(
+        "PLAINTEXT", "how to reach Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: str = _setting(
+        "PLAIN", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    )
+    kafka_sasl_username: str = _setting("", "SASL user name")
+    kafka_sasl_password: str = _setting("", "SASL password")
+    kafka_sasl_password_file: str = _setting(
+        "", "read the SASL password from this file instead (a mounted secret)"
+    )
+    kafka_ssl_ca_file: str = _setting(
+        "", "PEM CA certificates that sign the brokers' certificates (default: the system's)"
+    )
+    kafka_ssl_cert_file: str = _setting(
+        "", "PEM client certificate (chain) for mutual TLS with Kafka"
+    )
+    kafka_ssl_key_file: str = _setting("", "PEM private key of kafka_ssl_cert_file")
+    kafka_ssl_check_hostname: bool = _setting(
+        True, "check that a broker's certificate names the host connected to"
+    )
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6379/0",
+        "Redis for notifications: redis://, rediss:// (TLS) or unix:///path/to/redis.sock, "
+        "with user:password@ for an ACL user",
+    )
+    redis_username: str = _setting("", "Redis ACL user name (instead of the one in redis_url)")
+    redis_password: str = _setting("", "Redis password (instead of the one in redis_url)")
+    redis_password_file: str = _setting(
+        "", "read the Redis password from this file instead (a mounted secret)"
+    )
+    redis_ssl_ca_file: str = _setting(
+        "", "PEM CA certificates that sign Redis's certificate (default: the system's)"
+    )
+    redis_ssl_cert_file: str = _setting("", "PEM client certificate (chain) for Redis over TLS")
+    redis_ssl_key_file: str = _setting("", "PEM private key of redis_ssl_cert_file")
+    redis_ssl_check_hostname: bool = _setting(
+        True, "check that Redis's certificate names the host connected to"
+    )
     redis_timeout: float = _setting(
         0.25, "how long the Redis leg may take before the event is reported not notified"
     )
@@ -121,6 +161,54 @@ class Settings:
             raise ValueError("setting workers above 1 needs a TCP listen address, not a socket")
         if not self.channel_prefix or any(c in self.channel_prefix for c in ":*?[]\\"):
             raise ValueError("setting channel_prefix must be non-empty, without : * ? [ ] \\")
+        self._check_kafka_security()
+        for prefix in ("kafka", "redis"):
+            if bool(getattr(self, f"{prefix}_ssl_cert_file")) != bool(
+                getattr(self, f"{prefix}_ssl_key_file")
+            ):
+                raise ValueError(
+                    f"settings {prefix}_ssl_cert_file and {prefix}_ssl_key_file go together"
+                )
+        if self.redis_password and self.redis_password_file:
+            raise ValueError("set redis_password or redis_password_file, not both")
+
+    def _check_kafka_security(self) -> None:
+        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"setting kafka_security_protocol: {protocol!r} is not one of "
+                + ", ".join(KAFKA_SECURITY_PROTOCOLS)
+            )
+        if mechanism not in KAFKA_SASL_MECHANISMS:
+            raise ValueError(
+                f"setting kafka_sasl_mechanism: {mechanism!r} is not one of "
+                + ", ".join(KAFKA_SASL_MECHANISMS)
+            )
+        if self.kafka_sasl_password and self.kafka_sasl_password_file:
+            raise ValueError("set kafka_sasl_password or kafka_sasl_password_file, not both")
+        sasl = {
+            "kafka_sasl_username": self.kafka_sasl_username,
+            "kafka_sasl_password": self.kafka_sasl_password,
+            "kafka_sasl_password_file": self.kafka_sasl_password_file,
+        }
+        if protocol.startswith("SASL_"):
+            if not self.kafka_sasl_username:
+                raise ValueError(f"setting kafka_sasl_username is required with {protocol}")
+            if not (self.kafka_sasl_password or self.kafka_sasl_password_file):
+                raise ValueError(
+                    f"setting kafka_sasl_password or kafka_sasl_password_file is required "
+                    f"with {protocol}"
+                )
+        elif given := [name for name, value in sasl.items() if value]:
+            raise ValueError(
+                f"setting {given[0]} needs kafka_security_protocol SASL_SSL or SASL_PLAINTEXT, "
+                f"not {protocol}"
+            )
+        tls = ("kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file")
+        if not protocol.endswith("SSL") and (given := [n for n in tls if getattr(self, n)]):
+            raise ValueError(
+                f"setting {given[0]} needs kafka_security_protocol SSL or SASL_SSL, not {protocol}"
+            )
 
     @property
     def event_limits(self) -> EventLimits:
@@ -165,7 +253,16 @@ def env_name(setting: str) -> str:
 
 def _parser_for(annotation: Any) -> Any:
     # Annotations are strings under `from __future__ import annotations`.
-    return {"str": str, "int": int, "float": float}[str(annotation)]
+    return {"str": str, "int": int, "float": float, "bool": boolean}[str(annotation)]
+
+
+def boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"true", "yes", "on", "1"}:
+        return True
+    if value in {"false", "no", "off", "0"}:
+        return False
+    raise ValueError(f"{text!r} is not a boolean: use true or false")
 
 
 @dataclass(frozen=True, slots=True)

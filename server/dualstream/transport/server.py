@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import Tracer
 
+from dualstream.connections import RedisAddress, kafka_client_options
 from dualstream.hub import HubSettings, SubscriptionHub
 from dualstream.kafka_log import KafkaEventLog
 from dualstream.kafka_reader import KafkaReader
@@ -38,7 +39,7 @@ def build_publisher(settings: Settings, tracer: Tracer) -> Publisher:
     return Publisher(
         KafkaEventLog(settings),
         RedisNotifier(
-            settings.redis_url,
+            RedisAddress.from_settings(settings),
             settings.redis_timeout,
             settings.channel_prefix,
             breaker_failures=settings.redis_breaker_failures,
@@ -52,7 +53,7 @@ def build_publisher(settings: Settings, tracer: Tracer) -> Publisher:
 def build_hub(settings: Settings) -> SubscriptionHub:
     return SubscriptionHub(
         HubSettings(
-            redis_url=settings.redis_url,
+            redis=RedisAddress.from_settings(settings),
             channel_prefix=settings.channel_prefix,
             max_streams=settings.max_streams,
             max_sources_per_stream=settings.max_sources_per_stream,
@@ -69,7 +70,7 @@ class Sidecar(Service):
         self.settings = settings
         self.publisher = build_publisher(settings, tracer)
         self.hub = build_hub(settings)
-        self.reader = KafkaReader(settings.kafka_bootstrap, settings.kafka_topic)
+        self.reader = KafkaReader(kafka_client_options(settings), settings.kafka_topic)
         self.draining = False
         self._servicer = EventServicer(
             self.publisher,

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PY) -m stack.localstack
 
-.PHONY: help install system-deps kafka-jars proto proto-check lint typecheck unit test faults bench bench-smoke up down status demo clean
+.PHONY: help install system-deps kafka-jars proto proto-check buf-check lint typecheck unit test faults bench bench-smoke up down status demo clean
 
 help:
 	@echo "make demo       install everything, start Kafka + Redis + the sidecar, show events flowing"
@@ -14,7 +14,7 @@ help:
 	@echo "make status     what of the local stack is running"
 	@echo "make bench      the benchmark: writes bench/results/<date>.{json,md,png}"
 	@echo "make faults     the fault-injection suite; rewrites docs/reliability.md"
-	@echo "make proto      regenerate server/dualstream/v1 from protos/"
+	@echo "make proto      regenerate every language's code from protos/ (Go, TypeScript, Java, Python)"
 
 install: system-deps $(VENV)/.installed kafka-jars
 
@@ -34,11 +34,13 @@ kafka-jars: $(VENV)/.installed
 proto: $(VENV)/.installed
 	@bash scripts/gen-protos.sh
 
-proto-check: proto
-	@git diff --exit-code --stat -- server/dualstream/v1 \
-		|| { echo "generated code is stale: run 'make proto' and commit the result"; exit 1; }
-	@test -z "$$(git status --porcelain -- server/dualstream/v1)" \
-		|| { echo "untracked generated files: run 'make proto' and commit them"; exit 1; }
+# Regenerates, then fails if any language's committed generated code differs.
+proto-check: $(VENV)/.installed
+	@bash scripts/gen-protos.sh --check
+
+# buf lint (STANDARD) and buf breaking (FILE) against the previous commit of main.
+buf-check:
+	@bash scripts/buf-check.sh
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -50,7 +52,7 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -q tests/test_events.py tests/test_settings.py
 
-test: install proto-check lint typecheck
+test: install proto-check buf-check lint typecheck
 	$(VENV)/bin/pytest -q -ra
 
 bench: install

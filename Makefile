@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PY) -m stack.localstack
 
-.PHONY: help install system-deps kafka-jars proto proto-check buf-check lint typecheck unit test faults bench bench-smoke up down status demo clean
+.PHONY: help install system-deps kafka-jars proto proto-check buf-check lint typecheck unit test test-clients test-go faults bench bench-smoke up down status demo clean
 
 help:
 	@echo "make demo       install everything, start Kafka + Redis + the sidecar, show events flowing"
@@ -54,6 +54,19 @@ unit: $(VENV)/.installed
 
 test: install proto-check buf-check lint typecheck
 	$(VENV)/bin/pytest -q -ra
+	@$(MAKE) --no-print-directory test-clients
+
+# The clients' native test runners against a throwaway stack on free ports (`with-stack`, see
+# clients/README.md). Inside one (DUALSTREAM_TEST_TARGET set) a target uses it rather than
+# starting its own, so `make test-clients` runs every language under a single stack.
+WITH_STACK = $(if $(DUALSTREAM_TEST_TARGET),,$(STACK) with-stack --)
+CLIENT_TESTS := test-go
+
+test-clients: install
+	$(STACK) with-stack -- $(MAKE) --no-print-directory -k $(CLIENT_TESTS)
+
+test-go: $(VENV)/.installed
+	$(WITH_STACK) bash -c 'cd clients/go && go vet ./... && go test -count=1 ./...'
 
 bench: install
 	$(PY) -m bench.run

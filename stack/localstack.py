@@ -38,6 +38,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -905,8 +906,11 @@ class SidecarProcess(ManagedProcess):
         log_dir: Path | None = None,
         detach: bool = False,
         extra_args: Sequence[str] = (),
+        name: str = "sidecar",
     ) -> None:
+        """``name`` tells several sidecars' logs apart in one ``log_dir``."""
         super().__init__(workdir, log_dir=log_dir, detach=detach)
+        self.name = name
         self.port = port
         self.kafka_bootstrap = kafka_bootstrap
         self.redis_url = redis_url
@@ -1180,6 +1184,108 @@ async def _tail_topic(bootstrap: str, topic: str, count: int) -> None:
         print(f"    {headers}")
 
 
+# ---- python -m stack.localstack with-stack -- COMMAND ... -----------------------------------
+# The clients' test harness: a throwaway stack on free ports around one command, which finds it
+# through DUALSTREAM_TEST_* variables (clients/README.md has the contract).
+
+WITH_STACK_TOPIC = "events"
+
+
+@dataclass(frozen=True)
+class TestStack:
+    """Where the throwaway stack listens, as exported to the command."""
+
+    target: str
+    auth_target: str
+    token: str
+    kafka: str
+    redis: str
+    topic: str
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "DUALSTREAM_TEST_TARGET": self.target,
+            "DUALSTREAM_TEST_AUTH_TARGET": self.auth_target,
+            "DUALSTREAM_TEST_TOKEN": self.token,
+            "DUALSTREAM_TEST_KAFKA": self.kafka,
+            "DUALSTREAM_TEST_REDIS": self.redis,
+            "DUALSTREAM_TEST_TOPIC": self.topic,
+        }
+
+
+@contextlib.contextmanager
+def test_stack(workdir: Path) -> Iterator[TestStack]:
+    """Kafka (topic ``events``, 6 partitions), Redis and two sidecars on free ports: one open,
+    one that wants a bearer token. Everything is stopped on leaving, whatever happened."""
+    kafka_port, controller_port, redis_port, open_port, auth_port = free_ports(5)
+    token = base64.urlsafe_b64encode(os.urandom(18)).decode()
+    logs = workdir / "logs"
+    redis = RedisServer(workdir / "redis", redis_port, log_dir=logs)
+    kafka = KafkaBroker(workdir / "kafka", kafka_port, controller_port, log_dir=logs)
+    sidecars = [
+        SidecarProcess(
+            workdir / name, port, kafka.bootstrap, redis.url, WITH_STACK_TOPIC, log_dir=logs,
+            extra_args=extra_args, name=name,
+        )
+        for name, port, extra_args in (
+            ("sidecar", open_port, ()),
+            ("sidecar-auth", auth_port, ("--auth-token", token)),
+        )
+    ]  # fmt: skip
+    with contextlib.ExitStack() as running:
+        # Launched together and awaited one by one: Redis is ready long before Kafka.
+        for server in (redis, kafka):
+            running.callback(server.stop)
+            server.launch()
+        for server in (redis, kafka):
+            server.wait_until_ready()
+        create_topic(kafka.bootstrap, WITH_STACK_TOPIC, DEV_TOPIC_PARTITIONS)
+        for sidecar in sidecars:
+            running.callback(sidecar.stop)
+            sidecar.launch()
+        for sidecar in sidecars:
+            sidecar.wait_until_ready()
+        yield TestStack(
+            target=f"{LOOPBACK}:{open_port}",
+            auth_target=f"{LOOPBACK}:{auth_port}",
+            token=token,
+            kafka=kafka.bootstrap,
+            redis=redis.url,
+            topic=WITH_STACK_TOPIC,
+        )
+
+
+def with_stack(command: Sequence[str]) -> int:
+    """Run ``command`` against a throwaway stack; its exit status (128+N if killed by signal N).
+
+    The command's output goes straight to this terminal. The stack's data and logs are deleted
+    when the command succeeds and kept (the path is printed) when it fails.
+    """
+    if not command:
+        raise StackError("with-stack needs a command: with-stack -- COMMAND [ARG ...]")
+    workdir = Path(tempfile.mkdtemp(prefix="dualstream-stack-"))
+    status = 1
+    try:
+        began = time.monotonic()
+        with test_stack(workdir) as stack:
+            _say(
+                "stack",
+                f"ready in {time.monotonic() - began:.1f}s: sidecar {stack.target}, with token "
+                f"{stack.auth_target}, kafka {stack.kafka}, redis {stack.redis}",
+            )
+            _say("stack", f"running: {shlex.join(command)}")
+            # SIGTERM ends this process like Ctrl-C does, so the command and the stack stop too.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            code = subprocess.run(command, env=os.environ | stack.environment(), check=False)
+            status = code.returncode if code.returncode >= 0 else 128 - code.returncode
+    finally:
+        if status == 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            _say("stack", f"logs kept in {workdir / 'logs'}")
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stack.localstack",
@@ -1193,7 +1299,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "fetch": fetch,
         "tail": tail,
     }
-    parser.add_argument("command", choices=commands, help="fetch: only download Kafka's jars")
+    parser.add_argument(
+        "command",
+        choices=[*commands, "with-stack"],
+        help="fetch: only download Kafka's jars; with-stack -- COMMAND: run COMMAND against a "
+        "throwaway stack on free ports (clients/README.md)",
+    )
     parser.add_argument("--kafka-port", type=int, default=9092)
     parser.add_argument("--kafka-controller-port", type=int, default=9093)
     parser.add_argument("--redis-port", type=int, default=6379)
@@ -1202,7 +1313,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-sidecar", action="store_true", help="up: only Kafka and Redis")
     parser.add_argument("--purge", action="store_true", help="down: also delete Kafka's data")
     parser.add_argument("--count", type=int, default=5, help="tail: how many records")
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["with-stack"]:
+        command = arguments[1:]
+        command = command[1:] if command[:1] == ["--"] else command
+        try:
+            sys.exit(with_stack(command))
+        except StackError as exc:
+            sys.exit(f"stack: {exc}")
+        except KeyboardInterrupt:
+            sys.exit(130)
+    args = parser.parse_args(arguments)
     try:
         commands[args.command](args)
     except StackError as exc:

@@ -1,0 +1,30 @@
+"""The registry of conformance apps, one per client language (the contract is in
+clients/README.md). The parametrized tests of ``tests/clients/`` run every app listed in
+``APPS``: registering a language here is all it takes to put it in them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# Where builds put their output; ``{build}`` in a command stands for this directory.
+BUILD = REPO / "build" / "conformance"
+
+
+@dataclass(frozen=True)
+class ConformanceApp:
+    """How to build (once per pytest session) and run one language's conformance app."""
+
+    language: str
+    # The command that runs the app; the contract's arguments are appended to it.
+    run: tuple[str, ...]
+    # The command that builds it, run in ``cwd`` before the first use; empty: nothing to build.
+    build: tuple[str, ...] = ()
+    cwd: Path = REPO
+
+    def expand(self, command: tuple[str, ...]) -> list[str]:
+        return [part.replace("{build}", str(BUILD)) for part in command]
+
+
+APPS: dict[str, ConformanceApp] = {}

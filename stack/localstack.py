@@ -907,18 +907,21 @@ class SidecarProcess(ManagedProcess):
         detach: bool = False,
         extra_args: Sequence[str] = (),
         name: str = "sidecar",
+        admin_port: int | None = None,
     ) -> None:
         """``name`` tells several sidecars' logs apart in one ``log_dir``."""
         super().__init__(workdir, log_dir=log_dir, detach=detach)
         self.name = name
         self.port = port
+        # A free port unless told: the default 9464 is the dev stack's, shared by everyone.
+        self.admin_port = free_port() if admin_port is None else admin_port
         self.kafka_bootstrap = kafka_bootstrap
         self.redis_url = redis_url
         self.topic = topic
         self.extra_args = list(extra_args)
 
     def _ports(self) -> list[int]:
-        return [self.port]
+        return [self.port, self.admin_port]
 
     def worker_pids(self) -> list[int]:
         """With ``--workers N``, the worker processes (not multiprocessing's resource tracker)."""
@@ -937,6 +940,7 @@ class SidecarProcess(ManagedProcess):
             raise StackError(f"{executable} is missing: run `make install` first")
         return [
             str(executable), "serve", "--listen", f"{LOOPBACK}:{self.port}",
+            "--admin-listen", f"{LOOPBACK}:{self.admin_port}",
             "--kafka-bootstrap", self.kafka_bootstrap, "--kafka-topic", self.topic,
             "--redis-url", self.redis_url, *self.extra_args,
         ]  # fmt: skip
@@ -1050,6 +1054,7 @@ def _dev_components(args: argparse.Namespace) -> list[_DevComponent]:
             topic=args.topic,
             log_dir=LOG_DIR,
             detach=True,
+            admin_port=args.admin_port,
         )
         record = RecordedProcess("sidecar", "dualstream serve", SidecarProcess.stop_grace)
         components.append(_DevComponent(record, sidecar, args.port))
@@ -1104,7 +1109,11 @@ def up(args: argparse.Namespace) -> None:
     print(
         f"stack up: kafka {LOOPBACK}:{args.kafka_port}, "
         f"redis redis://{LOOPBACK}:{args.redis_port}/0"
-        + ("" if args.no_sidecar else f", sidecar {LOOPBACK}:{args.port}")
+        + (
+            ""
+            if args.no_sidecar
+            else f", sidecar {LOOPBACK}:{args.port} (admin http://{LOOPBACK}:{args.admin_port})"
+        )
     )
 
 
@@ -1309,6 +1318,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--kafka-controller-port", type=int, default=9093)
     parser.add_argument("--redis-port", type=int, default=6379)
     parser.add_argument("--port", type=int, default=50051, help="the sidecar's gRPC port")
+    parser.add_argument(
+        "--admin-port", type=int, default=9464, help="the sidecar's admin HTTP port (probes)"
+    )
     parser.add_argument("--topic", default="events", help="the topic `up` creates")
     parser.add_argument("--no-sidecar", action="store_true", help="up: only Kafka and Redis")
     parser.add_argument("--purge", action="store_true", help="down: also delete Kafka's data")

@@ -95,6 +95,7 @@ def make_settings(
 ) -> Settings:
     values: dict[str, object] = {
         "listen": "127.0.0.1:0",
+        "admin_listen": "127.0.0.1:0",
         "kafka_bootstrap": kafka_bootstrap,
         "redis_url": redis_url,
         "kafka_topic": topic,

@@ -158,6 +158,7 @@ def _describe(message: StreamMessage) -> str:
 
 def _serve(args: argparse.Namespace) -> None:
     from dualstream.connections import check_connection_settings
+    from dualstream.errors import ListenError
     from dualstream.settings import Settings, TelemetrySettings
     from dualstream.workers import serve
 
@@ -167,7 +168,11 @@ def _serve(args: argparse.Namespace) -> None:
         telemetry = TelemetrySettings.load(os.environ)
     except ValueError as exc:
         sys.exit(f"dualstream: bad setting: {exc}")
-    sys.exit(serve(settings, telemetry, _version()))
+    try:
+        status = serve(settings, telemetry, _version())
+    except ListenError as exc:
+        sys.exit(f"dualstream: cannot start: {exc}")
+    sys.exit(status)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -38,3 +38,7 @@ class UnauthenticatedError(DualstreamError):
 
 class ShuttingDownError(UnavailableError):
     """The sidecar is draining and takes no new work."""
+
+
+class ListenError(DualstreamError):
+    """A listener (the gRPC API or the admin HTTP one) cannot take its address at start-up."""

@@ -30,6 +30,10 @@ class Settings:
     listen: str = _setting(
         "127.0.0.1:50051", "gRPC listen address: host:port, or unix:/path/to.sock"
     )
+    admin_listen: str = _setting(
+        "127.0.0.1:9464",
+        "admin HTTP address (host:port) for /healthz, /readyz and /metrics; empty turns it off",
+    )
     kafka_bootstrap: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated")
     kafka_topic: str = _setting("events", "Kafka topic every event is written to")
     kafka_client_id: str = _setting("dualstream", "Kafka client id")
@@ -159,6 +163,13 @@ class Settings:
             raise ValueError("set auth_token or auth_token_file, not both")
         if self.workers > 1 and self.listen.startswith("unix:"):
             raise ValueError("setting workers above 1 needs a TCP listen address, not a socket")
+        if self.admin_listen:
+            try:
+                split_host_port(self.admin_listen)
+            except ValueError as exc:
+                raise ValueError(f"setting admin_listen: {exc}") from exc
+            if self.admin_listen == self.listen and not self.listen.endswith(":0"):
+                raise ValueError("settings admin_listen and listen must be different addresses")
         if not self.channel_prefix or any(c in self.channel_prefix for c in ":*?[]\\"):
             raise ValueError("setting channel_prefix must be non-empty, without : * ? [ ] \\")
         self._check_kafka_security()
@@ -245,6 +256,16 @@ class Settings:
             elif spec.default is MISSING:
                 raise ValueError(f"setting {spec.name} is required")
         return cls(**values)
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as a host and a port number."""
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r} is not host:port (e.g. 127.0.0.1:9464 or [::1]:9464)")
+    return host, int(port)
 
 
 def env_name(setting: str) -> str:

@@ -15,6 +15,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+from dataclasses import replace
 from types import FrameType
 
 from dualstream.settings import Settings, TelemetrySettings
@@ -84,10 +85,14 @@ def _stop_with_parent() -> None:
 
 def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -> int:
     context = multiprocessing.get_context("spawn")
+    # One admin listener per sidecar, in the first worker: probes and scrapes must not land on
+    # a different process each time. The others share its Kafka and Redis, and if one dies the
+    # supervisor stops them all, so the first worker's readiness speaks for the sidecar.
+    without_admin = replace(settings, admin_listen="")
     workers = [
         context.Process(
             target=_worker_main,
-            args=(settings, telemetry, version),
+            args=(settings if number == 0 else without_admin, telemetry, version),
             name=f"dualstream-worker-{number}",
         )
         for number in range(settings.workers)

@@ -15,7 +15,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import Tracer
 
+from dualstream.admin import AdminServer, MetricsExposition, no_metrics
 from dualstream.connections import RedisAddress, kafka_client_options
+from dualstream.errors import ListenError
 from dualstream.hub import HubSettings, SubscriptionHub
 from dualstream.kafka_log import KafkaEventLog
 from dualstream.kafka_reader import KafkaReader
@@ -66,7 +68,9 @@ def build_hub(settings: Settings) -> SubscriptionHub:
 class Sidecar(Service):
     """Starts the parts in dependency order and stops them in reverse, draining calls first."""
 
-    def __init__(self, settings: Settings, tracer: Tracer) -> None:
+    def __init__(
+        self, settings: Settings, tracer: Tracer, metrics: MetricsExposition = no_metrics
+    ) -> None:
         self.settings = settings
         self.publisher = build_publisher(settings, tracer)
         self.hub = build_hub(settings)
@@ -84,8 +88,30 @@ class Sidecar(Service):
         self._server: grpc.aio.Server | None = None
         self._health_watch: asyncio.Task[None] | None = None
         self.port: int | None = None
+        self.admin = (
+            AdminServer(settings.admin_listen, self.status, metrics)
+            if settings.admin_listen
+            else None
+        )
+
+    @property
+    def admin_port(self) -> int | None:
+        return self.admin.port if self.admin is not None else None
 
     async def _start(self) -> None:
+        # The admin listener binds first: a taken port fails before anything else started,
+        # and probes get answers (not ready yet) while Kafka connects.
+        self.draining = False
+        if self.admin is not None:
+            await self.admin.start()
+        try:
+            await self._start_serving()
+        except BaseException:
+            await self._stop_parts()
+            raise
+        logger.info("dualstream listening on %s", self.settings.listen)
+
+    async def _start_serving(self) -> None:
         await self.publisher.start()
         await self.reader.start()
         await self.hub.start()
@@ -118,7 +144,6 @@ class Sidecar(Service):
         self._server = server
         await self._report_health()
         self._health_watch = asyncio.create_task(self._watch_health(), name="health-watch")
-        logger.info("dualstream listening on %s", self.settings.listen)
 
     def _auth_token(self) -> str:
         if self.settings.auth_token_file:
@@ -126,17 +151,23 @@ class Sidecar(Service):
         return self.settings.auth_token
 
     def _bind(self, server: grpc.aio.Server) -> int:
-        if not self.settings.tls_cert_file:
-            return server.add_insecure_port(self.settings.listen)
-        credentials = grpc.ssl_server_credentials(
-            [
-                (
-                    Path(self.settings.tls_key_file).read_bytes(),
-                    Path(self.settings.tls_cert_file).read_bytes(),
-                )
-            ]
-        )
-        return server.add_secure_port(self.settings.listen, credentials)
+        try:
+            if not self.settings.tls_cert_file:
+                return server.add_insecure_port(self.settings.listen)
+            credentials = grpc.ssl_server_credentials(
+                [
+                    (
+                        Path(self.settings.tls_key_file).read_bytes(),
+                        Path(self.settings.tls_cert_file).read_bytes(),
+                    )
+                ]
+            )
+            return server.add_secure_port(self.settings.listen, credentials)
+        except RuntimeError as exc:  # gRPC's only word for a failed bind.
+            raise ListenError(
+                f"the gRPC API cannot listen on {self.settings.listen} (taken, or not an "
+                "address of this host?)"
+            ) from exc
 
     def _event_service_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """EventService's handlers, with request parsing that names a malformed field."""
@@ -186,11 +217,17 @@ class Sidecar(Service):
 
     async def _stop(self) -> None:
         logger.info("dualstream draining: no new calls, in-flight calls may finish")
-        self.draining = True
+        await self._stop_parts()
+        logger.info("dualstream stopped; the producer is flushed")
+
+    async def _stop_parts(self) -> None:
+        """Stop whatever started, in reverse order; also undoes a start that failed half-way."""
+        self.draining = True  # /readyz and GetStatus say NOT_SERVING from here on.
         if self._health_watch is not None:
             self._health_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_watch
+            self._health_watch = None
         await self._health.enter_graceful_shutdown()
         # Streams end first (clients reconnect elsewhere); publishes get the grace period.
         await self.hub.stop()
@@ -199,19 +236,27 @@ class Sidecar(Service):
             self._server = None
         await self.reader.stop()
         await self.publisher.stop()
-        logger.info("dualstream stopped; the producer is flushed")
+        # Last: until the producer is flushed, probes still get an answer (not ready).
+        if self.admin is not None:
+            await self.admin.stop()
 
 
 async def run(
-    settings: Settings, tracer: Tracer, on_serving: Callable[[], None] = lambda: None
+    settings: Settings,
+    tracer: Tracer,
+    on_serving: Callable[[], None] = lambda: None,
+    metrics: MetricsExposition = no_metrics,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and stop; ``on_serving`` runs once started."""
+    """Serve until SIGTERM or SIGINT, then drain and stop; ``on_serving`` runs once started.
+
+    ``metrics`` renders the Prometheus exposition the admin listener serves on /metrics.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with Sidecar(settings, tracer):
+        async with Sidecar(settings, tracer, metrics):
             on_serving()
             await stop.wait()
     finally:

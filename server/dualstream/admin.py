@@ -28,6 +28,7 @@ from dualstream.errors import ListenError
 from dualstream.lifecycle import Service
 from dualstream.settings import split_host_port
 from dualstream.status import ServingState, SidecarStatus
+from dualstream.text import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 ALLOWED_METHODS = ("GET", "HEAD")
 # RFC 9110 token characters: what a method or a header name may be made of.
 _TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
-_DETAIL_LIMIT = 300
 # How long a closing connection waits for the client's last bytes (see _linger).
 LINGER_SECONDS = 1.0
 
@@ -294,17 +294,12 @@ def describe(status: SidecarStatus) -> str:
             else "Redis not publishing"
         )
         return (
-            f"DEGRADED (events are durable, live notifications are not sent: {_one_line(problem)})"
+            f"DEGRADED (events are durable, live notifications are not sent: {one_line(problem)})"
         )
     if status.kafka_connected:
         return "NOT_SERVING (draining)"
-    reason = _one_line(status.kafka_last_error) or "connecting"
+    reason = one_line(status.kafka_last_error) or "connecting"
     return f"NOT_SERVING (Kafka not connected: {reason})"
-
-
-def _one_line(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= _DETAIL_LIMIT else flat[: _DETAIL_LIMIT - 3] + "..."
 
 
 def _alive() -> _Response:

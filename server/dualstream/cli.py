@@ -1,5 +1,6 @@
 """The ``dualstream`` command: ``serve`` runs the sidecar; ``publish`` and ``subscribe`` are
-for people trying it out or debugging a running sidecar."""
+for people trying it out or debugging a running sidecar; ``health`` checks one (the image's
+HEALTHCHECK)."""
 
 from __future__ import annotations
 
@@ -90,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sub in (publish, subscribe):
         sub.add_argument("--target", default="127.0.0.1:50051", help="the sidecar's address")
+
+    health = commands.add_parser(
+        "health",
+        help="check a running sidecar: one line, exit status 0 when healthy, 1 when not",
+        description="Checks gRPC health on the API target and /readyz on the admin listener. "
+        "By default both addresses are those that `dualstream serve` would use with the same "
+        "DUALSTREAM_* environment (a 0.0.0.0 listener is reached on loopback; with TLS on the "
+        "API only the admin check runs). An empty address skips that check.",
+    )
+    health.add_argument("--target", default=None, help="API address, host:port or unix:/path")
+    health.add_argument("--admin", default=None, help="admin listener address, host:port")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds per check")
     return parser
 
 
@@ -175,10 +188,41 @@ def _serve(args: argparse.Namespace) -> None:
     sys.exit(status)
 
 
+def _health(args: argparse.Namespace) -> None:
+    from dualstream.health_check import Verdict, check_readyz, default_targets, summary
+    from dualstream.settings import Settings
+
+    try:
+        default_api, default_admin = default_targets(Settings.load(os.environ))
+    except ValueError as exc:
+        sys.exit(f"dualstream health: bad setting: {exc}")
+    api = default_api if args.target is None else args.target
+    admin = default_admin if args.admin is None else args.admin
+    if not api and not admin:
+        sys.exit("dualstream health: nothing to check: give --target or --admin")
+
+    async def check() -> list[Verdict]:
+        verdicts = []
+        if api:
+            from dualstream.transport.health_check import check_grpc_health
+
+            verdicts.append(await check_grpc_health(api, args.timeout))
+        if admin:
+            verdicts.append(await check_readyz(admin, args.timeout))
+        return verdicts
+
+    verdicts = asyncio.run(check())
+    print(summary(verdicts), flush=True)
+    sys.exit(0 if all(v.healthy for v in verdicts) else 1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         _serve(args)
+        return
+    if args.command == "health":
+        _health(args)
         return
     runner = _publish if args.command == "publish" else _subscribe
     try:

@@ -908,20 +908,30 @@ class SidecarProcess(ManagedProcess):
         extra_args: Sequence[str] = (),
         name: str = "sidecar",
         admin_port: int | None = None,
+        unix_socket: Path | None = None,
     ) -> None:
-        """``name`` tells several sidecars' logs apart in one ``log_dir``."""
+        """``name`` tells several sidecars' logs apart in one ``log_dir``; with
+        ``unix_socket`` the sidecar listens there instead of on ``port``."""
         super().__init__(workdir, log_dir=log_dir, detach=detach)
         self.name = name
         self.port = port
         # A free port unless told: the default 9464 is the dev stack's, shared by everyone.
         self.admin_port = free_port() if admin_port is None else admin_port
+        self.unix_socket = unix_socket
         self.kafka_bootstrap = kafka_bootstrap
         self.redis_url = redis_url
         self.topic = topic
         self.extra_args = list(extra_args)
 
+    @property
+    def listen(self) -> str:
+        """The address the sidecar listens on, as clients write it."""
+        if self.unix_socket is not None:
+            return f"unix:{self.unix_socket}"
+        return f"{LOOPBACK}:{self.port}"
+
     def _ports(self) -> list[int]:
-        return [self.port, self.admin_port]
+        return [self.admin_port] + ([] if self.unix_socket is not None else [self.port])
 
     def worker_pids(self) -> list[int]:
         """With ``--workers N``, the worker processes (not multiprocessing's resource tracker)."""
@@ -939,14 +949,23 @@ class SidecarProcess(ManagedProcess):
         if not executable.is_file():
             raise StackError(f"{executable} is missing: run `make install` first")
         return [
-            str(executable), "serve", "--listen", f"{LOOPBACK}:{self.port}",
+            str(executable), "serve", "--listen", self.listen,
             "--admin-listen", f"{LOOPBACK}:{self.admin_port}",
             "--kafka-bootstrap", self.kafka_bootstrap, "--kafka-topic", self.topic,
             "--redis-url", self.redis_url, *self.extra_args,
         ]  # fmt: skip
 
     def _is_ready(self) -> bool:
-        return port_open(self.port)
+        if self.unix_socket is None:
+            return port_open(self.port)
+        with (
+            contextlib.suppress(OSError),
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe,
+        ):
+            probe.settimeout(0.5)
+            probe.connect(str(self.unix_socket))
+            return True
+        return False
 
 
 class RecordedProcess(ProcessControl):
@@ -1206,6 +1225,7 @@ class TestStack:
 
     target: str
     auth_target: str
+    unix_target: str
     token: str
     kafka: str
     redis: str
@@ -1215,6 +1235,7 @@ class TestStack:
         return {
             "DUALSTREAM_TEST_TARGET": self.target,
             "DUALSTREAM_TEST_AUTH_TARGET": self.auth_target,
+            "DUALSTREAM_TEST_UNIX_TARGET": self.unix_target,
             "DUALSTREAM_TEST_TOKEN": self.token,
             "DUALSTREAM_TEST_KAFKA": self.kafka,
             "DUALSTREAM_TEST_REDIS": self.redis,
@@ -1224,8 +1245,9 @@ class TestStack:
 
 @contextlib.contextmanager
 def test_stack(workdir: Path) -> Iterator[TestStack]:
-    """Kafka (topic ``events``, 6 partitions), Redis and two sidecars on free ports: one open,
-    one that wants a bearer token. Everything is stopped on leaving, whatever happened."""
+    """Kafka (topic ``events``, 6 partitions), Redis and three sidecars: one open and one that
+    wants a bearer token on free ports, one open on a unix socket. Everything is stopped on
+    leaving, whatever happened."""
     kafka_port, controller_port, redis_port, open_port, auth_port = free_ports(5)
     token = base64.urlsafe_b64encode(os.urandom(18)).decode()
     logs = workdir / "logs"
@@ -1234,11 +1256,12 @@ def test_stack(workdir: Path) -> Iterator[TestStack]:
     sidecars = [
         SidecarProcess(
             workdir / name, port, kafka.bootstrap, redis.url, WITH_STACK_TOPIC, log_dir=logs,
-            extra_args=extra_args, name=name,
+            extra_args=extra_args, name=name, unix_socket=unix_socket,
         )
-        for name, port, extra_args in (
-            ("sidecar", open_port, ()),
-            ("sidecar-auth", auth_port, ("--auth-token", token)),
+        for name, port, extra_args, unix_socket in (
+            ("sidecar", open_port, (), None),
+            ("sidecar-auth", auth_port, ("--auth-token", token), None),
+            ("sidecar-unix", 0, (), workdir / "sidecar.sock"),
         )
     ]  # fmt: skip
     with contextlib.ExitStack() as running:
@@ -1255,8 +1278,9 @@ def test_stack(workdir: Path) -> Iterator[TestStack]:
         for sidecar in sidecars:
             sidecar.wait_until_ready()
         yield TestStack(
-            target=f"{LOOPBACK}:{open_port}",
-            auth_target=f"{LOOPBACK}:{auth_port}",
+            target=sidecars[0].listen,
+            auth_target=sidecars[1].listen,
+            unix_target=sidecars[2].listen,
             token=token,
             kafka=kafka.bootstrap,
             redis=redis.url,
@@ -1279,8 +1303,9 @@ def with_stack(command: Sequence[str]) -> int:
         with test_stack(workdir) as stack:
             _say(
                 "stack",
-                f"ready in {time.monotonic() - began:.1f}s: sidecar {stack.target}, with token "
-                f"{stack.auth_target}, kafka {stack.kafka}, redis {stack.redis}",
+                f"ready in {time.monotonic() - began:.1f}s: sidecars {stack.target}, "
+                f"{stack.auth_target} (token), {stack.unix_target}; kafka {stack.kafka}, "
+                f"redis {stack.redis}",
             )
             _say("stack", f"running: {shlex.join(command)}")
             # SIGTERM ends this process like Ctrl-C does, so the command and the stack stop too.

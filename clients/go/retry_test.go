@@ -172,7 +172,9 @@ func TestInvalidArgumentCarriesTheFieldPath(t *testing.T) {
 	}
 }
 
-type invalidService struct{ pb.UnimplementedEventServiceServer }
+type invalidService struct {
+	pb.UnimplementedEventServiceServer
+}
 
 func (invalidService) Publish(context.Context, *pb.PublishRequest) (*pb.PublishResponse, error) {
 	return nil, status.Error(codes.InvalidArgument, "event.type: required")

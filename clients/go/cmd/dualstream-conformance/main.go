@@ -63,28 +63,39 @@ func usage(message string) {
 	os.Exit(2)
 }
 
-func connect(target, token string, retry dualstream.RetryPolicy) (*dualstream.Client, error) {
+// connection holds the flags both commands share.
+type connection struct {
+	target, token string
+	sources       sources
+}
+
+func (c *connection) register(flags *flag.FlagSet, sourceHelp string) {
+	flags.StringVar(&c.target, "target", "", "the sidecar: host:port or unix:/path")
+	flags.StringVar(&c.token, "token", "", "bearer token")
+	flags.Var(&c.sources, "source", sourceHelp)
+}
+
+func (c *connection) connect(retry dualstream.RetryPolicy) (*dualstream.Client, error) {
 	options := []dualstream.Option{dualstream.WithRetry(retry)}
-	if token != "" {
-		options = append(options, dualstream.WithToken(token))
+	if c.token != "" {
+		options = append(options, dualstream.WithToken(c.token))
 	}
-	return dualstream.New(target, options...)
+	return dualstream.New(c.target, options...)
 }
 
 func publish(ctx context.Context, args []string) error {
 	flags := flag.NewFlagSet("publish", flag.ExitOnError)
-	target := flags.String("target", "", "the sidecar")
-	token := flags.String("token", "", "bearer token")
-	var source sources
-	flags.Var(&source, "source", "TYPE:ID")
+	var conn connection
+	conn.register(flags, "TYPE:ID")
 	eventType := flags.String("type", "", "event type")
 	count := flags.Int("count", 1, "how many events")
 	idPrefix := flags.String("id-prefix", "", "ids are PREFIX-0, PREFIX-1, ...")
 	_ = flags.Parse(args)
-	if *target == "" || len(source) != 1 || *eventType == "" {
+	source := conn.sources
+	if conn.target == "" || len(source) != 1 || *eventType == "" {
 		usage("publish --target T --source TYPE:ID --type TYPE [--count N] [--id-prefix P]")
 	}
-	client, err := connect(*target, *token, publishRetry)
+	client, err := conn.connect(publishRetry)
 	if err != nil {
 		return err
 	}
@@ -111,10 +122,8 @@ func publish(ctx context.Context, args []string) error {
 
 func subscribe(ctx context.Context, args []string) error {
 	flags := flag.NewFlagSet("subscribe", flag.ExitOnError)
-	target := flags.String("target", "", "the sidecar")
-	token := flags.String("token", "", "bearer token")
-	var followed sources
-	flags.Var(&followed, "source", "TYPE:ID (repeatable; ID may be *)")
+	var conn connection
+	conn.register(flags, "TYPE:ID (repeatable; ID may be *)")
 	resume := flags.String("resume", "", "resume after this cursor")
 	limit := flags.Int("limit", 0, "exit after this many notifications")
 	policy := flags.String("policy", "gap", "gap, replay or close")
@@ -123,10 +132,11 @@ func subscribe(ctx context.Context, args []string) error {
 		"gap": dualstream.PolicyGap, "replay": dualstream.PolicyReplay, "close": dualstream.PolicyClose,
 	}
 	chosen, known := policies[*policy]
-	if *target == "" || len(followed) == 0 || !known {
+	followed := conn.sources
+	if conn.target == "" || len(followed) == 0 || !known {
 		usage("subscribe --target T --source TYPE:ID [--resume C] [--limit N] [--policy gap|replay|close]")
 	}
-	client, err := connect(*target, *token, dualstream.DefaultRetry)
+	client, err := conn.connect(dualstream.DefaultRetry)
 	if err != nil {
 		return err
 	}

@@ -3,8 +3,8 @@ before the sidecar's fan-out.
 
 ``python -m bench.redis_watcher --redis-url URL --source-id ID --events M --ready FILE --out FILE``
 touches FILE once subscribed and records when each notification arrives (``time.monotonic``,
-the CLOCK_MONOTONIC every process on the machine shares) until M have. It writes the same JSON
-as the Go subscriber (``bench/gopeer/subscriber``).
+the CLOCK_MONOTONIC every process on the machine shares) until M have, the timeout passes or
+SIGTERM arrives. It writes the same JSON as the Go subscriber (``bench/gopeer/subscriber``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import resource
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,11 @@ async def watch(args: argparse.Namespace) -> list[tuple[str, float]]:
     pubsub = client.pubsub()
     await pubsub.subscribe(f"events:{args.source_type}:{args.source_id}")
     await asyncio.to_thread(Path(args.ready).touch)
+    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(args.timeout):
+        async with asyncio.timeout(args.timeout) as timeout:
+            # SIGTERM ends the watch early, like the timeout: what arrived so far is reported.
+            loop.add_signal_handler(signal.SIGTERM, lambda: timeout.reschedule(loop.time()))
             async for message in pubsub.listen():
                 if message["type"] == "message":
                     receipts.append((json.loads(message["data"])["id"], time.monotonic()))

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,39 +47,68 @@ PAYLOAD = b"x" * 200
 # One set of producer settings for every Kafka client measured.
 LINGER_MS = 2
 BATCH_BYTES = 65536
+# Calls in flight in the unary closed loops, and callers of the raw producer compared with them.
+UNARY_CONCURRENCY = 64
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of processes, all their threads included."""
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+@dataclass(frozen=True)
+class Broker:
+    """The benchmark's Kafka broker: its pid, and the CPU it burns per second when idle (its
+    controller's heartbeats and housekeeping), which CPU-per-event figures leave out."""
+
+    pid: int
+    idle_cpu_per_s: float
+
+    @classmethod
+    def measure_idle(cls, pid: int, seconds: float) -> Broker:
+        before, started = cpu_seconds([pid]), time.monotonic()
+        time.sleep(seconds)
+        return cls(pid, (cpu_seconds([pid]) - before) / (time.monotonic() - started))
 
 
 class Sampler:
-    """Samples the summed RSS and CPU time of processes in a thread while a measurement runs."""
+    """While a measurement runs: the peak RSS of the sidecar's processes (sampled in a
+    thread), and the CPU time the sidecar's processes and the broker used."""
 
-    def __init__(self, pids: int | list[int]) -> None:
+    def __init__(self, pids: int | list[int], broker: Broker | None = None) -> None:
         self.pids = [pids] if isinstance(pids, int) else pids
+        self.broker = broker
         self.peak_rss_kib = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def rss_kib(self) -> int:
-        total = 0
-        for pid in self.pids:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        return total
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for pid in self.pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        return rss_kib(self.pids)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak_rss_kib = max(self.peak_rss_kib, self.rss_kib())
             self._stop.wait(0.1)
 
+    def _broker_cpu(self) -> float:
+        return cpu_seconds([self.broker.pid]) if self.broker else 0.0
+
     def __enter__(self) -> Sampler:
-        self._cpu_start, self._wall_start = self.cpu_seconds(), time.monotonic()
+        self._cpu_start, self._wall_start = cpu_seconds(self.pids), time.monotonic()
+        self._broker_start = self._broker_cpu()
         self._thread.start()
         return self
 
@@ -86,10 +116,30 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         wall = time.monotonic() - self._wall_start
-        self.cpu_percent = round(100 * (self.cpu_seconds() - self._cpu_start) / wall, 1)
+        self.cpu_s = cpu_seconds(self.pids) - self._cpu_start
+        self.cpu_percent = round(100 * self.cpu_s / wall, 1)
+        self.broker_cpu_s = 0.0
+        if self.broker is not None:
+            # Net of what the broker burns when idle, so a slower client is not charged for
+            # the broker's housekeeping during its longer run.
+            used = self._broker_cpu() - self._broker_start
+            self.broker_cpu_s = max(0.0, used - self.broker.idle_cpu_per_s * wall)
 
-    def figures(self) -> dict[str, Any]:
-        return {"sidecar_cpu_percent": self.cpu_percent, "sidecar_peak_rss_kib": self.peak_rss_kib}
+    def figures(self, events: int | None = None) -> dict[str, Any]:
+        """CPU and memory figures; with ``events``, CPU-seconds per 10,000 events as well."""
+        figures: dict[str, Any] = {
+            "sidecar_cpu_percent": self.cpu_percent,
+            "sidecar_peak_rss_kib": self.peak_rss_kib,
+        }
+        if events:
+            figures["sidecar_cpu_s_per_10k_events"] = per_10k(self.cpu_s, events)
+            if self.broker is not None:
+                figures["broker_cpu_s_per_10k_events"] = per_10k(self.broker_cpu_s, events)
+        return figures
+
+
+def per_10k(cpu_s: float, count: int) -> float:
+    return round(cpu_s * 10_000 / count, 3) if count else 0.0
 
 
 def kafka_producer_performance(bootstrap: str, topic: str, records: int) -> dict[str, Any]:
@@ -107,7 +157,13 @@ def kafka_producer_performance(bootstrap: str, topic: str, records: int) -> dict
     return {"events_per_s": rate, "avg_latency_ms": avg, "summary": last.strip()}
 
 
-async def aiokafka_raw(bootstrap: str, topic: str, records: int, seconds: float) -> dict[str, Any]:
+async def aiokafka_raw(
+    bootstrap: str, topic: str, records: int, seconds: float, broker: Broker, concurrency: int
+) -> dict[str, Any]:
+    """The raw aiokafka producer: ``send_and_wait`` at 1k/s (the latency floor for one
+    acknowledged event), ``concurrency`` callers each awaiting ``send_and_wait`` in a loop
+    (the broker's CPU per event at the unary runs' concurrency), and pipelined ``send()``
+    (the per-message throughput ceiling)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
@@ -117,7 +173,6 @@ async def aiokafka_raw(bootstrap: str, topic: str, records: int, seconds: float)
     )
     await producer.start()
     try:
-        # send_and_wait at 1k/s, open loop: the latency floor for one acknowledged event.
         latencies: list[float] = []
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -132,15 +187,43 @@ async def aiokafka_raw(bootstrap: str, topic: str, records: int, seconds: float)
             await asyncio.sleep(max(0.0, scheduled - loop.time()))
             tasks.append(asyncio.create_task(one(number, scheduled)))
         await asyncio.gather(*tasks)
+
+        acknowledged = 0
+        deadline = time.monotonic() + seconds
+
+        async def caller(number: int) -> None:
+            nonlocal acknowledged
+            key = f"s{number % 64}".encode()
+            while time.monotonic() < deadline:
+                await producer.send_and_wait(topic, PAYLOAD, key=key)
+                acknowledged += 1
+
+        client_cpu = time.process_time()
+        with Sampler([os.getpid()], broker) as sampler:
+            await asyncio.gather(*(caller(number) for number in range(concurrency)))
+        closed_loop = {
+            "concurrency": concurrency,
+            "events_per_s": round(acknowledged / seconds, 1),
+            "client_cpu_s_per_10k_events": per_10k(time.process_time() - client_cpu, acknowledged),
+            "broker_cpu_s_per_10k_events": per_10k(sampler.broker_cpu_s, acknowledged),
+        }
+
         started = time.monotonic()
         pending = []
-        for number in range(records):
-            pending.append(await producer.send(topic, PAYLOAD, key=f"s{number % 64}".encode()))
-        await asyncio.gather(*pending)
+        with Sampler([os.getpid()], broker) as sampler:
+            for number in range(records):
+                pending.append(await producer.send(topic, PAYLOAD, key=f"s{number % 64}".encode()))
+            await asyncio.gather(*pending)
         throughput = records / (time.monotonic() - started)
     finally:
         await producer.stop()
-    return {"events_per_s": round(throughput, 1), "send_and_wait_1k": percentiles(latencies)}
+    return {
+        "events_per_s": round(throughput, 1),
+        "client_cpu_s_per_10k_events": per_10k(sampler.cpu_s, records),
+        "broker_cpu_s_per_10k_events": per_10k(sampler.broker_cpu_s, records),
+        "send_and_wait_1k": percentiles(latencies),
+        "closed_loop": closed_loop,
+    }
 
 
 def confluent_kafka_raw(bootstrap: str, topic: str, records: int) -> dict[str, Any]:
@@ -252,10 +335,12 @@ def loadgen(target: str, *args: str) -> dict[str, Any]:
     return result
 
 
-def go_loadgen(target: str, seconds: float) -> dict[str, Any]:
-    """Unary closed loop, 64 in flight, from the Go load client: a cross-check of the Python
-    one that costs the two cores less."""
-    return run_go_tool("loadgen", "--target", target, "--seconds", str(seconds))
+def go_loadgen(target: str, mode: str, seconds: float, *args: str) -> dict[str, Any]:
+    """The Go load client (``closed``, ``open`` or ``burst``): it costs the two cores less than
+    the Python one, and it tells refusals with a retry hint from other errors."""
+    return run_go_tool(
+        "loadgen", "--target", target, "--mode", mode, "--seconds", str(seconds), *args
+    )
 
 
 def empty_grpc(seconds: float) -> dict[str, dict[str, Any]]:
@@ -268,13 +353,28 @@ def empty_grpc(seconds: float) -> dict[str, dict[str, Any]]:
             if port_open(port):
                 return {
                     "grpc_empty_handler": loadgen(target, "closed", "--seconds", str(seconds)),
-                    "grpc_empty_handler_go_client": go_loadgen(target, seconds),
+                    "grpc_empty_handler_go_client": go_loadgen(
+                        target, "closed", seconds, "--concurrency", str(UNARY_CONCURRENCY)
+                    ),
                 }
             time.sleep(0.1)
         raise RuntimeError("the empty gRPC server did not start")
     finally:
         server.terminate()
         server.wait()
+
+
+@dataclass
+class Receipts:
+    """What one subscribing process received: ``(event id, monotonic time)`` per notification,
+    and its CPU use; the Go subscriber also counts messages, gaps and streams the sidecar ended."""
+
+    receipts: list[tuple[str, float]]
+    cpu_percent: float
+    messages: int = 0
+    gaps: int = 0
+    missed: int = 0
+    streams_failed: int = 0
 
 
 class SubscriberProcesses:
@@ -294,14 +394,20 @@ class SubscriberProcesses:
         self.processes.append((subprocess.Popen([*command, *arguments], cwd=REPO), ready, out))
 
     def subscribers(
-        self, target: str, source_id: str, streams: int, timeout: float, connections: int = 1
+        self,
+        target: str,
+        source_id: str,
+        streams: int,
+        timeout: float,
+        connections: int = 1,
+        max_per_message: int = 0,
     ) -> None:
         """Streams from the Go subscriber: a Python client would use as much CPU per message
         as the sidecar, and on two cores it, not the sidecar, would be measured."""
         self.start(
             str(GO_BUILD / "subscriber"), "--target", target, "--source-id", source_id,
             "--streams", str(streams), "--connections", str(connections),
-            "--timeout", str(timeout),
+            "--timeout", str(timeout), "--max-per-message", str(max_per_message),
         )  # fmt: skip
 
     def redis_watcher(self, redis_url: str, source_id: str, timeout: float) -> None:
@@ -317,117 +423,173 @@ class SubscriberProcesses:
                 raise RuntimeError("the subscriber processes did not get ready")
             time.sleep(0.05)
 
-    def results(self, timeout: float = 150) -> list[tuple[list[tuple[str, float]], float]]:
-        """Per process, in start order: its receipts ``(event id, monotonic time)`` and CPU %."""
+    def results(self, timeout: float = 150, stop_after: float | None = None) -> list[Receipts]:
+        """Per process, in start order, what it received. With ``stop_after``, processes still
+        waiting for notifications then are told to stop (SIGTERM) and report what they got:
+        streams that fell behind and skipped notifications in a gap never receive them all."""
+        deadline = time.monotonic() + (timeout if stop_after is None else stop_after)
+        for process, _, _ in self.processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                if stop_after is None:
+                    raise
+                process.terminate()
         results = []
         for process, _, out in self.processes:
             process.wait(timeout)
             result = json.loads(out.read_text())
-            receipts = [(event_id, at) for event_id, at in result["receipts"]]
-            results.append((receipts, float(result["cpu_percent"])))
+            results.append(
+                Receipts(
+                    receipts=[(event_id, at) for event_id, at in result["receipts"]],
+                    cpu_percent=float(result["cpu_percent"]),
+                    messages=int(result.get("messages", 0)),
+                    gaps=int(result.get("gaps", 0)),
+                    missed=int(result.get("missed", 0)),
+                    streams_failed=int(result.get("streams_failed", 0)),
+                )
+            )
         return results
 
 
-async def notification_latency(
-    workdir: Path, target: str, redis_url: str, subscribers: int, rate: float, seconds: float
+def with_subscribers(
+    workdir: Path,
+    target: str,
+    redis_url: str,
+    pids: list[int],
+    subscribers: int,
+    rate: float,
+    seconds: float,
 ) -> dict[str, Any]:
-    """Publish at ``rate`` and time each notification's arrival at every subscriber.
+    """Publish at ``rate`` (open loop, the Go load client) while ``subscribers`` streams follow
+    the source: whether publishes keep their latency and all succeed whatever the subscriber
+    load (isolation), and how long each notification takes to reach every subscriber.
 
-    The subscribers run in a process of their own, the publisher in this one. A plain Redis
-    subscriber on the same channel splits the time in two: publish to Redis (which includes
-    Kafka's acknowledgement, as notifications follow it) and Redis to the gRPC subscriber (the
-    sidecar's fan-out leg).
+    The subscribers run in a process of their own. A plain Redis subscriber on the same channel
+    splits the notification's time in two: publish to Redis (which includes Kafka's
+    acknowledgement, as notifications follow it) and Redis to the gRPC subscriber (the sidecar's
+    fan-out leg). Streams that cannot keep up skip notifications in gaps, as their policy says;
+    what they received is counted.
     """
     expected = int(rate * seconds)
-    source_id = f"e2e{subscribers}"
+    source_id = f"subs{subscribers}"
     processes = SubscriberProcesses(workdir, source_id, expected)
-    processes.subscribers(target, source_id, subscribers, seconds + 20)
-    processes.redis_watcher(redis_url, source_id, seconds + 20)
-    processes.wait_ready()
+    if subscribers:
+        processes.subscribers(target, source_id, subscribers, seconds + 60)
+        processes.redis_watcher(redis_url, source_id, seconds + 60)
+        processes.wait_ready()
+    sent_path = workdir / f"{source_id}-sent.json"
+    with Sampler(pids) as sampler:
+        publishing = go_loadgen(
+            target, "open", seconds, "--rate", str(rate), "--source-id", source_id,
+            "--sent-out", str(sent_path),
+        )  # fmt: skip
+        # Give the streams time to drain what they queued, then stop those still waiting.
+        received = processes.results(stop_after=5.0) if subscribers else []
+    failed = sum(publishing["errors"].values())
+    figures: dict[str, Any] = {
+        "subscribers": subscribers,
+        "rate": rate,
+        "failed_publishes": failed,
+        "errors": publishing["errors"],
+        "publish": {k: publishing[k] for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms")},
+    }
+    if subscribers:
+        sent = {event_id: at for event_id, at in json.loads(sent_path.read_text())}
+        *via_sidecar, via_redis = received
+        at_redis = dict(via_redis.receipts)
+        latencies: list[float] = []
+        fan_out_legs: list[float] = []
+        for process in via_sidecar:
+            for event_id, at in process.receipts:
+                latencies.append(at - sent[event_id])
+                if event_id in at_redis:
+                    fan_out_legs.append(at - at_redis[event_id])
+        to_redis = [at_redis[i] - sent[i] for i in sent if i in at_redis]
+        figures.update(
+            {
+                "received": len(latencies),
+                "expected": (expected - failed) * subscribers,
+                "gaps": sum(p.gaps for p in via_sidecar),
+                "streams_ended_by_sidecar": sum(p.streams_failed for p in via_sidecar),
+                **percentiles(latencies),
+                "publish_to_redis": percentiles(to_redis),
+                "redis_to_subscriber": percentiles(fan_out_legs),
+                "subscriber_processes_cpu_percent": [p.cpu_percent for p in via_sidecar],
+            }
+        )
+    return {**figures, **sampler.figures()}
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """A fan-out run's shape: ``streams`` streams on one source (over ``connections``), one
+    first event, ``paced`` events at ``rate`` per second, then ``burst`` events back to back;
+    ``max_per_message`` above 1 lets the streams take several notifications per message."""
+
+    streams: int
+    paced: int
+    rate: float
+    burst: int
+    connections: int = 1
+    max_per_message: int = 0
+
+
+async def fan_out(
+    workdir: Path, target: str, pids: list[int], shape: FanOut, name: str
+) -> dict[str, Any]:
+    """``shape.streams`` local streams on one source, their client in a process of its own.
+
+    First one event on the fresh streams, reported on its own: its deliveries are each
+    stream's first, a one-off cost. Then the paced events, each started at its time on the clock
+    (``start + n / rate``, not after the previous one returned, so the run offers the rate it
+    names however slow a publish is): the latency of each event's last delivery, and the
+    sidecar's CPU per 10,000 deliveries at that steady rate. Then the burst, published back to
+    back: how many deliveries per second the sidecar sustains, and their CPU cost.
+    """
+    streams = shape.streams
+    rss_before = rss_kib(pids)
+    processes = SubscriberProcesses(workdir, name, 1 + shape.paced + shape.burst)
+    processes.subscribers(
+        target, name, streams, 120, shape.connections, max_per_message=shape.max_per_message
+    )
+    await asyncio.to_thread(processes.wait_ready)
+    await asyncio.sleep(1)
+    rss_idle = rss_kib(pids)
     sent: dict[str, float] = {}
     loop = asyncio.get_running_loop()
     async with DualstreamClient(target) as client:
 
         async def publish(event_id: str) -> None:
             sent[event_id] = time.monotonic()
-            await client.publish(EventInput("bench", "bench", source_id, id=event_id))
-
-        start = loop.time()
-        publishes = []
-        for number in range(expected):
-            await asyncio.sleep(max(0.0, start + number / rate - loop.time()))
-            publishes.append(asyncio.create_task(publish(f"{source_id}-{number}")))
-        outcomes = await asyncio.gather(*publishes, return_exceptions=True)
-    failed = [o for o in outcomes if isinstance(o, BaseException)]
-    *via_sidecar, (via_redis, _) = await asyncio.to_thread(processes.results)
-    at_redis = dict(via_redis)
-    latencies: list[float] = []
-    fan_out_legs: list[float] = []
-    for receipts, _ in via_sidecar:
-        for event_id, at in receipts:
-            latencies.append(at - sent[event_id])
-            if event_id in at_redis:
-                fan_out_legs.append(at - at_redis[event_id])
-    to_redis = [at_redis[i] - sent[i] for i in sent if i in at_redis]
-    return {
-        "subscribers": subscribers,
-        "rate": rate,
-        "failed_publishes": len(failed),
-        "received": len(latencies),
-        "expected": (expected - len(failed)) * subscribers,
-        **percentiles(latencies),
-        "publish_to_redis": percentiles(to_redis),
-        "redis_to_subscriber": percentiles(fan_out_legs),
-        "subscriber_processes_cpu_percent": [cpu for _, cpu in via_sidecar],
-    }
-
-
-async def fan_out(
-    workdir: Path,
-    target: str,
-    sampler: Sampler,
-    streams: int,
-    paced: int,
-    burst: int,
-    connections: int = 1,
-) -> dict[str, Any]:
-    """``streams`` local streams on one source, their client in a process of its own.
-
-    First one event on the fresh streams, reported on its own: its deliveries are each
-    stream's first, a one-off cost. Then ``paced`` events 50 ms apart (at most 20 events/s, so
-    20,000 deliveries/s offered to 1,000 streams): the latency of each event's last delivery.
-    Then ``burst`` events published back to back: how many deliveries per second the sidecar
-    sustains.
-    """
-    rss_before = sampler.rss_kib()
-    processes = SubscriberProcesses(workdir, "fan", 1 + paced + burst)
-    processes.subscribers(target, "fan", streams, 120, connections)
-    await asyncio.to_thread(processes.wait_ready)
-    await asyncio.sleep(1)
-    rss_idle = sampler.rss_kib()
-    sent: dict[str, float] = {}
-    async with DualstreamClient(target) as client:
-
-        async def publish(event_id: str) -> None:
-            sent[event_id] = time.monotonic()
-            await client.publish(EventInput("bench", "bench", "fan", id=event_id))
+            await client.publish(EventInput("bench", "bench", name, id=event_id))
 
         await publish("first")
-        await asyncio.sleep(0.2)
-        for number in range(paced):
-            await publish(f"paced-{number}")
-            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        paced_cpu = cpu_seconds(pids)
+        start = loop.time()
+        publishes = []
+        for number in range(shape.paced):
+            await asyncio.sleep(max(0.0, start + number / shape.rate - loop.time()))
+            publishes.append(asyncio.create_task(publish(f"paced-{number}")))
+        await asyncio.gather(*publishes)
+        offered_rate = (shape.paced - 1) / (sent[f"paced-{shape.paced - 1}"] - sent["paced-0"])
+        # The last paced event's deliveries take tens of milliseconds; wait them out.
+        await asyncio.sleep(0.5)
+        paced_cpu = cpu_seconds(pids) - paced_cpu
+        burst_cpu = cpu_seconds(pids)
         burst_started = time.monotonic()
-        for number in range(burst):
+        for number in range(shape.burst):
             await publish(f"burst-{number}")
     results = await asyncio.to_thread(processes.results)
+    burst_cpu = cpu_seconds(pids) - burst_cpu
     last_delivery: dict[str, float] = {}
     received = 0
-    for receipts, _ in results:
-        received += len(receipts)
-        for event_id, at in receipts:
+    for result in results:
+        received += len(result.receipts)
+        for event_id, at in result.receipts:
             last_delivery[event_id] = max(at, last_delivery.get(event_id, at))
-    expected = streams * (1 + paced + burst)
+    expected = streams * (1 + shape.paced + shape.burst)
     if received != expected:
         # A refused or broken stream would make every figure below flatter than the truth.
         raise RuntimeError(f"fan-out: {received} of {expected} deliveries arrived")
@@ -435,54 +597,73 @@ async def fan_out(
     burst_end = max(at for i, at in last_delivery.items() if i.startswith("burst-"))
     return {
         "streams": streams,
-        "connections": connections,
+        "connections": shape.connections,
+        "max_per_message": shape.max_per_message,
         "received": received,
         "expected": expected,
-        "deliveries_per_s": round(streams * burst / (burst_end - burst_started), 1),
+        "messages": sum(r.messages for r in results),
+        "paced_rate_offered": round(offered_rate, 2),
         "first_event_last_delivery_ms": round((last_delivery["first"] - sent["first"]) * 1000, 3),
         "last_delivery": percentiles(paced_last),
+        "paced_cpu_s_per_10k_deliveries": per_10k(paced_cpu, streams * shape.paced),
+        "deliveries_per_s": round(streams * shape.burst / (burst_end - burst_started), 1),
+        "burst_cpu_s_per_10k_deliveries": per_10k(burst_cpu, streams * shape.burst),
         "rss_per_idle_stream_kib": round((rss_idle - rss_before) / streams, 2),
-        "subscriber_processes_cpu_percent": [cpu for _, cpu in results],
+        "subscriber_processes_cpu_percent": [r.cpu_percent for r in results],
     }
 
 
-async def in_process(
-    workdir: Path, target: str, redis_url: str, pid: int, *, smoke: bool, seconds: float
+def fan_out_shapes(*, smoke: bool, connections: int = 1) -> dict[str, FanOut]:
+    """The fan-out runs: streams that take one notification per message (what every client
+    gets unless it asks), and streams that opted in to up to 64 per message."""
+    streams, paced, burst = (100, 10, 10) if smoke else (1000, 200, 100)
+    single = FanOut(streams, paced, 20.0, burst, connections)
+    return {"": single, "_batched": replace(single, max_per_message=64)}
+
+
+async def sampled_fan_outs(
+    workdir: Path, target: str, pids: list[int], *, smoke: bool, connections: int, suffix: str = ""
 ) -> dict[str, Any]:
-    """The measurements with subscribers; their clients run in processes of their own."""
     figures: dict[str, Any] = {}
-    for subscribers in (1, 10, 100):
-        with Sampler(pid) as sampler:
-            result = await notification_latency(
-                workdir, target, redis_url, subscribers, 1000, min(seconds, 5)
-            )
-        figures[f"notification_e2e_{subscribers}"] = {**result, **sampler.figures()}
-    figures["fan_out"] = await sampled_fan_out(workdir, target, [pid], smoke=smoke, connections=1)
+    for variant, shape in fan_out_shapes(smoke=smoke, connections=connections).items():
+        name = f"fan_out{suffix}{variant}"
+        with Sampler(pids) as sampler:
+            result = await fan_out(workdir, target, pids, shape, name.replace("_", "-"))
+        figures[name] = {**result, **sampler.figures()}
     return figures
 
 
-async def sampled_fan_out(
-    workdir: Path, target: str, pids: list[int], *, smoke: bool, connections: int
+def fan_out_in_child(
+    workdir: Path, target: str, pids: list[int], *, smoke: bool, workers: int
 ) -> dict[str, Any]:
-    with Sampler(pids) as sampler:
-        result = await fan_out(
-            workdir, target, sampler, 100 if smoke else 1000, 5 if smoke else 200,
-            10 if smoke else 100, connections,
-        )  # fmt: skip
-    return {**result, **sampler.figures()}
-
-
-def fan_out_in_child(workdir: Path, target: str, pids: list[int], *, smoke: bool) -> dict[str, Any]:
-    """The fan-out run from a fresh process: grpc.aio serves only the first event loop of a
+    """The fan-out runs from a fresh process: grpc.aio serves only the first event loop of a
     process, and this one's is over by the time the workers run."""
     command = [
         sys.executable, "-m", "bench.run", "--fan-out-against", target,
         "--pids", ",".join(map(str, pids)), "--workdir", str(workdir),
-        *(["--smoke"] if smoke else []),
+        "--suffix", f"_{workers}_workers", *(["--smoke"] if smoke else []),
     ]  # fmt: skip
     finished = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
     return result
+
+
+def overload(target: str, capacity: float, seconds: float, pids: list[int]) -> dict[str, Any]:
+    """Past capacity: an open loop at twice the closed loop's calls/s, then a burst of 3,000
+    calls started at once. Calls beyond what the sidecar can serve should be refused at once
+    with RESOURCE_EXHAUSTED and a retry hint; none should end CANCELLED; the accepted ones'
+    latency is reported."""
+    figures: dict[str, Any] = {}
+    runs = {
+        "overload_open_loop_2x": ("open", "--rate", str(round(2 * capacity))),
+        "overload_burst_3000": ("burst", "--calls", "3000"),
+    }
+    for name, (mode, *args) in runs.items():
+        time.sleep(2)  # Let the previous run's calls drain.
+        with Sampler(pids) as sampler:
+            result = go_loadgen(target, mode, seconds, *args)
+        figures[name] = {**result, **sampler.figures()}
+    return figures
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -501,6 +682,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "linger_ms": LINGER_MS,
             "batch_bytes": BATCH_BYTES,
             "payload_bytes": len(PAYLOAD),
+            "unary_concurrency": UNARY_CONCURRENCY,
         },
     }
     with (
@@ -509,11 +691,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     ):
         for topic in ("perf", "raw", "confluent", "gopeer", "events"):
             create_topic(kafka.bootstrap, topic, 6)
-        base: dict[str, Any] = {}
+        assert kafka.pid is not None
+        broker = Broker.measure_idle(kafka.pid, 2 if smoke else 5)
+        base: dict[str, Any] = {"broker_idle_cpu_percent": round(100 * broker.idle_cpu_per_s, 2)}
         base["kafka_producer_performance"] = kafka_producer_performance(
             kafka.bootstrap, "perf", records
         )
-        base["aiokafka_raw"] = asyncio.run(aiokafka_raw(kafka.bootstrap, "raw", records, seconds))
+        base["aiokafka_raw"] = asyncio.run(
+            aiokafka_raw(kafka.bootstrap, "raw", records, seconds, broker, UNARY_CONCURRENCY)
+        )
         base["confluent_kafka_raw"] = confluent_kafka_raw(kafka.bootstrap, "confluent", records)
         base["redis_benchmark_publish"] = redis_benchmark(redis.port, records)
         base.update(empty_grpc(seconds))
@@ -525,12 +711,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ours: dict[str, Any] = {}
         try:
             assert sidecar.pid is not None
-            sampler_pid = sidecar.pid
+            pids = [sidecar.pid]
 
             def sampled(run: Any) -> dict[str, Any]:
-                with Sampler(sampler_pid) as sampler:
+                with Sampler(pids, broker) as sampler:
                     figures: dict[str, Any] = run()
-                return {**figures, **sampler.figures()}
+                return {**figures, **sampler.figures(figures.get("events"))}
 
             # Latency first, after a pause that lets the broker settle from the baselines'
             # floods; the baselines' latency floor is also measured before their throughput.
@@ -538,33 +724,47 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             ours["publish_open_loop_1000"] = sampled(
                 lambda: loadgen(target, "open", "--seconds", str(seconds), "--rate", "1000")
             )
+            # Isolation: the same 1k publishes/s under ever more subscribers.
+            for subscribers in (0, 1, 10, 100, 1000):
+                ours[f"subscribers_{subscribers}"] = with_subscribers(
+                    workdir, target, redis.url, pids, subscribers, 1000, min(seconds, 5)
+                )
             # grpc.aio binds to the first event loop of a process: one loop for all of these.
             ours.update(
-                asyncio.run(
-                    in_process(
-                        workdir, target, redis.url, sampler_pid, smoke=smoke, seconds=seconds
-                    )
-                )
+                asyncio.run(sampled_fan_outs(workdir, target, pids, smoke=smoke, connections=1))
             )
             ours["publish_closed_loop"] = sampled(
-                lambda: loadgen(target, "closed", "--seconds", str(seconds), "--concurrency", "64")
+                lambda: loadgen(
+                    target,
+                    "closed",
+                    "--seconds",
+                    str(seconds),
+                    "--concurrency",
+                    str(UNARY_CONCURRENCY),
+                )
             )
-            ours["publish_closed_loop_go_client"] = sampled(lambda: go_loadgen(target, seconds))
+            ours["publish_closed_loop_go_client"] = sampled(
+                lambda: go_loadgen(
+                    target, "closed", seconds, "--concurrency", str(UNARY_CONCURRENCY)
+                )
+            )
             for batch in (10, 100, 1000):
                 ours[f"publish_batch_{batch}"] = sampled(
-                    lambda batch=batch: loadgen(
-                        target,
-                        *("closed", "--seconds", str(seconds), "--batch", str(batch)),
-                        *("--concurrency", "8"),
+                    lambda batch=batch: go_loadgen(
+                        target, "closed", seconds, "--batch", str(batch), "--concurrency", "8"
                     )
                 )
-            # Overload last: more than one worker serves, to show how it is refused.
-            ours["publish_open_loop_5000"] = sampled(
-                lambda: loadgen(target, "open", "--seconds", str(seconds), "--rate", "5000")
+            # Overload last: more than one worker can serve, to show how it is refused.
+            ours.update(
+                overload(
+                    target, ours["publish_closed_loop_go_client"]["calls_per_s"], seconds, pids
+                )
             )
         finally:
             sidecar.stop()
-        ours.update(several_workers(workdir, kafka.bootstrap, redis.url, 2, seconds, smoke=smoke))
+        ours.update(
+            several_workers(workdir, kafka.bootstrap, redis.url, 2, seconds, broker, smoke=smoke)
+        )
         results["ours"] = ours
     results["ratios"] = ratios(results)
     results["bench_process_max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -588,7 +788,14 @@ def start_sidecar(
 
 
 def several_workers(
-    workdir: Path, bootstrap: str, redis_url: str, workers: int, seconds: float, *, smoke: bool
+    workdir: Path,
+    bootstrap: str,
+    redis_url: str,
+    workers: int,
+    seconds: float,
+    broker: Broker,
+    *,
+    smoke: bool,
 ) -> dict[str, Any]:
     """The unary, batch and fan-out runs against ``--workers N``, the load spread over 8
     connections."""
@@ -603,17 +810,17 @@ def several_workers(
         # before it, and the throughput floods after. The streams go over 8 connections, which
         # the kernel spreads across the workers.
         time.sleep(0 if smoke else 10)
-        figures[f"fan_out_{workers}_workers"] = fan_out_in_child(
-            workdir / f"fan-{workers}", target, pids, smoke=smoke
+        figures.update(
+            fan_out_in_child(workdir / f"fan-{workers}", target, pids, smoke=smoke, workers=workers)
         )
-        for batch, concurrency in ((1, 64), (100, 8), (1000, 8)):
-            with Sampler(pids) as sampler:
-                result = loadgen(
-                    target, "closed", "--seconds", str(seconds), "--batch", str(batch),
+        for batch, concurrency in ((1, UNARY_CONCURRENCY), (100, 8), (1000, 8)):
+            with Sampler(pids, broker) as sampler:
+                result = go_loadgen(
+                    target, "closed", seconds, "--batch", str(batch),
                     "--concurrency", str(concurrency), "--connections", "8",
                 )  # fmt: skip
             name = "publish_closed_loop" if batch == 1 else f"publish_batch_{batch}"
-            figures[f"{name}_{workers}_workers"] = {**result, **sampler.figures()}
+            figures[f"{name}_{workers}_workers"] = {**result, **sampler.figures(result["events"])}
     finally:
         sidecar.stop()
     return figures
@@ -629,47 +836,71 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     best_go_batch = max(base[f"go_peer_publish_batch_{b}"]["events_per_s"] for b in batches)
     raw = base["aiokafka_raw"]
     empty_grpc = base["grpc_empty_handler"]["calls_per_s"]
-    e2e_10 = ours["notification_e2e_10"]
+    unary = ours["publish_closed_loop_go_client"]
+    e2e_10 = ours["subscribers_10"]
+    fan_out, batched = ours["fan_out"], ours["fan_out_batched"]
+    quiet_p99 = ours["subscribers_0"]["publish"]["p99_ms"]
 
     def ratio(value: float, to: float) -> float:
-        return round(value / to, 3)
+        return round(value / to, 3) if to else 0.0
 
     return {
-        "batch_vs_raw_aiokafka (target >= 0.7)": ratio(best_batch, raw["events_per_s"]),
+        "unary_sidecar_cpu_s_per_10k_events (target <= 2.5)": unary["sidecar_cpu_s_per_10k_events"],
+        "unary_broker_cpu_per_event_vs_raw_aiokafka_same_concurrency (target <= 1.5)": ratio(
+            unary["broker_cpu_s_per_10k_events"],
+            raw["closed_loop"]["broker_cpu_s_per_10k_events"],
+        ),
+        "batch_100_vs_raw_aiokafka_per_message (target >= 1)": ratio(
+            ours["publish_batch_100"]["events_per_s"], raw["events_per_s"]
+        ),
+        "best_batch_vs_raw_aiokafka": ratio(best_batch, raw["events_per_s"]),
         "batch_2_workers_vs_raw_aiokafka": ratio(best_batch_workers, raw["events_per_s"]),
         "raw_aiokafka_vs_raw_confluent_kafka": ratio(
             raw["events_per_s"], base["confluent_kafka_raw"]["events_per_s"]
         ),
-        "batch_vs_go_peer_batch (target >= 1)": ratio(best_batch, best_go_batch),
-        "batch_2_workers_vs_go_peer_batch": ratio(best_batch_workers, best_go_batch),
+        "batch_vs_go_peer_batch": ratio(best_batch, best_go_batch),
         "unary_vs_go_peer_publish": ratio(
-            ours["publish_closed_loop"]["events_per_s"], base["go_peer_publish"]["events_per_s"]
+            unary["events_per_s"], base["go_peer_publish"]["events_per_s"]
         ),
-        "unary_vs_empty_grpc (target >= 0.6)": ratio(
-            ours["publish_closed_loop"]["calls_per_s"], empty_grpc
-        ),
+        "unary_vs_empty_grpc": ratio(ours["publish_closed_loop"]["calls_per_s"], empty_grpc),
         "unary_vs_empty_grpc_both_with_go_client": ratio(
-            ours["publish_closed_loop_go_client"]["calls_per_s"],
-            base["grpc_empty_handler_go_client"]["calls_per_s"],
+            unary["calls_per_s"], base["grpc_empty_handler_go_client"]["calls_per_s"]
         ),
-        "unary_2_workers_vs_empty_grpc": ratio(
-            ours["publish_closed_loop_2_workers"]["calls_per_s"], empty_grpc
+        "unary_2_workers_vs_empty_grpc_go_client": ratio(
+            ours["publish_closed_loop_2_workers"]["calls_per_s"],
+            base["grpc_empty_handler_go_client"]["calls_per_s"],
         ),
         "p99_at_1k_minus_send_and_wait_p99_ms (target <= 2)": round(
             ours["publish_open_loop_1000"]["p99_ms"] - raw["send_and_wait_1k"]["p99_ms"], 3
+        ),
+        "fan_out_cpu_s_per_10k_deliveries_paced (target <= 0.25)": fan_out[
+            "paced_cpu_s_per_10k_deliveries"
+        ],
+        "fan_out_batched_cpu_s_per_10k_deliveries_paced": batched["paced_cpu_s_per_10k_deliveries"],
+        "fan_out_last_delivery_p99_ms (target <= 50)": fan_out["last_delivery"]["p99_ms"],
+        "fan_out_batched_last_delivery_p99_ms": batched["last_delivery"]["p99_ms"],
+        "fan_out_burst_deliveries_per_s (target >= 50000)": fan_out["deliveries_per_s"],
+        "fan_out_batched_burst_deliveries_per_s": batched["deliveries_per_s"],
+        "fan_out_2_workers_burst_deliveries_per_s": ours["fan_out_2_workers"]["deliveries_per_s"],
+        "rss_per_idle_stream_kib (target <= 30)": fan_out["rss_per_idle_stream_kib"],
+        "failed_publishes_with_10_100_1000_subscribers (target 0)": [
+            ours[f"subscribers_{n}"]["failed_publishes"] for n in (10, 100, 1000)
+        ],
+        "publish_p99_1000_subscribers_minus_none_ms (target <= 2)": round(
+            ours["subscribers_1000"]["publish"]["p99_ms"] - quiet_p99, 3
         ),
         "notification_e2e_10_p50_ms (target <= 1.5)": e2e_10["p50_ms"],
         "notification_e2e_10_p99_ms (target <= 5)": e2e_10["p99_ms"],
         "floor_for_e2e: send_and_wait_1k_p50_ms": raw["send_and_wait_1k"]["p50_ms"],
         "notification_e2e_10_redis_to_subscriber_p50_ms": e2e_10["redis_to_subscriber"]["p50_ms"],
         "notification_e2e_10_redis_to_subscriber_p99_ms": e2e_10["redis_to_subscriber"]["p99_ms"],
-        "fan_out_deliveries_per_s (target >= 20000)": ours["fan_out"]["deliveries_per_s"],
-        "fan_out_last_delivery_p99_ms (target <= 50)": ours["fan_out"]["last_delivery"]["p99_ms"],
-        "fan_out_2_workers_deliveries_per_s": ours["fan_out_2_workers"]["deliveries_per_s"],
-        "fan_out_2_workers_last_delivery_p99_ms": ours["fan_out_2_workers"]["last_delivery"][
-            "p99_ms"
+        "overload_cancelled_open_loop_2x_and_burst_3000 (target 0)": [
+            ours[name]["errors"].get("CANCELLED", 0)
+            for name in ("overload_open_loop_2x", "overload_burst_3000")
         ],
-        "rss_per_idle_stream_kib (target <= 30)": ours["fan_out"]["rss_per_idle_stream_kib"],
+        "overload_accepted_p99_ms_open_loop_2x_and_burst_3000": [
+            ours[name]["p99_ms"] for name in ("overload_open_loop_2x", "overload_burst_3000")
+        ],
     }
 
 
@@ -755,12 +986,11 @@ def plot(results: dict[str, Any], stem: str) -> None:
     curves = {
         "aiokafka send_and_wait 1k/s": base["aiokafka_raw"]["send_and_wait_1k"],
         "Publish 1k/s": ours["publish_open_loop_1000"],
-        "Publish 5k/s": ours["publish_open_loop_5000"],
-        "e2e 1 sub": ours["notification_e2e_1"],
-        "e2e 10 subs": ours["notification_e2e_10"],
-        "e2e 100 subs": ours["notification_e2e_100"],
-        "Redis to 10 subs": ours["notification_e2e_10"]["redis_to_subscriber"],
+        "e2e 1 sub": ours["subscribers_1"],
+        "e2e 10 subs": ours["subscribers_10"],
+        "Redis to 10 subs": ours["subscribers_10"]["redis_to_subscriber"],
         "last of 1,000 streams": ours["fan_out"]["last_delivery"],
+        "last of 1,000 streams, batched": ours["fan_out_batched"]["last_delivery"],
         "last of 1,000 streams, 2 workers": ours["fan_out_2_workers"]["last_delivery"],
     }
     for label, figures in curves.items():
@@ -793,12 +1023,18 @@ def main() -> None:
     parser.add_argument("--fan-out-against", metavar="TARGET", help=argparse.SUPPRESS)
     parser.add_argument("--pids", default="", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--suffix", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fan_out_against:
         pids = [int(pid) for pid in args.pids.split(",")]
         result = asyncio.run(
-            sampled_fan_out(
-                args.workdir, args.fan_out_against, pids, smoke=args.smoke, connections=8
+            sampled_fan_outs(
+                args.workdir,
+                args.fan_out_against,
+                pids,
+                smoke=args.smoke,
+                connections=8,
+                suffix=args.suffix,
             )
         )
         print(json.dumps(result))

@@ -1,8 +1,14 @@
-// Command loadgen drives unary Publish or PublishBatch calls at a gRPC server in a closed loop
-// and prints one JSON object: calls and events per second, latency percentiles, errors by
-// status code and its own CPU use. It is the benchmark's cheap load client: the Python one
-// (bench/loadgen.py) needs most of a core for the load an empty grpc.aio handler can take,
-// which on two cores starves the server being measured.
+// Command loadgen drives unary Publish or PublishBatch calls at a gRPC server and prints one
+// JSON object: calls and events per second, latency percentiles, errors by status code and its
+// own CPU use. It is the benchmark's cheap load client: the Python one (bench/loadgen.py) needs
+// most of a core for the load an empty grpc.aio handler can take, which on two cores starves
+// the server being measured.
+//
+// Modes: "closed" keeps -concurrency calls in flight; "open" starts calls on a schedule at
+// -rate per second whatever the answers (latency counts from the scheduled start, so a client
+// or server falling behind shows); "burst" starts -calls calls at once. Refusals are told
+// apart: RESOURCE_EXHAUSTED with a retry hint (the grpc-retry-pushback-ms trailer or a
+// google.rpc.RetryInfo detail) is counted as "refused_with_retry_hint".
 package main
 
 import (
@@ -17,12 +23,17 @@ import (
 	"time"
 
 	"github.com/dualstream/dualstream/bench/gopeer/internal/rawgrpc"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // Field numbers from protos/dualstream/v1/event_service.proto.
 const (
+	eventID         = 1
 	eventType       = 2
 	eventSourceType = 3
 	eventSourceID   = 4
@@ -30,8 +41,12 @@ const (
 	requestEvent    = 1 // PublishRequest.event and PublishBatchRequest.events alike.
 )
 
-func event(sourceID string, payload []byte) []byte {
+func event(id, sourceID string, payload []byte) []byte {
 	var message []byte
+	if id != "" {
+		message = protowire.AppendTag(message, eventID, protowire.BytesType)
+		message = protowire.AppendString(message, id)
+	}
 	message = protowire.AppendTag(message, eventType, protowire.BytesType)
 	message = protowire.AppendString(message, "bench")
 	message = protowire.AppendTag(message, eventSourceType, protowire.BytesType)
@@ -47,7 +62,7 @@ func request(worker, events int, payload []byte) []byte {
 	var message []byte
 	for i := range events {
 		message = protowire.AppendTag(message, requestEvent, protowire.BytesType)
-		message = protowire.AppendBytes(message, event("s"+strconv.Itoa((worker+i)%64), payload))
+		message = protowire.AppendBytes(message, event("", "s"+strconv.Itoa((worker+i)%64), payload))
 	}
 	return message
 }
@@ -58,13 +73,70 @@ func cpuSeconds() float64 {
 	return float64(usage.Utime.Nano()+usage.Stime.Nano()) / 1e9
 }
 
+// hasRetryHint tells whether a failed call carried a retry hint.
+func hasRetryHint(err error, trailer metadata.MD) bool {
+	if len(trailer.Get("grpc-retry-pushback-ms")) > 0 {
+		return true
+	}
+	for _, detail := range status.Convert(err).Details() {
+		if _, ok := detail.(*errdetails.RetryInfo); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// codeNames are the status codes' canonical names, as gRPC's other languages and the
+// Python harness spell them (Go's String() says "Canceled" and "ResourceExhausted").
+var codeNames = map[codes.Code]string{
+	codes.OK: "OK", codes.Canceled: "CANCELLED", codes.Unknown: "UNKNOWN",
+	codes.InvalidArgument: "INVALID_ARGUMENT", codes.DeadlineExceeded: "DEADLINE_EXCEEDED",
+	codes.NotFound: "NOT_FOUND", codes.AlreadyExists: "ALREADY_EXISTS",
+	codes.PermissionDenied: "PERMISSION_DENIED", codes.ResourceExhausted: "RESOURCE_EXHAUSTED",
+	codes.FailedPrecondition: "FAILED_PRECONDITION", codes.Aborted: "ABORTED",
+	codes.OutOfRange: "OUT_OF_RANGE", codes.Unimplemented: "UNIMPLEMENTED",
+	codes.Internal: "INTERNAL", codes.Unavailable: "UNAVAILABLE", codes.DataLoss: "DATA_LOSS",
+	codes.Unauthenticated: "UNAUTHENTICATED",
+}
+
+// tally collects the outcome of every call; safe for concurrent use.
+type tally struct {
+	mutex     sync.Mutex
+	latencies []time.Duration
+	refusals  []time.Duration
+	errors    map[string]int
+	hinted    int
+}
+
+func (t *tally) record(took time.Duration, err error, trailer metadata.MD) {
+	t.mutex.Lock()
+	defer t.mutex.Unlock()
+	if err == nil {
+		t.latencies = append(t.latencies, took)
+		return
+	}
+	code := status.Code(err)
+	t.errors[codeNames[code]]++
+	if code == codes.ResourceExhausted {
+		t.refusals = append(t.refusals, took)
+		if hasRetryHint(err, trailer) {
+			t.hinted++
+		}
+	}
+}
+
 func main() {
 	target := flag.String("target", "127.0.0.1:50051", "server address")
-	seconds := flag.Float64("seconds", 10, "how long to run")
-	concurrency := flag.Int("concurrency", 64, "calls in flight")
+	mode := flag.String("mode", "closed", "closed, open or burst")
+	seconds := flag.Float64("seconds", 10, "how long to run (closed and open)")
+	concurrency := flag.Int("concurrency", 64, "calls in flight (closed)")
+	rate := flag.Float64("rate", 1000, "calls started per second (open)")
+	calls := flag.Int("calls", 3000, "calls started at once (burst)")
 	connections := flag.Int("connections", 1, "TCP connections the calls are spread over")
 	batch := flag.Int("batch", 1, "events per call: 1 calls Publish, more PublishBatch")
 	payloadSize := flag.Int("payload", 200, "payload bytes")
+	sourceID := flag.String("source-id", "", "publish every event on this source, with ids <source-id>-<n> (open)")
+	sentOut := flag.String("sent-out", "", "write [id, monotonic start time] of every call here, as JSON (open)")
 	flag.Parse()
 
 	method := "/dualstream.v1.EventService/Publish"
@@ -85,47 +157,85 @@ func main() {
 		}
 	}
 
-	var (
-		mutex     sync.Mutex
-		latencies []time.Duration
-		errors    = map[string]int{}
-		group     sync.WaitGroup
-	)
+	results := &tally{errors: map[string]int{}}
+	call := func(connection *grpc.ClientConn, message []byte, started time.Time) {
+		var reply []byte
+		var trailer metadata.MD
+		err := connection.Invoke(ctx, method, &message, &reply, grpc.Trailer(&trailer))
+		results.record(time.Since(started), err, trailer)
+	}
+	var group sync.WaitGroup
+	var sent [][2]any
 	cpuBefore, started := cpuSeconds(), time.Now()
-	deadline := started.Add(time.Duration(*seconds * float64(time.Second)))
-	for worker := range *concurrency {
-		group.Add(1)
-		go func() {
-			defer group.Done()
-			connection := clients[worker%len(clients)]
-			message, reply := request(worker, *batch, payload), []byte(nil)
-			var own []time.Duration
-			failed := map[string]int{}
-			for time.Now().Before(deadline) {
-				callStarted := time.Now()
-				if err := connection.Invoke(ctx, method, &message, &reply); err != nil {
-					failed[status.Code(err).String()]++
-					continue
+	switch *mode {
+	case "closed":
+		deadline := started.Add(time.Duration(*seconds * float64(time.Second)))
+		for worker := range *concurrency {
+			group.Add(1)
+			go func() {
+				defer group.Done()
+				connection := clients[worker%len(clients)]
+				message := request(worker, *batch, payload)
+				for time.Now().Before(deadline) {
+					call(connection, message, time.Now())
 				}
-				own = append(own, time.Since(callStarted))
+			}()
+		}
+	case "open":
+		total := int(*seconds * *rate)
+		interval := time.Duration(float64(time.Second) / *rate)
+		for number := range total {
+			scheduled := started.Add(time.Duration(number) * interval)
+			time.Sleep(time.Until(scheduled))
+			message := request(number, *batch, payload)
+			if *sourceID != "" {
+				id := *sourceID + "-" + strconv.Itoa(number)
+				message = protowire.AppendBytes(protowire.AppendTag(nil, requestEvent, protowire.BytesType), event(id, *sourceID, payload))
+				sent = append(sent, [2]any{id, rawgrpc.Monotonic()})
 			}
-			mutex.Lock()
-			latencies = append(latencies, own...)
-			for code, count := range failed {
-				errors[code] += count
-			}
-			mutex.Unlock()
-		}()
+			group.Add(1)
+			go func() {
+				defer group.Done()
+				call(clients[number%len(clients)], message, scheduled)
+			}()
+		}
+	case "burst":
+		for number := range *calls {
+			message := request(number, *batch, payload)
+			group.Add(1)
+			go func() {
+				defer group.Done()
+				call(clients[number%len(clients)], message, started)
+			}()
+		}
+	default:
+		log.Fatalf("unknown mode %q", *mode)
 	}
 	group.Wait()
 	elapsed := time.Since(started).Seconds()
-	result := map[string]any{
-		"calls_per_s":         float64(len(latencies)) / elapsed,
-		"events_per_s":        float64(len(latencies)**batch) / elapsed,
-		"errors":              errors,
-		"loadgen_cpu_percent": 100 * (cpuSeconds() - cpuBefore) / elapsed,
+	if *sentOut != "" {
+		encoded, err := json.Marshal(sent)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := os.WriteFile(*sentOut, encoded, 0o644); err != nil {
+			log.Fatal(err)
+		}
 	}
-	for name, value := range rawgrpc.Percentiles(latencies) {
+	result := map[string]any{
+		"calls":                   len(results.latencies),
+		"events":                  len(results.latencies) * *batch,
+		"calls_per_s":             float64(len(results.latencies)) / elapsed,
+		"events_per_s":            float64(len(results.latencies)**batch) / elapsed,
+		"errors":                  results.errors,
+		"refused_with_retry_hint": results.hinted,
+		"refusal":                 rawgrpc.Percentiles(results.refusals),
+		"loadgen_cpu_percent":     100 * (cpuSeconds() - cpuBefore) / elapsed,
+	}
+	if *mode == "open" {
+		result["rate"] = *rate
+	}
+	for name, value := range rawgrpc.Percentiles(results.latencies) {
 		result[name] = value
 	}
 	if err := json.NewEncoder(os.Stdout).Encode(result); err != nil {

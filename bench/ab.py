@@ -1,0 +1,283 @@
+"""A/B runs: two versions of the sidecar measured in turn, in one sitting, on one broker.
+
+``python -m bench.ab unary --rev before=main --rev after=. --rounds 3`` starts its own Kafka and
+Redis on free ports, then for each round starts a fresh sidecar of each version in turn (``.``
+is the working tree, anything else a git revision, exported with ``git archive``), warms it up,
+and runs the scenario against it. On a shared machine the noise moves both versions alike
+when they alternate, which separate sittings cannot promise; the medians per version and every
+round's figures are printed as Markdown for ``bench/results/optimisations.md``.
+
+With ``--profile DIR`` each version is also run once more with ``py-spy record`` attached (not
+counted in the figures), writing ``DIR/<scenario>-<version>.folded`` (collapsed stacks, for any
+flame-graph tool) and ``.txt``, the functions with the most samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.run import (
+    GO_BUILD,
+    REPO,
+    UNARY_CONCURRENCY,
+    Broker,
+    Sampler,
+    build_go_tools,
+    fan_out_in_child,
+    go_loadgen,
+    overload,
+    start_sidecar,
+    with_subscribers,
+)
+from stack.localstack import KafkaBroker, RedisServer, create_topic, free_port
+
+Scenario = Callable[["Run"], dict[str, Any]]
+
+
+class Run:
+    """One measured run: a sidecar of one version, and where the stack is."""
+
+    def __init__(
+        self, target: str, pids: list[int], broker: Broker, redis_url: str, workdir: Path
+    ) -> None:
+        self.target = target
+        self.pids = pids
+        self.broker = broker
+        self.redis_url = redis_url
+        self.workdir = workdir
+        self.seconds = 8.0
+
+    def sampled(self, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        with Sampler(self.pids, self.broker) as sampler:
+            figures = measure()
+        return {**figures, **sampler.figures(figures.get("events"))}
+
+
+def _unary(run: Run) -> dict[str, Any]:
+    concurrency = ("--concurrency", str(UNARY_CONCURRENCY))
+    return run.sampled(lambda: go_loadgen(run.target, "closed", run.seconds, *concurrency))
+
+
+def _batch(run: Run) -> dict[str, Any]:
+    arguments = ("--batch", "100", "--concurrency", "8")
+    return run.sampled(lambda: go_loadgen(run.target, "closed", run.seconds, *arguments))
+
+
+def _open_1k(run: Run) -> dict[str, Any]:
+    return run.sampled(lambda: go_loadgen(run.target, "open", run.seconds, "--rate", "1000"))
+
+
+def _fan_out(run: Run) -> dict[str, Any]:
+    return fan_out_in_child(run.workdir / "fan", run.target, run.pids, smoke=False, workers=1)
+
+
+def _isolation(run: Run) -> dict[str, Any]:
+    return {
+        f"subscribers_{n}": with_subscribers(
+            run.workdir, run.target, run.redis_url, run.pids, n, 1000, 5
+        )
+        for n in (0, 100, 1000)
+    }
+
+
+def _overload(run: Run) -> dict[str, Any]:
+    capacity = _unary(run)["calls_per_s"]
+    return {"capacity_calls_per_s": capacity, **overload(run.target, capacity, 5, run.pids)}
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "unary": _unary,
+    "batch": _batch,
+    "open1k": _open_1k,
+    "fanout": _fan_out,
+    "isolation": _isolation,
+    "overload": _overload,
+}
+# The figures each scenario's summary shows, as paths into its result.
+SUMMARY: dict[str, list[str]] = {
+    "unary": [
+        "calls_per_s", "p50_ms", "p99_ms", "sidecar_cpu_s_per_10k_events",
+        "broker_cpu_s_per_10k_events",
+    ],
+    "batch": [
+        "events_per_s", "p99_ms", "sidecar_cpu_s_per_10k_events", "broker_cpu_s_per_10k_events",
+    ],
+    "open1k": ["p50_ms", "p99_ms", "sidecar_cpu_s_per_10k_events"],
+    "fanout": [
+        "fan_out.paced_cpu_s_per_10k_deliveries", "fan_out.last_delivery.p50_ms",
+        "fan_out.last_delivery.p99_ms", "fan_out.deliveries_per_s",
+        "fan_out.burst_cpu_s_per_10k_deliveries",
+        "fan_out_batched.paced_cpu_s_per_10k_deliveries",
+        "fan_out_batched.last_delivery.p99_ms", "fan_out_batched.deliveries_per_s",
+        "fan_out_batched.burst_cpu_s_per_10k_deliveries",
+    ],
+    "isolation": [
+        "subscribers_0.publish.p99_ms", "subscribers_100.publish.p99_ms",
+        "subscribers_100.failed_publishes", "subscribers_1000.publish.p99_ms",
+        "subscribers_1000.failed_publishes", "subscribers_1000.received",
+    ],
+    "overload": [
+        "capacity_calls_per_s", "overload_open_loop_2x.errors", "overload_open_loop_2x.p99_ms",
+        "overload_open_loop_2x.calls_per_s", "overload_burst_3000.errors",
+        "overload_burst_3000.p99_ms", "overload_burst_3000.refusal.p99_ms",
+    ],
+}  # fmt: skip
+
+
+def _pick(figures: dict[str, Any], path: str) -> Any:
+    value: Any = figures
+    for key in path.split("."):
+        value = value.get(key, "") if isinstance(value, dict) else ""
+    return value
+
+
+def source_tree(revision: str, workdir: Path) -> Path:
+    """The ``server`` directory of a version: the working tree's, or one exported from git."""
+    if revision == ".":
+        return REPO / "server"
+    destination = workdir / f"src-{revision.replace('/', '_')}"
+    destination.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", revision, "server"], cwd=REPO, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(destination)], input=archive, check=True)
+    return destination / "server"
+
+
+def _warm_up(target: str) -> None:
+    go_loadgen(target, "closed", 2, "--concurrency", "8")
+
+
+def _profile(scenario: Scenario, run: Run, out: Path) -> None:
+    """Run the scenario once with py-spy sampling the sidecar (non-blocking, native frames)."""
+    spy = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(run.pids[0]),
+            "--rate", "200", "--native", "--nonblocking", "--format", "raw",
+            "--output", f"{out}.folded",
+        ],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        scenario(run)
+    finally:
+        spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits.
+        spy.wait(60)
+    Path(f"{out}.txt").write_text(top_functions(Path(f"{out}.folded")))
+
+
+def top_functions(folded: Path, count: int = 40) -> str:
+    """The functions with the most samples, on the stack (inclusive) and on top (self)."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        frames = stack.split(";")
+        number = int(samples)
+        total += number
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + number
+        own[frames[-1]] = own.get(frames[-1], 0) + number
+    lines = [f"{total} samples", "", "self %  function"]
+    for frame, number in sorted(own.items(), key=lambda item: -item[1])[:count]:
+        lines.append(f"{100 * number / total:5.1f}  {frame}")
+    lines += ["", "total %  function"]
+    for frame, number in sorted(inclusive.items(), key=lambda item: -item[1])[:count]:
+        lines.append(f"{100 * number / total:5.1f}  {frame}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument(
+        "--rev", action="append", required=True, metavar="NAME=REVISION",
+        help="a version to measure: '.' is the working tree, else a git revision",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--profile", type=Path, help="also profile each version with py-spy")
+    parser.add_argument(
+        "--sidecar-arg", action="append", default=[], help="an extra argument for every sidecar"
+    )
+    args = parser.parse_args()
+    versions = dict(item.split("=", 1) for item in args.rev)
+    scenario = SCENARIOS[args.scenario]
+    workdir = Path(tempfile.mkdtemp(prefix="dualstream-ab-"))
+    if not (GO_BUILD / "loadgen").exists() or os.environ.get("BENCH_REBUILD_GO"):
+        build_go_tools()
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in versions}
+    with (
+        KafkaBroker(workdir / "kafka", port=free_port(), controller_port=free_port()) as kafka,
+        RedisServer(workdir / "redis", port=free_port()) as redis,
+    ):
+        create_topic(kafka.bootstrap, "events", 6)
+        assert kafka.pid is not None
+        broker = Broker.measure_idle(kafka.pid, 3)
+        trees = {name: source_tree(rev, workdir) for name, rev in versions.items()}
+        rounds = [*range(args.rounds)] + (["profile"] if args.profile else [])
+        for number in rounds:
+            for name, tree in trees.items():
+                sidecar, target = _start(workdir / f"{name}-{number}", kafka, redis, tree, args)
+                try:
+                    assert sidecar.pid is not None
+                    run = Run(
+                        target, [sidecar.pid], broker, redis.url, workdir / f"{name}-{number}"
+                    )
+                    run.seconds = args.seconds
+                    _warm_up(target)
+                    if number == "profile":
+                        args.profile.mkdir(parents=True, exist_ok=True)
+                        _profile(scenario, run, args.profile / f"{args.scenario}-{name}")
+                        continue
+                    figures = scenario(run)
+                    rows[name].append(figures)
+                    summary = {path: _pick(figures, path) for path in SUMMARY[args.scenario]}
+                    print(f"round {number} {name}: {summary}", file=sys.stderr, flush=True)
+                finally:
+                    sidecar.stop()
+    print(report(args.scenario, versions, rows))
+
+
+def _start(
+    workdir: Path, kafka: KafkaBroker, redis: RedisServer, tree: Path, args: argparse.Namespace
+) -> tuple[Any, str]:
+    os.environ["PYTHONPATH"] = str(tree)  # The sidecar process imports this version.
+    try:
+        return start_sidecar(workdir, kafka.bootstrap, redis.url, *args.sidecar_arg)
+    finally:
+        del os.environ["PYTHONPATH"]
+
+
+def report(scenario: str, versions: dict[str, str], rows: dict[str, list[dict[str, Any]]]) -> str:
+    paths = SUMMARY[scenario]
+    lines = [
+        f"A/B `{scenario}` ({time.strftime('%F %H:%M')}), rounds alternating "
+        + ", ".join(f"{name} = `{rev}`" for name, rev in versions.items()),
+        "",
+        "| figure | " + " | ".join(f"{name} (median; rounds)" for name in versions) + " |",
+        "| --- | " + " | ".join("---" for _ in versions) + " |",
+    ]
+    for path in paths:
+        cells = []
+        for name in versions:
+            values = [_pick(figures, path) for figures in rows[name]]
+            numbers = [v for v in values if isinstance(v, int | float)]
+            median = f"**{statistics.median(numbers):g}**; " if len(numbers) == len(values) else ""
+            cells.append(median + " / ".join(str(v) for v in values))
+        lines.append(f"| {path} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -157,13 +157,15 @@ def _warm_up(target: str) -> None:
     go_loadgen(target, "closed", 2, "--concurrency", "8")
 
 
-def _profile(scenario: Scenario, run: Run, out: Path) -> None:
-    """Run the scenario once with py-spy sampling the sidecar (non-blocking, native frames)."""
+def _profile(scenario: Scenario, run: Run, out: Path, *, native: bool) -> None:
+    """Run the scenario once with py-spy sampling the sidecar: by default, without stopping
+    it, the Python stacks of whichever thread holds the GIL (where the sidecar's own CPU goes);
+    with ``native``, every thread's native frames as well, pausing the process per sample."""
+    mode = ["--native", "--rate", "100"] if native else ["--nonblocking", "--gil", "--rate", "250"]
     spy = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(run.pids[0]),
-            "--rate", "200", "--native", "--nonblocking", "--format", "raw",
-            "--output", f"{out}.folded",
+            *mode, "--format", "raw", "--output", f"{out}.folded",
         ],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -207,6 +209,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--profile", type=Path, help="also profile each version with py-spy")
+    parser.add_argument("--native", action="store_true", help="profile native frames too")
     parser.add_argument(
         "--sidecar-arg", action="append", default=[], help="an extra argument for every sidecar"
     )
@@ -238,7 +241,8 @@ def main() -> None:
                     _warm_up(target)
                     if number == "profile":
                         args.profile.mkdir(parents=True, exist_ok=True)
-                        _profile(scenario, run, args.profile / f"{args.scenario}-{name}")
+                        out = args.profile / f"{args.scenario}-{name}"
+                        _profile(scenario, run, out, native=args.native)
                         continue
                     figures = scenario(run)
                     rows[name].append(figures)

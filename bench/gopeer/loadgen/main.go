@@ -105,6 +105,7 @@ type tally struct {
 	latencies []time.Duration
 	refusals  []time.Duration
 	errors    map[string]int
+	examples  map[string]string
 	hinted    int
 }
 
@@ -117,6 +118,7 @@ func (t *tally) record(took time.Duration, err error, trailer metadata.MD) {
 	}
 	code := status.Code(err)
 	t.errors[codeNames[code]]++
+	t.examples[codeNames[code]] = status.Convert(err).Message()
 	if code == codes.ResourceExhausted {
 		t.refusals = append(t.refusals, took)
 		if hasRetryHint(err, trailer) {
@@ -149,15 +151,16 @@ func main() {
 	}
 	payload := make([]byte, *payloadSize)
 	ctx := context.Background()
-	// One warm-up call per connection, so connecting is not timed.
+	// One warm-up call per connection, so connecting is not timed. A server that refuses it
+	// (past capacity already) is still connected to.
 	for _, connection := range clients {
 		warm, reply := request(0, *batch, payload), []byte(nil)
-		if err := connection.Invoke(ctx, method, &warm, &reply); err != nil {
+		if err := connection.Invoke(ctx, method, &warm, &reply); err != nil && status.Code(err) != codes.ResourceExhausted {
 			log.Fatal(err)
 		}
 	}
 
-	results := &tally{errors: map[string]int{}}
+	results := &tally{errors: map[string]int{}, examples: map[string]string{}}
 	call := func(connection *grpc.ClientConn, message []byte, started time.Time) {
 		var reply []byte
 		var trailer metadata.MD
@@ -228,6 +231,7 @@ func main() {
 		"calls_per_s":             float64(len(results.latencies)) / elapsed,
 		"events_per_s":            float64(len(results.latencies)**batch) / elapsed,
 		"errors":                  results.errors,
+		"error_messages":          results.examples,
 		"refused_with_retry_hint": results.hinted,
 		"refusal":                 rawgrpc.Percentiles(results.refusals),
 		"loadgen_cpu_percent":     100 * (cpuSeconds() - cpuBefore) / elapsed,

@@ -1,0 +1,175 @@
+import { clone } from "@bufbuild/protobuf";
+import { type BackoffOptions, type Sleep, backoffDelayMs, sleep as realSleep } from "./backoff.js";
+import { Code, DualstreamError, toDualstreamError } from "./errors.js";
+import {
+  type SubscribeRequest,
+  SubscribeRequestSchema,
+  type SubscribeResponse,
+} from "./gen/dualstream/v1/event_service_pb.js";
+import {
+  type StreamMessage,
+  dateOrUndefined,
+  gapReasonName,
+  notificationFromProto,
+} from "./messages.js";
+
+/** Opens one Subscribe call; aborting `signal` cancels it. */
+export type OpenStream = (request: SubscribeRequest, signal: AbortSignal) => AsyncIterable<SubscribeResponse>;
+
+/** How a subscription reconnects after its stream breaks. */
+export interface ReconnectOptions extends BackoffOptions {
+  /**
+   * How many connections in a row may fail before the subscription gives up and throws the
+   * last error. A connection that reached `subscribed` resets the count. Default: no limit,
+   * a subscription outlives any outage of the sidecar.
+   */
+  maxAttempts?: number;
+  /** Called before each wait to reconnect; for logging. It must not throw. */
+  onReconnect?: (info: { error: DualstreamError; attempt: number; delayMs: number }) => void;
+}
+
+/** What the stream knows, shared with the `Subscription` that shows it. */
+export interface ResumeState {
+  /** The cursor of the last message handed to the application: where a resume starts. */
+  cursor: string;
+  /** Connections that reached `subscribed`. */
+  connections: number;
+  /** The error that broke the last connection, if one did. */
+  lastError: DualstreamError | undefined;
+}
+
+// The sidecar's answers that a new connection would only repeat: bad input, no access, a
+// limit. Everything else (UNAVAILABLE, a connection that dropped, a sidecar that died
+// mid-stream) is the outage that resuming exists for.
+const FINAL_CODES = new Set<Code>([
+  Code.InvalidArgument,
+  Code.Unauthenticated,
+  Code.PermissionDenied,
+  Code.ResourceExhausted,
+  Code.Unimplemented,
+  Code.FailedPrecondition,
+  Code.NotFound,
+  Code.AlreadyExists,
+  Code.OutOfRange,
+]);
+
+export function isResumable(error: DualstreamError): boolean {
+  return !FINAL_CODES.has(error.code);
+}
+
+export interface ResumingStreamOptions {
+  reconnect?: ReconnectOptions;
+  signal?: AbortSignal | undefined;
+  state?: ResumeState;
+  sleep?: Sleep;
+  random?: () => number;
+}
+
+/**
+ * Follow a subscription across broken streams. Each connection's messages are translated and
+ * handed over one at a time; the cursor of each is kept the moment it is handed over, so when
+ * the stream breaks, the next connection resumes exactly after the last message the
+ * application received: nothing is lost or repeated, and each source stays in order (the
+ * sidecar's resume contract). A `NotificationBatch` is unpacked into its notifications, each
+ * with its own cursor. Gaps are handed over like anything else. Ends quietly when `signal`
+ * aborts; throws a `DualstreamError` for an answer a retry would only repeat, or when
+ * `maxAttempts` connections in a row failed.
+ */
+export async function* resumingStream(
+  open: OpenStream,
+  request: SubscribeRequest,
+  options: ResumingStreamOptions = {},
+): AsyncGenerator<StreamMessage, void, undefined> {
+  const { reconnect = {}, signal } = options;
+  const state = options.state ?? { cursor: "", connections: 0, lastError: undefined };
+  const sleep = options.sleep ?? realSleep;
+  const maxAttempts = reconnect.maxAttempts ?? Number.POSITIVE_INFINITY;
+  let failures = 0;
+  while (!signal?.aborted) {
+    const attempt = new AbortController();
+    const stopAttempt = (): void => attempt.abort();
+    signal?.addEventListener("abort", stopAttempt, { once: true });
+    let error: DualstreamError;
+    try {
+      for await (const response of open(requestFrom(request, state.cursor), attempt.signal)) {
+        const message = response.message;
+        switch (message.case) {
+          case "subscribed":
+            failures = 0;
+            state.cursor = message.value.cursor;
+            state.connections += 1;
+            yield {
+              kind: "subscribed",
+              channels: [...message.value.channels],
+              cursor: message.value.cursor,
+              resumed: state.connections > 1,
+            };
+            break;
+          case "notification":
+            state.cursor = message.value.cursor;
+            yield notificationFromProto(message.value);
+            break;
+          case "notifications":
+            for (const notification of message.value.notifications) {
+              state.cursor = notification.cursor;
+              yield notificationFromProto(notification);
+            }
+            break;
+          case "gap":
+            state.cursor = message.value.cursor;
+            yield {
+              kind: "gap",
+              reason: gapReasonName(message.value.reason),
+              missed: Number(message.value.missed),
+              cursor: message.value.cursor,
+              since: dateOrUndefined(message.value.since),
+              until: dateOrUndefined(message.value.until),
+            };
+            break;
+          case "caughtUp":
+            state.cursor = message.value.cursor;
+            yield {
+              kind: "caughtUp",
+              replayed: Number(message.value.replayed),
+              cursor: message.value.cursor,
+            };
+            break;
+          default:
+            // A message kind newer than this client: nothing to hand over, no cursor to keep.
+            break;
+        }
+      }
+      error = new DualstreamError(Code.Unavailable, "the sidecar ended the stream");
+    } catch (thrown) {
+      if (signal?.aborted) {
+        return;
+      }
+      error = toDualstreamError(thrown);
+      if (!isResumable(error)) {
+        throw error;
+      }
+    } finally {
+      signal?.removeEventListener("abort", stopAttempt);
+      attempt.abort();
+    }
+    state.lastError = error;
+    failures += 1;
+    if (failures >= maxAttempts) {
+      throw error;
+    }
+    const delayMs = backoffDelayMs(failures - 1, reconnect, options.random);
+    reconnect.onReconnect?.({ error, attempt: failures, delayMs });
+    await sleep(delayMs, signal);
+  }
+}
+
+/** The request for the next connection: after the first message, resume from the cursor. */
+function requestFrom(request: SubscribeRequest, cursor: string): SubscribeRequest {
+  if (cursor === "") {
+    return request;
+  }
+  const resumed = clone(SubscribeRequestSchema, request);
+  resumed.resumeCursor = cursor;
+  resumed.start = undefined;
+  return resumed;
+}

@@ -1,0 +1,37 @@
+import { type BackoffOptions, type Sleep, backoffDelayMs, sleep as realSleep } from "./backoff.js";
+import { Code, type DualstreamError, toDualstreamError } from "./errors.js";
+
+/** How publishing retries a call that failed with UNAVAILABLE. */
+export interface RetryOptions extends BackoffOptions {
+  /** Attempts in all, the first included. Default 8: 6 to 11 s of waits at the default backoff, enough to ride out a sidecar restart; 1 turns retrying off. */
+  maxAttempts?: number;
+}
+
+/**
+ * Run `call` until it succeeds, fails with anything but UNAVAILABLE, or used `maxAttempts`.
+ * Only for calls that are safe to repeat: every event already carries its final id.
+ */
+export async function retryUnavailable<T>(
+  call: () => Promise<T>,
+  options: RetryOptions = {},
+  signal?: AbortSignal,
+  sleep: Sleep = realSleep,
+  random?: () => number,
+): Promise<T> {
+  const maxAttempts = Math.max(1, options.maxAttempts ?? 8);
+  for (let attempt = 1; ; attempt++) {
+    let error: DualstreamError;
+    try {
+      return await call();
+    } catch (thrown) {
+      error = toDualstreamError(thrown);
+    }
+    if (error.code !== Code.Unavailable || attempt >= maxAttempts || signal?.aborted) {
+      throw error;
+    }
+    await sleep(backoffDelayMs(attempt - 1, options, random), signal);
+    if (signal?.aborted) {
+      throw error;
+    }
+  }
+}

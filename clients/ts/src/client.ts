@@ -1,6 +1,12 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { type CallOptions as ConnectCallOptions, type Client, type Interceptor, createClient } from "@connectrpc/connect";
+import {
+  type CallOptions as ConnectCallOptions,
+  type Client,
+  type Interceptor,
+  type Transport,
+  createClient,
+} from "@connectrpc/connect";
 import { Code, DualstreamError, toDualstreamError } from "./errors.js";
 import {
   type Event as EventMessage,
@@ -38,6 +44,12 @@ export interface ClientOptions {
   keepaliveIntervalMs?: number;
   /** connect interceptors run on every call, for example to add tracing headers. */
   interceptors?: Interceptor[];
+  /**
+   * A connect `Transport` to use instead of the client's own HTTP/2 connection (then
+   * `target`, `token`, `tls`, `keepaliveIntervalMs` and `interceptors` are not used), e.g.
+   * `createRouterTransport` in tests.
+   */
+  transport?: Transport;
 }
 
 /** Options of one call. */
@@ -94,13 +106,16 @@ export class DualstreamClient {
 
   constructor(options: ClientOptions = {}) {
     this.#options = options;
-    this.#connection = openConnection({
-      target: options.target ?? "127.0.0.1:50051",
-      token: options.token,
-      tls: options.tls,
-      keepaliveIntervalMs: options.keepaliveIntervalMs,
-      interceptors: options.interceptors,
-    });
+    this.#connection =
+      options.transport !== undefined
+        ? { transport: options.transport, close: () => {} }
+        : openConnection({
+            target: options.target ?? "127.0.0.1:50051",
+            token: options.token,
+            tls: options.tls,
+            keepaliveIntervalMs: options.keepaliveIntervalMs,
+            interceptors: options.interceptors,
+          });
     this.#rpc = createClient(EventService, this.#connection.transport);
   }
 

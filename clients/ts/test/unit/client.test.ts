@@ -1,0 +1,157 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
+import { DualstreamClient, DualstreamError } from "../../src/index.js";
+import { EventService, type Event } from "../../src/gen/dualstream/v1/event_service_pb.js";
+
+// An in-memory EventService (connect's router transport) scripted per test: the client's own
+// logic (ids, retries, result merging) runs unchanged, without a network.
+const fastRetry = { maxAttempts: 3, initialMs: 1, maxMs: 2 };
+
+describe("DualstreamClient against a scripted service", () => {
+  it("gives an event without id a UUIDv7 and retries UNAVAILABLE with the same id", async () => {
+    const seen: string[] = [];
+    const transport = createRouterTransport(({ service }) => {
+      service(EventService, {
+        publish(request) {
+          seen.push(request.event?.id ?? "");
+          if (seen.length < 3) throw new ConnectError("Kafka did not acknowledge", Code.Unavailable);
+          return { id: request.event?.id ?? "", topic: "events", partition: 2, offset: 41n, notified: true };
+        },
+      });
+    });
+    const client = new DualstreamClient({ transport, retry: fastRetry });
+    const result = await client.publish({ type: "t", sourceType: "user", sourceId: "octocat" });
+    assert.equal(seen.length, 3);
+    assert.equal(new Set(seen).size, 1);
+    assert.match(seen[0] ?? "", /^[0-9a-f]{8}-[0-9a-f]{4}-7/);
+    assert.deepEqual(result, { id: seen[0], topic: "events", partition: 2, offset: 41n, notified: true });
+  });
+
+  it("sends again only the batch events answered UNAVAILABLE, and merges results in order", async () => {
+    const calls: Event[][] = [];
+    const transport = createRouterTransport(({ service }) => {
+      service(EventService, {
+        publishBatch(request) {
+          calls.push(request.events);
+          return {
+            results: request.events.map((event, i) =>
+              calls.length === 1 && i % 2 === 1
+                ? { id: event.id, outcome: { case: "error" as const, value: { code: Code.Unavailable, message: "not acknowledged" } } }
+                : {
+                    id: event.id,
+                    outcome: {
+                      case: "published" as const,
+                      value: { id: event.id, topic: "events", partition: 0, offset: BigInt(calls.length * 10 + i), notified: true },
+                    },
+                  },
+            ),
+          };
+        },
+      });
+    });
+    const client = new DualstreamClient({ transport, retry: fastRetry });
+    const events = ["a", "b", "c", "d"].map((sourceId) => ({ type: "t", sourceType: "s", sourceId }));
+    const results = await client.publishBatch(events);
+    assert.equal(calls.length, 2);
+    assert.deepEqual(
+      calls[1]?.map((e) => e.sourceId),
+      ["b", "d"],
+    );
+    assert.deepEqual(
+      calls[1]?.map((e) => e.id),
+      [calls[0]?.[1]?.id, calls[0]?.[3]?.id],
+    );
+    assert.deepEqual(
+      results.map((r) => (r.ok ? r.result.offset : r.error.code)),
+      [10n, 20n, 12n, 21n],
+    );
+  });
+
+  it("reports events still unacknowledged after the last attempt as their results", async () => {
+    const transport = createRouterTransport(({ service }) => {
+      service(EventService, {
+        publishBatch(request) {
+          return {
+            results: request.events.map((event) => ({
+              id: event.id,
+              outcome: { case: "error" as const, value: { code: Code.Unavailable, message: "Kafka is gone" } },
+            })),
+          };
+        },
+      });
+    });
+    const client = new DualstreamClient({ transport, retry: fastRetry });
+    const results = await client.publishBatch([{ id: "x1", type: "t", sourceType: "s", sourceId: "a" }]);
+    assert.equal(results.length, 1);
+    const [only] = results;
+    assert.ok(only && !only.ok);
+    assert.equal(only.id, "x1");
+    assert.equal(only.error.code, Code.Unavailable);
+  });
+
+  it("raises INVALID_ARGUMENT with the field path, without retrying", async () => {
+    let calls = 0;
+    const transport = createRouterTransport(({ service }) => {
+      service(EventService, {
+        publishBatch() {
+          calls += 1;
+          throw new ConnectError("events[1].source_type: contains ':'", Code.InvalidArgument);
+        },
+      });
+    });
+    const client = new DualstreamClient({ transport, retry: fastRetry });
+    await assert.rejects(client.publishBatch([{ type: "t", sourceType: "s", sourceId: "a" }]), (error: unknown) => {
+      assert.ok(error instanceof DualstreamError);
+      assert.equal(error.codeName, "INVALID_ARGUMENT");
+      assert.equal(error.field, "events[1].source_type");
+      return true;
+    });
+    assert.equal(calls, 1);
+  });
+
+  it("subscribes with the options it was given and resumes with the last cursor", async () => {
+    const requests: { resumeCursor: string; max: number; policy: number; sources: string[] }[] = [];
+    const transport = createRouterTransport(({ service }) => {
+      service(EventService, {
+        async *subscribe(request) {
+          requests.push({
+            resumeCursor: request.resumeCursor,
+            max: request.maxNotificationsPerMessage,
+            policy: request.slowConsumerPolicy,
+            sources: request.sources.map((s) => `${s.sourceType}:${s.sourceId}`),
+          });
+          const n = requests.length;
+          yield { message: { case: "subscribed", value: { channels: [], cursor: `c${n}0` } } };
+          yield {
+            message: {
+              case: "notification",
+              value: { id: `e${n}`, sourceType: "user", sourceId: "x", cursor: `c${n}1`, traceparent: `00-${n}` },
+            },
+          };
+          if (n === 1) throw new ConnectError("sidecar restarting", Code.Unavailable);
+          await new Promise(() => {});
+        },
+      });
+    });
+    const client = new DualstreamClient({ transport, reconnect: { initialMs: 1, maxMs: 2 } });
+    const subscription = client.subscribe({
+      sources: [["user", "*"], { sourceType: "repo", sourceId: "r" }],
+      policy: "replay",
+      maxNotificationsPerMessage: 64,
+    });
+    const notes: string[] = [];
+    for await (const message of subscription) {
+      if (message.kind === "notification") {
+        notes.push(`${message.id}@${message.traceparent}`);
+        if (notes.length === 2) subscription.close();
+      }
+    }
+    assert.deepEqual(notes, ["e1@00-1", "e2@00-2"]);
+    assert.deepEqual(requests[0], { resumeCursor: "", max: 64, policy: 3, sources: ["user:*", "repo:r"] });
+    assert.equal(requests[1]?.resumeCursor, "c11");
+    assert.equal(subscription.cursor, "c21");
+    assert.equal(subscription.reconnects, 1);
+    assert.throws(() => subscription[Symbol.asyncIterator](), TypeError);
+  });
+});

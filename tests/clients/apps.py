@@ -28,3 +28,17 @@ class ConformanceApp:
 
 
 APPS: dict[str, ConformanceApp] = {}
+
+# TypeScript: compiled by tsc with the tests' config; node resolves the app's packages from
+# the nearest node_modules above it, so the build links clients/ts/node_modules beside it.
+APPS["ts"] = ConformanceApp(
+    language="ts",
+    run=("node", "{build}/ts/conformance/app.js"),
+    build=(
+        "bash",
+        "-c",
+        "bash scripts/npm-ci.sh && npx tsc -p tsconfig.test.json --outDir {build}/ts"
+        " && ln -sfn \"$PWD/node_modules\" {build}/ts/node_modules",
+    ),
+    cwd=REPO / "clients" / "ts",
+)

@@ -37,14 +37,14 @@ async function publish(client: DualstreamClient, flags: Flags): Promise<void> {
   const total = count(flags.count, "--count") ?? 1;
   const type = flags.type ?? "conformance.published";
   for (let i = 0; i < total; i++) {
-    const id = flags["id-prefix"] === undefined ? "" : `${flags["id-prefix"]}${i}`;
-    const result = await client.publish({ id, type, sourceType, sourceId, data: `{"n":${i}}` });
+    const id = flags["id-prefix"] === undefined ? "" : `${flags["id-prefix"]}-${i}`;
+    const result = await client.publish({ id, type, sourceType, sourceId });
     emit({
       id: result.id,
       source_type: sourceType,
       source_id: sourceId,
       partition: result.partition,
-      offset: Number(result.offset),
+      offset: result.offset,
     });
   }
 }
@@ -68,6 +68,8 @@ async function subscribe(client: DualstreamClient, flags: Flags): Promise<void> 
   if (limit === 0) {
     return;
   }
+  // Without --limit the app runs until SIGTERM, and then ends as a success.
+  process.once("SIGTERM", () => subscription.close());
   for await (const message of subscription) {
     switch (message.kind) {
       case "subscribed":
@@ -83,7 +85,7 @@ async function subscribe(client: DualstreamClient, flags: Flags): Promise<void> 
           source_type: message.sourceType,
           source_id: message.sourceId,
           partition: message.partition,
-          offset: Number(message.offset),
+          offset: message.offset,
           cursor: message.cursor,
           replayed: message.replayed,
           traceparent: message.traceparent,
@@ -94,7 +96,7 @@ async function subscribe(client: DualstreamClient, flags: Flags): Promise<void> 
         }
         break;
       case "gap":
-        emit({ kind: "gap", reason: message.reason, missed: message.missed, cursor: message.cursor });
+        emit({ kind: "gap", reason: message.reason.toUpperCase(), missed: message.missed, cursor: message.cursor });
         break;
       case "caughtUp":
         emit({ kind: "caught_up", replayed: message.replayed, cursor: message.cursor });
@@ -146,8 +148,8 @@ async function main(argv: string[]): Promise<number> {
   }
   const client = new DualstreamClient({
     target: flags.target,
-    // The app publishes through a sidecar restart: a budget of about a minute of retries.
-    retry: { maxAttempts: 20 },
+    // The contract: a retry budget of at least 60 s per event (the tests restart the sidecar).
+    retry: { maxAttempts: Number.POSITIVE_INFINITY, maxElapsedMs: 90_000 },
     ...(flags.token === undefined ? {} : { token: flags.token }),
   });
   try {

@@ -32,8 +32,11 @@ export interface PublishResult {
   id: string;
   topic: string;
   partition: number;
-  /** int64 in the API, so a bigint. */
-  offset: bigint;
+  /**
+   * The Kafka offset. int64 in the API, a `number` here: exact up to 2^53, which no partition
+   * reaches, and it keeps results JSON-serialisable.
+   */
+  offset: number;
   /** False when the Redis notification did not go out; the event is durable all the same. */
   notified: boolean;
 }
@@ -68,7 +71,8 @@ export interface Notification {
   sourceId: string;
   topic: string;
   partition: number;
-  offset: bigint;
+  /** The Kafka offset (a `number`, exact up to 2^53). */
+  offset: number;
   /** Resume after this notification with this cursor. */
   cursor: string;
   /** True when replayed from Kafka (a resume or a replay policy) rather than received live. */
@@ -123,7 +127,7 @@ export function publishResultFromProto(response: PublishResponse): PublishResult
     id: response.id,
     topic: response.topic,
     partition: response.partition,
-    offset: response.offset,
+    offset: Number(response.offset),
     notified: response.notified,
   };
 }
@@ -142,7 +146,7 @@ export function notificationFromProto(n: NotificationMessage): Notification {
     sourceId: n.sourceId,
     topic: n.topic,
     partition: n.partition,
-    offset: n.offset,
+    offset: Number(n.offset),
     cursor: n.cursor,
     replayed: n.replayed,
     traceparent: n.traceparent,

@@ -5,10 +5,16 @@ import { Code, type DualstreamError, toDualstreamError } from "./errors.js";
 export interface RetryOptions extends BackoffOptions {
   /** Attempts in all, the first included. Default 8: 6 to 11 s of waits at the default backoff, enough to ride out a sidecar restart; 1 turns retrying off. */
   maxAttempts?: number;
+  /**
+   * A time budget: no new attempt starts once this many ms have passed since the first, or
+   * would have after the wait before it. Default none (the attempts bound it).
+   */
+  maxElapsedMs?: number;
 }
 
 /**
- * Run `call` until it succeeds, fails with anything but UNAVAILABLE, or used `maxAttempts`.
+ * Run `call` until it succeeds, fails with anything but UNAVAILABLE, or used `maxAttempts`
+ * or `maxElapsedMs`.
  * Only for calls that are safe to repeat: every event already carries its final id.
  */
 export async function retryUnavailable<T>(
@@ -19,6 +25,7 @@ export async function retryUnavailable<T>(
   random?: () => number,
 ): Promise<T> {
   const maxAttempts = Math.max(1, options.maxAttempts ?? 8);
+  const giveUpAt = performance.now() + (options.maxElapsedMs ?? Number.POSITIVE_INFINITY);
   for (let attempt = 1; ; attempt++) {
     let error: DualstreamError;
     try {
@@ -29,7 +36,11 @@ export async function retryUnavailable<T>(
     if (error.code !== Code.Unavailable || attempt >= maxAttempts || signal?.aborted) {
       throw error;
     }
-    await sleep(backoffDelayMs(attempt - 1, options, random), signal);
+    const delayMs = backoffDelayMs(attempt - 1, options, random);
+    if (performance.now() + delayMs > giveUpAt) {
+      throw error;
+    }
+    await sleep(delayMs, signal);
     if (signal?.aborted) {
       throw error;
     }

@@ -1,5 +1,9 @@
 // Against the real stack (Kafka, Redis, two sidecars) that `with-stack` starts on free ports.
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { readFile, writeFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import { Code, DualstreamClient, DualstreamError, type Notification } from "../../src/index.js";
 import { CuttableProxy, PATIENCE_MS, iterate, notifications, readUntil, stackEnv, unique } from "./helpers.js";
@@ -22,7 +26,7 @@ describe("publishing", () => {
     assert.match(first.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
     assert.equal(first.topic, "events");
     assert.ok(first.partition >= 0);
-    assert.ok(first.offset >= 0n);
+    assert.ok(first.offset >= 0);
     assert.equal(first.notified, true);
 
     const second = await client.publish({
@@ -97,7 +101,7 @@ describe("publishing", () => {
         (error: unknown) => error instanceof DualstreamError && error.code === Code.Unauthenticated,
       );
       const result = await authorized.publish(event);
-      assert.ok(result.offset >= 0n);
+      assert.ok(result.offset >= 0);
     } finally {
       anonymous.close();
       wrong.close();
@@ -224,5 +228,40 @@ describe("subscribing", () => {
       viaProxy.close();
       await proxy.close();
     }
+  });
+});
+
+describe("connecting", () => {
+  it("reaches a sidecar on a unix socket", TEST, async () => {
+    const target = stackEnv("DUALSTREAM_TEST_UNIX_TARGET");
+    assert.match(target, /^unix:\//);
+    const overSocket = new DualstreamClient({ target, timeoutMs: PATIENCE_MS });
+    try {
+      const sourceId = unique("unix");
+      const subscription = overSocket.subscribe({ sources: [["user", sourceId]] });
+      const messages = iterate(subscription);
+      await readUntil(messages, (s) => s.length === 1, "subscribed");
+      const { id } = await overSocket.publish({ type: "t.unix", sourceType: "user", sourceId });
+      const [seen] = notifications(await readUntil(messages, (s) => notifications(s).length >= 1, "a notification"));
+      assert.equal(seen?.id, id);
+      subscription.close();
+    } finally {
+      overSocket.close();
+    }
+  });
+
+  it("runs the README's quickstart as written, against the stack's sidecar", TEST, async () => {
+    // The quickstart targets `make up`'s 127.0.0.1:50051; here the stack's port stands in.
+    const here = fileURLToPath(new URL(".", import.meta.url));
+    const source = await readFile(`${here}../../../examples/quickstart.mjs`, "utf8");
+    assert.ok(source.includes("127.0.0.1:50051"));
+    // Inside the package directory, so that `@dualstream/client` resolves to this package.
+    const script = `${here}../../quickstart-under-test.mjs`;
+    await writeFile(script, source.replace("127.0.0.1:50051", stackEnv("DUALSTREAM_TEST_TARGET")));
+    const { stdout } = await promisify(execFile)(process.execPath, [script], { timeout: PATIENCE_MS });
+    const [published, notified] = stdout.trim().split("\n");
+    const publishedId = published?.split(" ")[1];
+    assert.match(published ?? "", /^published \S+ to events \d+ \d+$/);
+    assert.equal(notified?.split(" ")[1], publishedId, stdout);
   });
 });

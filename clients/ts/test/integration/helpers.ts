@@ -32,7 +32,7 @@ export async function readUntil(
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(
-      () => reject(new Error(`no ${what} within ${PATIENCE_MS} ms; saw ${JSON.stringify(seen, bigints)}`)),
+      () => reject(new Error(`no ${what} within ${PATIENCE_MS} ms; saw ${JSON.stringify(seen)}`)),
       PATIENCE_MS,
     );
   });
@@ -40,7 +40,7 @@ export async function readUntil(
     while (!done(seen)) {
       const next = await Promise.race([messages.next(), timeout]);
       if (next.done) {
-        throw new Error(`the subscription ended before ${what}; saw ${JSON.stringify(seen, bigints)}`);
+        throw new Error(`the subscription ended before ${what}; saw ${JSON.stringify(seen)}`);
       }
       seen.push(next.value);
     }
@@ -55,10 +55,6 @@ export function iterate(subscription: Subscription): AsyncIterator<StreamMessage
 }
 
 export const notifications = (messages: StreamMessage[]) => messages.filter((m) => m.kind === "notification");
-
-function bigints(_key: string, value: unknown): unknown {
-  return typeof value === "bigint" ? value.toString() : value;
-}
 
 /**
  * A TCP relay in front of the sidecar that the test can cut: every open connection is

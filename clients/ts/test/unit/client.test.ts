@@ -25,7 +25,7 @@ describe("DualstreamClient against a scripted service", () => {
     assert.equal(seen.length, 3);
     assert.equal(new Set(seen).size, 1);
     assert.match(seen[0] ?? "", /^[0-9a-f]{8}-[0-9a-f]{4}-7/);
-    assert.deepEqual(result, { id: seen[0], topic: "events", partition: 2, offset: 41n, notified: true });
+    assert.deepEqual(result, { id: seen[0], topic: "events", partition: 2, offset: 41, notified: true });
   });
 
   it("sends again only the batch events answered UNAVAILABLE, and merges results in order", async () => {
@@ -64,7 +64,7 @@ describe("DualstreamClient against a scripted service", () => {
     );
     assert.deepEqual(
       results.map((r) => (r.ok ? r.result.offset : r.error.code)),
-      [10n, 20n, 12n, 21n],
+      [10, 20, 12, 21],
     );
   });
 

@@ -37,8 +37,9 @@ APPS["ts"] = ConformanceApp(
     build=(
         "bash",
         "-c",
-        "bash scripts/npm-ci.sh && npx tsc -p tsconfig.test.json --outDir {build}/ts"
-        " && ln -sfn \"$PWD/node_modules\" {build}/ts/node_modules",
+        "bash scripts/npm-ci.sh && npm run --silent build"
+        " && npx tsc -p tsconfig.test.json --outDir {build}/ts"
+        ' && ln -sfn "$PWD/node_modules" {build}/ts/node_modules',
     ),
     cwd=REPO / "clients" / "ts",
 )

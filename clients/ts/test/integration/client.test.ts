@@ -255,6 +255,8 @@ describe("connecting", () => {
     const here = fileURLToPath(new URL(".", import.meta.url));
     const source = await readFile(`${here}../../../examples/quickstart.mjs`, "utf8");
     assert.ok(source.includes("127.0.0.1:50051"));
+    const readme = await readFile(`${here}../../../../../README.md`, "utf8");
+    assert.ok(readme.includes(source), "the README's TypeScript quickstart is examples/quickstart.mjs, verbatim");
     // Inside the package directory, so that `@dualstream/client` resolves to this package.
     const script = `${here}../../quickstart-under-test.mjs`;
     await writeFile(script, source.replace("127.0.0.1:50051", stackEnv("DUALSTREAM_TEST_TARGET")));

@@ -6,6 +6,7 @@ import {
   GapReason,
   type Notification as NotificationMessage,
   type PublishResponse,
+  type SubscribeResponse,
 } from "./gen/dualstream/v1/event_service_pb.js";
 
 /** An event to publish. Leave `id` empty and the client assigns a UUIDv7 before sending it. */
@@ -132,11 +133,11 @@ export function publishResultFromProto(response: PublishResponse): PublishResult
   };
 }
 
-export function dateOrUndefined(timestamp: Timestamp | undefined): Date | undefined {
+function dateOrUndefined(timestamp: Timestamp | undefined): Date | undefined {
   return timestamp === undefined ? undefined : timestampDate(timestamp);
 }
 
-export function notificationFromProto(n: NotificationMessage): Notification {
+function notificationFromProto(n: NotificationMessage): Notification {
   const e = n.event;
   return {
     kind: "notification",
@@ -175,6 +176,34 @@ const GAP_REASONS: Record<GapReason, GapReasonName> = {
   [GapReason.EXPIRED]: "expired",
 };
 
-export function gapReasonName(reason: GapReason): GapReasonName {
-  return GAP_REASONS[reason] ?? "unspecified";
+/**
+ * What the application sees of one stream message: none (a kind newer than this client), one,
+ * or, for a `NotificationBatch`, each of its notifications in order. `resumed` marks a
+ * `subscribed` that follows an automatic reconnection.
+ */
+export function streamMessagesFromProto(response: SubscribeResponse, resumed: boolean): StreamMessage[] {
+  const message = response.message;
+  switch (message.case) {
+    case "subscribed":
+      return [{ kind: "subscribed", channels: [...message.value.channels], cursor: message.value.cursor, resumed }];
+    case "notification":
+      return [notificationFromProto(message.value)];
+    case "notifications":
+      return message.value.notifications.map(notificationFromProto);
+    case "gap":
+      return [
+        {
+          kind: "gap",
+          reason: GAP_REASONS[message.value.reason] ?? "unspecified",
+          missed: Number(message.value.missed),
+          cursor: message.value.cursor,
+          since: dateOrUndefined(message.value.since),
+          until: dateOrUndefined(message.value.until),
+        },
+      ];
+    case "caughtUp":
+      return [{ kind: "caughtUp", replayed: Number(message.value.replayed), cursor: message.value.cursor }];
+    default:
+      return [];
+  }
 }

@@ -1,17 +1,8 @@
 import { clone } from "@bufbuild/protobuf";
 import { type BackoffOptions, type Sleep, backoffDelayMs, sleep as realSleep } from "./backoff.js";
 import { Code, DualstreamError, toDualstreamError } from "./errors.js";
-import {
-  type SubscribeRequest,
-  SubscribeRequestSchema,
-  type SubscribeResponse,
-} from "./gen/dualstream/v1/event_service_pb.js";
-import {
-  type StreamMessage,
-  dateOrUndefined,
-  gapReasonName,
-  notificationFromProto,
-} from "./messages.js";
+import { type SubscribeRequest, SubscribeRequestSchema, type SubscribeResponse } from "./gen/dualstream/v1/event_service_pb.js";
+import { type StreamMessage, streamMessagesFromProto } from "./messages.js";
 
 /** Opens one Subscribe call; aborting `signal` cancels it. */
 export type OpenStream = (request: SubscribeRequest, signal: AbortSignal) => AsyncIterable<SubscribeResponse>;
@@ -92,51 +83,13 @@ export async function* resumingStream(
     let error: DualstreamError;
     try {
       for await (const response of open(requestFrom(request, state.cursor), attempt.signal)) {
-        const message = response.message;
-        switch (message.case) {
-          case "subscribed":
+        for (const message of streamMessagesFromProto(response, state.connections > 0)) {
+          if (message.kind === "subscribed") {
             failures = 0;
-            state.cursor = message.value.cursor;
             state.connections += 1;
-            yield {
-              kind: "subscribed",
-              channels: [...message.value.channels],
-              cursor: message.value.cursor,
-              resumed: state.connections > 1,
-            };
-            break;
-          case "notification":
-            state.cursor = message.value.cursor;
-            yield notificationFromProto(message.value);
-            break;
-          case "notifications":
-            for (const notification of message.value.notifications) {
-              state.cursor = notification.cursor;
-              yield notificationFromProto(notification);
-            }
-            break;
-          case "gap":
-            state.cursor = message.value.cursor;
-            yield {
-              kind: "gap",
-              reason: gapReasonName(message.value.reason),
-              missed: Number(message.value.missed),
-              cursor: message.value.cursor,
-              since: dateOrUndefined(message.value.since),
-              until: dateOrUndefined(message.value.until),
-            };
-            break;
-          case "caughtUp":
-            state.cursor = message.value.cursor;
-            yield {
-              kind: "caughtUp",
-              replayed: Number(message.value.replayed),
-              cursor: message.value.cursor,
-            };
-            break;
-          default:
-            // A message kind newer than this client: nothing to hand over, no cursor to keep.
-            break;
+          }
+          state.cursor = message.cursor;
+          yield message;
         }
       }
       error = new DualstreamError(Code.Unavailable, "the sidecar ended the stream");

@@ -36,6 +36,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -481,8 +482,32 @@ class _LogWatcher:
 # ---- Redis ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class RedisTls:
+    """PEM files for a Redis that speaks only TLS: its certificate and key, the CA that signs
+    client certificates (``tls-auth-clients yes``), and a client certificate and key that the
+    readiness probe presents."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    client_cert_file: Path
+    client_key_file: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(str(self.client_cert_file), str(self.client_key_file))
+        return context
+
+
 class RedisServer(ManagedProcess):
-    """Debian's ``redis-server`` on ``127.0.0.1:port``, without persistence."""
+    """Debian's ``redis-server`` on ``127.0.0.1:port``, without persistence.
+
+    Options for secured set-ups: ``tls`` serves TLS only on ``port`` (``port 0`` for plain
+    TCP) and requires client certificates; ``unix_socket`` listens on that socket too (with
+    ``port=0``, only there); ``acl_users`` (name: password) adds users allowed every command
+    and channel and turns the passwordless ``default`` user off.
+    """
 
     name = "redis"
     stop_grace = 10.0
@@ -492,22 +517,34 @@ class RedisServer(ManagedProcess):
         workdir: Path,
         port: int = 6379,
         *,
+        tls: RedisTls | None = None,
+        unix_socket: Path | None = None,
+        acl_users: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
         detach: bool = False,
     ) -> None:
         super().__init__(workdir, log_dir=log_dir, detach=detach)
+        if not port and unix_socket is None:
+            raise ValueError("a Redis with port 0 needs a unix socket")
         self.port = port
+        self.tls = tls
+        self.unix_socket = unix_socket
+        self.acl_users = dict(acl_users or {})
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        """Where clients connect (TLS if ``tls``, else TCP if ``port``, else the socket),
+        without credentials."""
+        if not self.port and self.unix_socket is not None:
+            return f"unix://{self.unix_socket}"
+        return f"{'rediss' if self.tls else 'redis'}://{LOOPBACK}:{self.port}/0"
 
     @property
     def log_path(self) -> Path:
         return self.log_dir / "redis.log"
 
     def _ports(self) -> list[int]:
-        return [self.port]
+        return [self.port] if self.port else []
 
     def _command(self) -> list[str]:
         if not Path(REDIS_SERVER).is_file():
@@ -515,22 +552,73 @@ class RedisServer(ManagedProcess):
                 f"{REDIS_SERVER} is missing: install Debian's redis-server "
                 "(apt-get install redis-server), or run scripts/install-system-deps.sh"
             )
+        listen = ["--port", str(self.port)]
+        if self.tls is not None:
+            listen = [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert_file),
+                "--tls-key-file", str(self.tls.key_file),
+                "--tls-ca-cert-file", str(self.tls.ca_file), "--tls-auth-clients", "yes",
+            ]  # fmt: skip
+        if self.unix_socket is not None:
+            listen += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
+        users: list[str] = []
+        for name, password in self.acl_users.items():
+            users += ["--user", name, "on", f">{password}", "~*", "&*", "+@all"]
+        if users:
+            users += ["--user", "default", "off"]
         return [
-            REDIS_SERVER, "--port", str(self.port), "--bind", LOOPBACK,
+            REDIS_SERVER, *listen, "--bind", LOOPBACK,
             "--save", "", "--appendonly", "no", "--daemonize", "no",
-            "--dir", str(self.workdir), "--logfile", str(self.log_path),
+            "--dir", str(self.workdir), "--logfile", str(self.log_path), *users,
         ]  # fmt: skip
 
     def _is_ready(self) -> bool:
-        return redis_ping(self.port)
+        return redis_ping(
+            self.port,
+            unix_socket=self.unix_socket,
+            tls=self.tls.client_context() if self.tls is not None else None,
+            auth=next(iter(self.acl_users.items()), None),
+        )
 
 
-def redis_ping(port: int, host: str = LOOPBACK) -> bool:
-    """Whether a Redis server answers PING (spoken as raw RESP, to stay stdlib-only)."""
+def redis_ping(
+    port: int,
+    host: str = LOOPBACK,
+    *,
+    unix_socket: Path | None = None,
+    tls: ssl.SSLContext | None = None,
+    auth: tuple[str, str] | None = None,
+) -> bool:
+    """Whether a Redis server answers PING (spoken as raw RESP, to stay stdlib-only): on
+    ``host:port``, or on ``unix_socket`` when ``port`` is 0; over TLS with ``tls``, as the
+    ACL user ``auth`` (name, password) if given."""
+    commands: list[tuple[str, ...]] = [("PING",)]
+    if auth is not None:
+        commands.insert(0, ("AUTH", *auth))
+    request = b"".join(
+        b"*%d\r\n" % len(command)
+        + b"".join(b"$%d\r\n%s\r\n" % (len(part), part.encode()) for part in command)
+        for command in commands
+    )
     try:
-        with socket.create_connection((host, port), timeout=1.0) as connection:
-            connection.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return connection.recv(64).startswith(b"+PONG")
+        with contextlib.ExitStack() as stack:
+            if port:
+                connection = stack.enter_context(socket.create_connection((host, port), 1.0))
+            else:
+                connection = stack.enter_context(socket.socket(socket.AF_UNIX))
+                connection.settimeout(1.0)
+                connection.connect(str(unix_socket))
+            if tls is not None:
+                connection = stack.enter_context(tls.wrap_socket(connection, server_hostname=host))
+            connection.sendall(request)
+            replies = b""
+            while replies.count(b"\r\n") < len(commands):
+                chunk = connection.recv(256)
+                if not chunk:
+                    return False
+                replies += chunk
+            return replies.split(b"\r\n")[len(commands) - 1].startswith(b"+PONG")
     except OSError:
         return False
 
@@ -568,12 +656,27 @@ def new_kafka_cluster_id() -> str:
             return cluster_id
 
 
+@dataclass(frozen=True, slots=True)
+class KafkaListener:
+    """A client listener besides the PLAINTEXT one, e.g. ``KafkaListener("SECURE", port,
+    "SASL_SSL")``. Its own settings go into the broker's ``properties`` under
+    ``listener.name.<name in lower case>.``."""
+
+    name: str
+    port: int
+    security_protocol: str
+
+
 class KafkaBroker(ManagedProcess):
     """One KRaft node, broker and controller in one JVM, on ``127.0.0.1``.
 
     Alone it is its own single-voter quorum. In a cluster every node gets ``voters``
     (``{node_id: controller_port}`` of all nodes) and the same ``cluster_id``; see
     ``KafkaCluster``. ``properties`` override or extend the generated server.properties.
+    ``listeners`` adds client listeners (TLS, SASL) beside PLAINTEXT, which the broker keeps
+    between its nodes and for readiness checks; ``scram_credentials`` (as ``kafka-storage
+    format --add-scram`` takes them, ``SCRAM-SHA-256=[name=alice,password=secret]``) are
+    written when the storage is formatted.
     """
 
     name = "kafka"
@@ -587,6 +690,8 @@ class KafkaBroker(ManagedProcess):
         node_id: int = 1,
         properties: Mapping[str, str | int | bool] | None = None,
         *,
+        listeners: Sequence[KafkaListener] = (),
+        scram_credentials: Sequence[str] = (),
         voters: Mapping[int, int] | None = None,
         cluster_id: str | None = None,
         heap: str = "512m",
@@ -599,6 +704,8 @@ class KafkaBroker(ManagedProcess):
         self.controller_port = controller_port
         self.node_id = node_id
         self.properties = dict(properties or {})
+        self.listeners = list(listeners)
+        self.scram_credentials = list(scram_credentials)
         self.voters = dict(voters) if voters is not None else {node_id: controller_port}
         if self.voters.get(node_id) != controller_port:
             raise ValueError(f"voters must map node {node_id} to its controller port")
@@ -626,18 +733,25 @@ class KafkaBroker(ManagedProcess):
 
     def server_properties(self) -> dict[str, str]:
         size = len(self.voters)
+        client_listeners = [f"PLAINTEXT://{LOOPBACK}:{self.port}"] + [
+            f"{each.name}://{LOOPBACK}:{each.port}" for each in self.listeners
+        ]
         config: dict[str, str | int | bool] = {
             "process.roles": "broker,controller",
             "node.id": self.node_id,
             "controller.quorum.voters": ",".join(
                 f"{node}@{LOOPBACK}:{port}" for node, port in sorted(self.voters.items())
             ),
-            "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},"
-            f"CONTROLLER://{LOOPBACK}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
+            "listeners": ",".join(
+                [f"CONTROLLER://{LOOPBACK}:{self.controller_port}", *client_listeners]
+            ),
+            "advertised.listeners": ",".join(client_listeners),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(
+                ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+                + [f"{each.name}:{each.security_protocol}" for each in self.listeners]
+            ),
             "log.dirs": str(self.data_dir),
             # Internal topics can only be as replicated as the cluster is large.
             "offsets.topic.replication.factor": min(size, 3),
@@ -669,7 +783,7 @@ class KafkaBroker(ManagedProcess):
         ]  # fmt: skip
 
     def _ports(self) -> list[int]:
-        return [self.port, self.controller_port]
+        return [self.port, self.controller_port, *(each.port for each in self.listeners)]
 
     def _prepare(self) -> None:
         # Rewritten on every start, so changed ports or properties apply on restart.
@@ -692,6 +806,7 @@ class KafkaBroker(ManagedProcess):
             ["-Xmx256m", "-XX:TieredStopAtLevel=1"],
             "kafka.tools.StorageTool", "format", "--ignore-formatted",
             "-t", self.cluster_id, "-c", str(self._config_path),
+            *(arg for credential in self.scram_credentials for arg in ("--add-scram", credential)),
         )  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:

@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 
 from dualstream.cli import main
-from dualstream.connections import RedisAddress, check_connection_settings, kafka_client_options
+from dualstream.connections import (
+    RedisAddress,
+    check_connection_settings,
+    explained_connect_error,
+    kafka_client_options,
+)
 from dualstream.settings import Settings
+from stack.localstack import free_port
 from tests.certs import Pki, make_pki
 
 
@@ -225,3 +231,16 @@ def test_every_setting_is_in_the_readme() -> None:
         if f"`DUALSTREAM_{name.upper()}`" not in readme
     ]
     assert not missing, f"settings missing from the README's table: {missing}"
+
+
+async def test_a_refused_kafka_connection_is_explained() -> None:
+    from aiokafka.errors import KafkaConnectionError
+
+    port = free_port()  # Nothing listens there.
+    options = kafka_client_options(Settings(kafka_bootstrap=f"127.0.0.1:{port}"))
+    vague = KafkaConnectionError(f"Unable to bootstrap from [('127.0.0.1', {port})]")
+    explained = await explained_connect_error(vague, options)
+    assert f"127.0.0.1:{port}: ConnectionRefusedError" in str(explained)
+    assert explained.__cause__ is vague
+    other = KafkaConnectionError("something else")
+    assert await explained_connect_error(other, options) is other

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from dualstream.resp import encode_command, read_reply
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from dualstream.resp import RespError, encode_command, read_reply
 from dualstream.settings import Settings
 
 REDIS_DEFAULT_PORT = 6379
@@ -55,6 +59,34 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
             "kafka_sasl_password_file", settings.kafka_sasl_password_file
         )
     return options
+
+
+async def explained_connect_error(
+    error: BaseException, options: Mapping[str, Any], timeout: float = 5.0
+) -> BaseException:
+    """``error`` with its cause when it is aiokafka's "Unable to bootstrap", which names only
+    the hosts: aiokafka logs why each one failed (refused, a certificate, SASL credentials)
+    but does not raise it. Each bootstrap server is tried once more as the clients would
+    connect, and what failed is put into the error that callers and the status see."""
+    vague = isinstance(error, KafkaConnectionError) and "bootstrap" in str(error)
+    if not vague:
+        return error
+    connection_options = {k: v for k, v in options.items() if k != "bootstrap_servers"}
+    reasons = []
+    for server in str(options["bootstrap_servers"]).split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            async with asyncio.timeout(timeout):
+                connection = await create_conn(host.strip("[]"), int(port), **connection_options)
+        except (KafkaError, OSError, TimeoutError, ValueError) as exc:
+            reasons.append(f"{server.strip()}: {type(exc).__name__}: {exc}")
+        else:
+            connection.close()
+    if not reasons:
+        return error
+    explained: BaseException = KafkaConnectionError("; ".join(reasons))
+    explained.__cause__ = error
+    return explained
 
 
 def tls_context(
@@ -98,6 +130,11 @@ def _existing(setting: str, path: str) -> str:
     if not Path(path).is_file():
         raise ValueError(f"setting {setting}: {path} does not exist or is not a file")
     return path
+
+
+class RedisAuthenticationError(ConnectionError):
+    """Redis refused the credentials (or wants some): the connection could not be made, and
+    every caller treats it like any failed connection (reported, retried with backoff)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,18 +226,37 @@ class RedisAddress:
         return f"{self.host}:{self.port}"
 
     async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Connect and authenticate; the caller bounds the time this may take."""
+        """Connect, authenticate, and see Redis answer; the caller bounds the time this may
+        take. Whatever goes wrong raises a ``ConnectionError`` (an ``OSError``).
+
+        Redis answers AUTH, or PING without a password, before the connection is handed
+        out: a TLS server refuses a missing client certificate only after the handshake,
+        and a server that wants a password says so only on the first command, and both
+        should fail here, as a failed connection, not later as a lost one."""
         if self.unix_socket is not None:
             reader, writer = await asyncio.open_unix_connection(self.unix_socket)
         else:
             reader, writer = await asyncio.open_connection(
                 self.host, self.port, ssl=self.ssl_context
             )
+        user = self.username or "default"
         try:
             if self.password is not None:
-                user = (self.username,) if self.username else ()
-                writer.write(encode_command("AUTH", *user, self.password))
-                await read_reply(reader)
+                login = (self.username,) if self.username else ()
+                writer.write(encode_command("AUTH", *login, self.password))
+            else:
+                writer.write(encode_command("PING"))
+            await read_reply(reader)
+        except RespError as exc:
+            writer.close()
+            raise RedisAuthenticationError(
+                f"Redis at {self.location} refused the connection as {user}: {exc}"
+            ) from exc
+        except asyncio.IncompleteReadError as exc:
+            writer.close()
+            raise ConnectionError(
+                f"Redis at {self.location} closed the connection while it was being set up"
+            ) from exc
         except BaseException:
             writer.close()
             raise

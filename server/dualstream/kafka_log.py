@@ -23,7 +23,7 @@ from aiokafka.errors import (
 
 from dualstream.budget import Budget
 from dualstream.cloudevents import KafkaRecord
-from dualstream.connections import kafka_client_options
+from dualstream.connections import explained_connect_error, kafka_client_options
 from dualstream.errors import InvalidArgumentError, UnavailableError
 from dualstream.events import RecordPosition
 from dualstream.lifecycle import Service
@@ -95,8 +95,9 @@ class KafkaEventLog(Service):
             producer = self._new_producer()
             try:
                 await producer.start()
-            except KafkaError as exc:
+            except KafkaError as bootstrap_error:
                 await producer.stop()
+                exc = await explained_connect_error(bootstrap_error, self._client_options)
                 if self._last_connect_error is None or str(exc) != str(self._last_connect_error):
                     logger.warning(
                         "Kafka at %s is not reachable yet (%s); retrying",

@@ -1,0 +1,229 @@
+"""The sidecar against a real broker that demands TLS and SASL, with certificates made here.
+
+One broker serves the module with three client listeners: PLAINTEXT (used only to create
+topics), SASL_SSL with PLAIN (a JAAS user) and SCRAM-SHA-256/512 (users written into the
+metadata log by ``kafka-storage format --add-scram``), and SSL that requires a client
+certificate (mutual TLS). Every Kafka client the sidecar makes goes through the secured
+listener: the producer, the admin client and the consumers that replay and hydrate."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.trace import Tracer
+
+from dualstream.settings import Settings
+from dualstream.transport.server import Sidecar
+from dualstream_client import DualstreamClient, EventInput, UnavailableError
+from stack.localstack import KafkaBroker, KafkaListener, RedisServer, create_topic, free_ports
+from tests.certs import Pki, make_pki
+from tests.conftest import make_settings, target_of
+from tests.roundtrip import TIMEOUT, assert_publish_replay_and_live
+
+pytestmark = pytest.mark.integration
+
+# One user per mechanism, so a client that used another mechanism than asked would fail.
+SASL_USERS = {
+    "PLAIN": ("plain-user", "plain-secret"),
+    "SCRAM-SHA-256": ("scram256-user", "scram256-secret"),
+    "SCRAM-SHA-512": ("scram512-user", "scram512-secret"),
+}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("kafka-pki"))
+
+
+@pytest.fixture(scope="module")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[KafkaBroker]:
+    port, controller_port, sasl_ssl_port, ssl_port = free_ports(4)
+    plain_user, plain_password = SASL_USERS["PLAIN"]
+    properties: dict[str, str | int | bool] = {
+        "listener.name.secure.sasl.enabled.mechanisms": ",".join(SASL_USERS),
+        "listener.name.secure.plain.sasl.jaas.config": (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'user_{plain_user}="{plain_password}";'
+        ),
+        "listener.name.mtls.ssl.client.auth": "required",
+        "listener.name.mtls.ssl.truststore.type": "PEM",
+        "listener.name.mtls.ssl.truststore.location": str(pki.ca),
+    }
+    for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+        properties[f"listener.name.secure.{mechanism.lower()}.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        )
+    for listener in ("secure", "mtls"):
+        properties[f"listener.name.{listener}.ssl.keystore.type"] = "PEM"
+        properties[f"listener.name.{listener}.ssl.keystore.location"] = str(pki.server.bundle)
+    broker = KafkaBroker(
+        tmp_path_factory.mktemp("secure-kafka"),
+        port=port,
+        controller_port=controller_port,
+        properties=properties,
+        listeners=[
+            KafkaListener("SECURE", sasl_ssl_port, "SASL_SSL"),
+            KafkaListener("MTLS", ssl_port, "SSL"),
+        ],
+        scram_credentials=[
+            f"{mechanism}=[name={user},password={password}]"
+            for mechanism, (user, password) in SASL_USERS.items()
+            if mechanism.startswith("SCRAM")
+        ],
+    )
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def secure_topic(secure_kafka: KafkaBroker) -> str:
+    name = f"events-{uuid.uuid4().hex[:12]}"
+    create_topic(secure_kafka.bootstrap, name, partitions=2)
+    return name
+
+
+def listener_address(broker: KafkaBroker, name: str) -> str:
+    [listener] = [each for each in broker.listeners if each.name == name]
+    return f"127.0.0.1:{listener.port}"
+
+
+def sasl_settings(
+    broker: KafkaBroker,
+    redis: RedisServer,
+    topic: str,
+    pki: Pki,
+    mechanism: str,
+    **overrides: object,
+) -> Settings:
+    user, password = SASL_USERS[mechanism]
+    values: dict[str, object] = {
+        "kafka_security_protocol": "SASL_SSL",
+        "kafka_sasl_mechanism": mechanism,
+        "kafka_sasl_username": user,
+        "kafka_sasl_password": password,
+        "kafka_ssl_ca_file": str(pki.ca),
+        **overrides,
+    }
+    return make_settings(listener_address(broker, "SECURE"), redis.url, topic, **values)
+
+
+@pytest.mark.parametrize("mechanism", list(SASL_USERS))
+async def test_publish_replay_and_live_over_sasl_ssl(
+    secure_kafka: KafkaBroker,
+    shared_redis: RedisServer,
+    secure_topic: str,
+    pki: Pki,
+    source_type: str,
+    tracer: Tracer,
+    mechanism: str,
+) -> None:
+    settings = sasl_settings(secure_kafka, shared_redis, secure_topic, pki, mechanism)
+    async with Sidecar(settings, tracer) as sidecar:
+        await assert_publish_replay_and_live(sidecar, source_type)
+
+
+async def test_password_from_a_file_with_scram(
+    secure_kafka: KafkaBroker,
+    shared_redis: RedisServer,
+    secure_topic: str,
+    pki: Pki,
+    source_type: str,
+    tracer: Tracer,
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "kafka-password"
+    secret.write_text(SASL_USERS["SCRAM-SHA-512"][1] + "\n")
+    settings = sasl_settings(
+        secure_kafka,
+        shared_redis,
+        secure_topic,
+        pki,
+        "SCRAM-SHA-512",
+        kafka_sasl_password="",
+        kafka_sasl_password_file=str(secret),
+    )
+    async with Sidecar(settings, tracer) as sidecar:
+        await assert_publish_replay_and_live(sidecar, source_type)
+
+
+async def test_publish_replay_and_live_over_mutual_tls(
+    secure_kafka: KafkaBroker,
+    shared_redis: RedisServer,
+    secure_topic: str,
+    pki: Pki,
+    source_type: str,
+    tracer: Tracer,
+) -> None:
+    settings = make_settings(
+        listener_address(secure_kafka, "MTLS"),
+        shared_redis.url,
+        secure_topic,
+        kafka_security_protocol="SSL",
+        kafka_ssl_ca_file=str(pki.ca),
+        kafka_ssl_cert_file=str(pki.client.cert),
+        kafka_ssl_key_file=str(pki.client.key),
+    )
+    async with Sidecar(settings, tracer) as sidecar:
+        await assert_publish_replay_and_live(sidecar, source_type)
+
+
+async def assert_unavailable(sidecar: Sidecar, source_type: str, reason: str) -> None:
+    """Kafka never connects; a publish answers UNAVAILABLE with ``reason`` in its message."""
+    async with DualstreamClient(target_of(sidecar), timeout=TIMEOUT) as client:
+        while not sidecar.publisher.event_log.last_connect_error:
+            await asyncio.sleep(0.1)
+        with pytest.raises(UnavailableError) as failure:
+            await client.publish(EventInput("t", source_type, "x"))
+    assert reason in str(failure.value), failure.value
+    assert not sidecar.publisher.event_log.ready
+
+
+async def test_wrong_password_is_unavailable_with_the_reason(
+    secure_kafka: KafkaBroker,
+    shared_redis: RedisServer,
+    secure_topic: str,
+    pki: Pki,
+    source_type: str,
+    tracer: Tracer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = sasl_settings(
+        secure_kafka,
+        shared_redis,
+        secure_topic,
+        pki,
+        "SCRAM-SHA-256",
+        kafka_sasl_password="not-the-password",
+    )
+    async with Sidecar(settings, tracer) as sidecar:
+        await asyncio.wait_for(
+            assert_unavailable(sidecar, source_type, "Authentication failed"), TIMEOUT
+        )
+    assert any(
+        "Authentication failed" in record.getMessage()
+        for record in caplog.records
+        if record.name == "dualstream.kafka_log"
+    ), caplog.text
+
+
+async def test_a_broker_certificate_from_another_ca_is_refused(
+    secure_kafka: KafkaBroker,
+    shared_redis: RedisServer,
+    secure_topic: str,
+    source_type: str,
+    tracer: Tracer,
+    tmp_path: Path,
+) -> None:
+    other = make_pki(tmp_path / "other-pki")
+    settings = sasl_settings(
+        secure_kafka, shared_redis, secure_topic, other, "PLAIN", kafka_ssl_ca_file=str(other.ca)
+    )
+    async with Sidecar(settings, tracer) as sidecar:
+        await asyncio.wait_for(
+            assert_unavailable(sidecar, source_type, "certificate verify failed"), TIMEOUT
+        )

@@ -5,6 +5,9 @@ from Kafka by the reader)."""
 
 from __future__ import annotations
 
+from opentelemetry.trace import Tracer
+
+from dualstream.settings import Settings
 from dualstream.transport.server import Sidecar
 from dualstream_client import CaughtUp, DualstreamClient, EventInput
 from tests.conftest import next_notification, target_of
@@ -31,3 +34,9 @@ async def assert_publish_replay_and_live(sidecar: Sidecar, source_type: str) -> 
     assert (live.id, live.replayed) == (second.id, False)
     assert live.event is not None
     assert live.event.data == b"after"
+
+
+async def assert_round_trip(settings: Settings, tracer: Tracer, source_type: str) -> None:
+    """``assert_publish_replay_and_live`` on a sidecar of its own with ``settings``."""
+    async with Sidecar(settings, tracer) as sidecar:
+        await assert_publish_replay_and_live(sidecar, source_type)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from dualstream_client import DualstreamClient, EventInput, UnavailableError
 from stack.localstack import KafkaBroker, KafkaListener, RedisServer, create_topic, free_ports
 from tests.certs import Pki, make_pki
 from tests.conftest import make_settings, target_of
-from tests.roundtrip import TIMEOUT, assert_publish_replay_and_live
+from tests.roundtrip import TIMEOUT, assert_round_trip
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,8 @@ SASL_USERS = {
     "SCRAM-SHA-256": ("scram256-user", "scram256-secret"),
     "SCRAM-SHA-512": ("scram512-user", "scram512-secret"),
 }
+
+SettingsFor = Callable[..., Settings]
 
 
 @pytest.fixture(scope="module")
@@ -81,129 +83,88 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator
 
 
 @pytest.fixture
-def secure_topic(secure_kafka: KafkaBroker) -> str:
-    name = f"events-{uuid.uuid4().hex[:12]}"
-    create_topic(secure_kafka.bootstrap, name, partitions=2)
-    return name
+def settings_for(secure_kafka: KafkaBroker, shared_redis: RedisServer) -> SettingsFor:
+    """Settings for a sidecar on the secured ``listener`` and a fresh topic."""
+    topic = f"events-{uuid.uuid4().hex[:12]}"
+    create_topic(secure_kafka.bootstrap, topic, partitions=2)
+
+    def build(listener: str, **overrides: object) -> Settings:
+        [found] = [each for each in secure_kafka.listeners if each.name == listener]
+        return make_settings(f"127.0.0.1:{found.port}", shared_redis.url, topic, **overrides)
+
+    return build
 
 
-def listener_address(broker: KafkaBroker, name: str) -> str:
-    [listener] = [each for each in broker.listeners if each.name == name]
-    return f"127.0.0.1:{listener.port}"
-
-
-def sasl_settings(
-    broker: KafkaBroker,
-    redis: RedisServer,
-    topic: str,
-    pki: Pki,
-    mechanism: str,
-    **overrides: object,
-) -> Settings:
+def sasl_ssl(mechanism: str, ca: Path, **overrides: object) -> dict[str, object]:
     user, password = SASL_USERS[mechanism]
-    values: dict[str, object] = {
+    return {
         "kafka_security_protocol": "SASL_SSL",
         "kafka_sasl_mechanism": mechanism,
         "kafka_sasl_username": user,
         "kafka_sasl_password": password,
-        "kafka_ssl_ca_file": str(pki.ca),
+        "kafka_ssl_ca_file": str(ca),
         **overrides,
     }
-    return make_settings(listener_address(broker, "SECURE"), redis.url, topic, **values)
 
 
 @pytest.mark.parametrize("mechanism", list(SASL_USERS))
 async def test_publish_replay_and_live_over_sasl_ssl(
-    secure_kafka: KafkaBroker,
-    shared_redis: RedisServer,
-    secure_topic: str,
-    pki: Pki,
-    source_type: str,
-    tracer: Tracer,
-    mechanism: str,
+    settings_for: SettingsFor, pki: Pki, source_type: str, tracer: Tracer, mechanism: str
 ) -> None:
-    settings = sasl_settings(secure_kafka, shared_redis, secure_topic, pki, mechanism)
-    async with Sidecar(settings, tracer) as sidecar:
-        await assert_publish_replay_and_live(sidecar, source_type)
+    settings = settings_for("SECURE", **sasl_ssl(mechanism, pki.ca))
+    await assert_round_trip(settings, tracer, source_type)
 
 
 async def test_password_from_a_file_with_scram(
-    secure_kafka: KafkaBroker,
-    shared_redis: RedisServer,
-    secure_topic: str,
-    pki: Pki,
-    source_type: str,
-    tracer: Tracer,
-    tmp_path: Path,
+    settings_for: SettingsFor, pki: Pki, source_type: str, tracer: Tracer, tmp_path: Path
 ) -> None:
     secret = tmp_path / "kafka-password"
     secret.write_text(SASL_USERS["SCRAM-SHA-512"][1] + "\n")
-    settings = sasl_settings(
-        secure_kafka,
-        shared_redis,
-        secure_topic,
-        pki,
-        "SCRAM-SHA-512",
-        kafka_sasl_password="",
-        kafka_sasl_password_file=str(secret),
+    overrides = sasl_ssl(
+        "SCRAM-SHA-512", pki.ca, kafka_sasl_password="", kafka_sasl_password_file=str(secret)
     )
-    async with Sidecar(settings, tracer) as sidecar:
-        await assert_publish_replay_and_live(sidecar, source_type)
+    await assert_round_trip(settings_for("SECURE", **overrides), tracer, source_type)
 
 
 async def test_publish_replay_and_live_over_mutual_tls(
-    secure_kafka: KafkaBroker,
-    shared_redis: RedisServer,
-    secure_topic: str,
-    pki: Pki,
-    source_type: str,
-    tracer: Tracer,
+    settings_for: SettingsFor, pki: Pki, source_type: str, tracer: Tracer
 ) -> None:
-    settings = make_settings(
-        listener_address(secure_kafka, "MTLS"),
-        shared_redis.url,
-        secure_topic,
+    settings = settings_for(
+        "MTLS",
         kafka_security_protocol="SSL",
         kafka_ssl_ca_file=str(pki.ca),
         kafka_ssl_cert_file=str(pki.client.cert),
         kafka_ssl_key_file=str(pki.client.key),
     )
-    async with Sidecar(settings, tracer) as sidecar:
-        await assert_publish_replay_and_live(sidecar, source_type)
+    await assert_round_trip(settings, tracer, source_type)
 
 
-async def assert_unavailable(sidecar: Sidecar, source_type: str, reason: str) -> None:
-    """Kafka never connects; a publish answers UNAVAILABLE with ``reason`` in its message."""
-    async with DualstreamClient(target_of(sidecar), timeout=TIMEOUT) as client:
-        while not sidecar.publisher.event_log.last_connect_error:
-            await asyncio.sleep(0.1)
+async def publish_refused(settings: Settings, tracer: Tracer, source_type: str) -> str:
+    """Kafka never connects: a publish answers UNAVAILABLE; its message."""
+    async with (
+        Sidecar(settings, tracer) as sidecar,
+        DualstreamClient(target_of(sidecar), timeout=TIMEOUT) as client,
+    ):
+        async with asyncio.timeout(TIMEOUT):
+            while not sidecar.publisher.event_log.last_connect_error:
+                await asyncio.sleep(0.1)
         with pytest.raises(UnavailableError) as failure:
             await client.publish(EventInput("t", source_type, "x"))
-    assert reason in str(failure.value), failure.value
-    assert not sidecar.publisher.event_log.ready
+        assert not sidecar.publisher.event_log.ready
+    return str(failure.value)
 
 
 async def test_wrong_password_is_unavailable_with_the_reason(
-    secure_kafka: KafkaBroker,
-    shared_redis: RedisServer,
-    secure_topic: str,
+    settings_for: SettingsFor,
     pki: Pki,
     source_type: str,
     tracer: Tracer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = sasl_settings(
-        secure_kafka,
-        shared_redis,
-        secure_topic,
-        pki,
-        "SCRAM-SHA-256",
-        kafka_sasl_password="not-the-password",
-    )
-    async with Sidecar(settings, tracer) as sidecar:
-        await asyncio.wait_for(
-            assert_unavailable(sidecar, source_type, "Authentication failed"), TIMEOUT
-        )
+    overrides = sasl_ssl("SCRAM-SHA-256", pki.ca, kafka_sasl_password="not-the-password")
+    message = await publish_refused(settings_for("SECURE", **overrides), tracer, source_type)
+    assert "Authentication failed" in message
+    assert "SCRAM-SHA-256" in message
     assert any(
         "Authentication failed" in record.getMessage()
         for record in caplog.records
@@ -212,18 +173,8 @@ async def test_wrong_password_is_unavailable_with_the_reason(
 
 
 async def test_a_broker_certificate_from_another_ca_is_refused(
-    secure_kafka: KafkaBroker,
-    shared_redis: RedisServer,
-    secure_topic: str,
-    source_type: str,
-    tracer: Tracer,
-    tmp_path: Path,
+    settings_for: SettingsFor, source_type: str, tracer: Tracer, tmp_path: Path
 ) -> None:
     other = make_pki(tmp_path / "other-pki")
-    settings = sasl_settings(
-        secure_kafka, shared_redis, secure_topic, other, "PLAIN", kafka_ssl_ca_file=str(other.ca)
-    )
-    async with Sidecar(settings, tracer) as sidecar:
-        await asyncio.wait_for(
-            assert_unavailable(sidecar, source_type, "certificate verify failed"), TIMEOUT
-        )
+    settings = settings_for("SECURE", **sasl_ssl("PLAIN", other.ca))
+    assert "certificate verify failed" in await publish_refused(settings, tracer, source_type)

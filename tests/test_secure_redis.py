@@ -6,27 +6,38 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from opentelemetry.trace import Tracer
 
+from dualstream.settings import Settings
 from dualstream.transport.server import Sidecar
 from dualstream_client import DualstreamClient, EventInput
 from stack.localstack import KafkaBroker, RedisServer, RedisTls, free_port
 from tests.certs import Pki, make_pki
 from tests.conftest import make_settings, target_of
-from tests.roundtrip import TIMEOUT, assert_publish_replay_and_live
+from tests.roundtrip import TIMEOUT, assert_round_trip
 
 pytestmark = pytest.mark.integration
 
 ACL_USER, ACL_PASSWORD = "notifier", "acl-s3cret"
 
+SettingsFor = Callable[..., Settings]
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("redis-pki"))
+
+
+@pytest.fixture
+def settings_for(kafka: KafkaBroker, topic: str) -> SettingsFor:
+    def build(redis_url: str, **overrides: object) -> Settings:
+        return make_settings(kafka.bootstrap, redis_url, topic, **overrides)
+
+    return build
 
 
 @pytest.fixture
@@ -38,15 +49,16 @@ def tls_redis(tmp_path: Path, pki: Pki) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def acl_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path / "redis", free_port(), acl_users={ACL_USER: ACL_PASSWORD}) as server:
+    users = {ACL_USER: ACL_PASSWORD}
+    with RedisServer(tmp_path / "redis", free_port(), acl_users=users) as server:
         yield server
 
 
 @pytest.fixture
-def socket_dir() -> Iterator[Path]:
+def socket_path() -> Iterator[Path]:
     # A unix socket's path must fit in 108 bytes; pytest's tmp_path may not.
     directory = Path(tempfile.mkdtemp(prefix="ds-redis-"))
-    yield directory
+    yield directory / "redis.sock"
     shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -55,124 +67,81 @@ def with_credentials(url: str, user: str, password: str) -> str:
     return f"{scheme}://{user}:{password}@{rest}"
 
 
-async def test_tls_with_a_client_certificate(
-    kafka: KafkaBroker,
-    tls_redis: RedisServer,
-    topic: str,
-    pki: Pki,
-    source_type: str,
-    tracer: Tracer,
-) -> None:
-    assert tls_redis.url.startswith("rediss://")
-    settings = make_settings(
-        kafka.bootstrap,
-        tls_redis.url,
-        topic,
-        redis_ssl_ca_file=str(pki.ca),
-        redis_ssl_cert_file=str(pki.client.cert),
-        redis_ssl_key_file=str(pki.client.key),
-    )
-    async with Sidecar(settings, tracer) as sidecar:
-        await assert_publish_replay_and_live(sidecar, source_type)
-
-
-async def test_tls_without_a_client_certificate_is_not_notified(
-    kafka: KafkaBroker,
-    tls_redis: RedisServer,
-    topic: str,
-    pki: Pki,
-    source_type: str,
-    tracer: Tracer,
-) -> None:
-    settings = make_settings(
-        kafka.bootstrap, tls_redis.url, topic, redis_ssl_ca_file=str(pki.ca), redis_timeout=5.0
-    )
+async def publish_not_notified(settings: Settings, tracer: Tracer, source_type: str) -> str:
+    """Publish once through a sidecar whose Redis refuses it: the event is written to Kafka
+    but not notified; the notifier's last error."""
     async with Sidecar(settings, tracer) as sidecar:
         assert await sidecar.publisher.event_log.wait_ready(TIMEOUT)
         async with DualstreamClient(target_of(sidecar), timeout=TIMEOUT) as client:
             result = await client.publish(EventInput("t", source_type, "x"))
         assert not result.notified
-        # The server's "certificate required" alert, or the reset that may overtake it.
-        assert (
-            f"could not connect to Redis at 127.0.0.1:{tls_redis.port}"
-            in sidecar.publisher.notifier.stats.last_error
-        )
+        return sidecar.publisher.notifier.stats.last_error
+
+
+async def test_tls_with_a_client_certificate(
+    settings_for: SettingsFor, tls_redis: RedisServer, pki: Pki, source_type: str, tracer: Tracer
+) -> None:
+    assert tls_redis.url.startswith("rediss://")
+    settings = settings_for(
+        tls_redis.url,
+        redis_ssl_ca_file=str(pki.ca),
+        redis_ssl_cert_file=str(pki.client.cert),
+        redis_ssl_key_file=str(pki.client.key),
+    )
+    await assert_round_trip(settings, tracer, source_type)
+
+
+async def test_tls_without_a_client_certificate_is_not_notified(
+    settings_for: SettingsFor, tls_redis: RedisServer, pki: Pki, source_type: str, tracer: Tracer
+) -> None:
+    settings = settings_for(tls_redis.url, redis_ssl_ca_file=str(pki.ca), redis_timeout=5.0)
+    last_error = await publish_not_notified(settings, tracer, source_type)
+    # The server's "certificate required" alert, or the reset that may overtake it.
+    assert f"could not connect to Redis at 127.0.0.1:{tls_redis.port}" in last_error
 
 
 async def test_acl_user_in_the_url(
-    kafka: KafkaBroker, acl_redis: RedisServer, topic: str, source_type: str, tracer: Tracer
+    settings_for: SettingsFor, acl_redis: RedisServer, source_type: str, tracer: Tracer
 ) -> None:
     url = with_credentials(acl_redis.url, ACL_USER, ACL_PASSWORD)
-    async with Sidecar(make_settings(kafka.bootstrap, url, topic), tracer) as sidecar:
-        await assert_publish_replay_and_live(sidecar, source_type)
+    await assert_round_trip(settings_for(url), tracer, source_type)
 
 
 async def test_acl_user_from_settings_with_a_password_file(
-    kafka: KafkaBroker,
+    settings_for: SettingsFor,
     acl_redis: RedisServer,
-    topic: str,
     source_type: str,
     tracer: Tracer,
     tmp_path: Path,
 ) -> None:
     secret = tmp_path / "redis-password"
     secret.write_text(ACL_PASSWORD + "\n")
-    settings = make_settings(
-        kafka.bootstrap,
-        acl_redis.url,
-        topic,
-        redis_username=ACL_USER,
-        redis_password_file=str(secret),
-    )
-    async with Sidecar(settings, tracer) as sidecar:
-        await assert_publish_replay_and_live(sidecar, source_type)
+    settings = settings_for(acl_redis.url, redis_username=ACL_USER, redis_password_file=str(secret))
+    await assert_round_trip(settings, tracer, source_type)
 
 
 async def test_a_wrong_acl_password_is_reported_and_not_notified(
-    kafka: KafkaBroker, acl_redis: RedisServer, topic: str, source_type: str, tracer: Tracer
+    settings_for: SettingsFor, acl_redis: RedisServer, source_type: str, tracer: Tracer
 ) -> None:
     url = with_credentials(acl_redis.url, ACL_USER, "wrong")
-    settings = make_settings(kafka.bootstrap, url, topic, redis_timeout=5.0)
-    async with Sidecar(settings, tracer) as sidecar:
-        assert await sidecar.publisher.event_log.wait_ready(TIMEOUT)
-        async with DualstreamClient(target_of(sidecar), timeout=TIMEOUT) as client:
-            result = await client.publish(EventInput("t", source_type, "x"))
-        assert not result.notified
-        last_error = sidecar.publisher.notifier.stats.last_error
-        assert f"refused the connection as {ACL_USER}" in last_error
-        assert "WRONGPASS" in last_error
+    last_error = await publish_not_notified(
+        settings_for(url, redis_timeout=5.0), tracer, source_type
+    )
+    assert f"refused the connection as {ACL_USER}: WRONGPASS" in last_error
 
 
 async def test_unix_socket(
-    kafka: KafkaBroker,
-    topic: str,
-    source_type: str,
-    tracer: Tracer,
-    tmp_path: Path,
-    socket_dir: Path,
+    settings_for: SettingsFor, source_type: str, tracer: Tracer, tmp_path: Path, socket_path: Path
 ) -> None:
-    with RedisServer(tmp_path / "redis", 0, unix_socket=socket_dir / "redis.sock") as server:
-        assert server.url == f"unix://{socket_dir}/redis.sock"
-        settings = make_settings(kafka.bootstrap, server.url, topic)
-        async with Sidecar(settings, tracer) as sidecar:
-            await assert_publish_replay_and_live(sidecar, source_type)
+    with RedisServer(tmp_path / "redis", 0, unix_socket=socket_path) as server:
+        assert server.url == f"unix://{socket_path}"
+        await assert_round_trip(settings_for(server.url), tracer, source_type)
 
 
 async def test_unix_socket_with_an_acl_user_in_the_url(
-    kafka: KafkaBroker,
-    topic: str,
-    source_type: str,
-    tracer: Tracer,
-    tmp_path: Path,
-    socket_dir: Path,
+    settings_for: SettingsFor, source_type: str, tracer: Tracer, tmp_path: Path, socket_path: Path
 ) -> None:
-    with RedisServer(
-        tmp_path / "redis",
-        0,
-        unix_socket=socket_dir / "redis.sock",
-        acl_users={ACL_USER: ACL_PASSWORD},
-    ) as server:
-        url = f"unix://{ACL_USER}:{ACL_PASSWORD}@{socket_dir}/redis.sock"
-        async with Sidecar(make_settings(kafka.bootstrap, url, topic), tracer) as sidecar:
-            await assert_publish_replay_and_live(sidecar, source_type)
-        assert server.running
+    users = {ACL_USER: ACL_PASSWORD}
+    with RedisServer(tmp_path / "redis", 0, unix_socket=socket_path, acl_users=users):
+        url = f"unix://{ACL_USER}:{ACL_PASSWORD}@{socket_path}"
+        await assert_round_trip(settings_for(url), tracer, source_type)

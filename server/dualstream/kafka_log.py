@@ -108,6 +108,10 @@ class KafkaEventLog(Service):
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, CONNECT_BACKOFF_MAX)
                 continue
+            except BaseException:
+                # Stopped while connecting (a slow TLS or SASL handshake): close it all the same.
+                await producer.stop()
+                raise
             self._producer = producer
             self._connected.set()
             logger.info("Kafka producer connected to %s", self._settings.kafka_bootstrap)

@@ -77,7 +77,7 @@ def _open_1k(run: Run) -> dict[str, Any]:
 
 
 def _fan_out(run: Run) -> dict[str, Any]:
-    return fan_out_in_child(run.workdir / "fan", run.target, run.pids, smoke=False, workers=1)
+    return fan_out_in_child(run.workdir / "fan", run.target, run.pids, smoke=False)
 
 
 def _isolation(run: Run) -> dict[str, Any]:
@@ -118,7 +118,7 @@ SUMMARY: dict[str, list[str]] = {
         "fan_out.burst_cpu_s_per_10k_deliveries",
         "fan_out_batched.paced_cpu_s_per_10k_deliveries",
         "fan_out_batched.last_delivery.p99_ms", "fan_out_batched.deliveries_per_s",
-        "fan_out_batched.burst_cpu_s_per_10k_deliveries",
+        "fan_out_batched.burst_cpu_s_per_10k_deliveries", "fan_out_batched.messages",
     ],
     "isolation": [
         "subscribers_0.publish.p99_ms", "subscribers_100.publish.p99_ms",
@@ -273,6 +273,8 @@ def report(scenario: str, versions: dict[str, str], rows: dict[str, list[dict[st
         "| --- | " + " | ".join("---" for _ in versions) + " |",
     ]
     for path in paths:
+        if not any(rows[name] for name in versions):
+            break  # Only profiled: no rounds to report.
         cells = []
         for name in versions:
             values = [_pick(figures, path) for figures in rows[name]]

@@ -1,29 +1,89 @@
-"""The gRPC floor: an EventService whose Publish does nothing, on grpc.aio like the sidecar."""
+"""The gRPC floor: an EventService that does nothing but what grpc.aio itself must do.
+
+``Publish`` answers at once. For the fan-out floor it also hands one pre-encoded notification
+(the event's id, a fixed cursor) to every open ``Subscribe`` stream, which writes it as it is,
+or several queued ones in one ``notifications`` batch when the stream asked for batches: no
+Kafka, no Redis, no cursor, no encoding per stream. What that costs per delivered message is
+what grpc.aio costs, and so the least any Python sidecar's fan-out can cost here.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import uvloop
 
+from dualstream.transport.deliveries import length_delimited
 from dualstream.v1 import event_service_pb2 as pb
-from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 
 _RESPONSE = pb.PublishResponse(id="x", topic="events", partition=0, offset=0, notified=True)
+_SUBSCRIBED = pb.SubscribeResponse(subscribed=pb.Subscribed(cursor="c")).SerializeToString()
 
 
-class EmptyService(pb_grpc.EventServiceServicer):
-    """Only Publish: the floor is the cost of one unary call through grpc.aio."""
+class _Stream:
+    def __init__(self) -> None:
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def offer(self, notification: bytes) -> None:
+        self.queue.append(notification)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class EmptyService:
+    def __init__(self) -> None:
+        self.streams: set[_Stream] = set()
 
     async def Publish(self, request: pb.PublishRequest, context: Any) -> pb.PublishResponse:
+        if self.streams:
+            notification = pb.Notification(id=request.event.id, cursor="c").SerializeToString()
+            for stream in self.streams:
+                stream.offer(notification)
         return _RESPONSE
+
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> AsyncIterator[bytes]:
+        stream = _Stream()
+        self.streams.add(stream)
+        batch = max(1, request.max_notifications_per_message)
+        try:
+            yield _SUBSCRIBED
+            loop = asyncio.get_running_loop()
+            while True:
+                while not stream.queue:
+                    stream.waiter = loop.create_future()
+                    await stream.waiter
+                taken = [stream.queue.popleft() for _ in range(min(batch, len(stream.queue)))]
+                if len(taken) == 1:
+                    yield length_delimited(2, taken[0])  # SubscribeResponse.notification
+                else:
+                    entries = b"".join(length_delimited(1, n) for n in taken)
+                    yield length_delimited(5, entries)  # SubscribeResponse.notifications
+        finally:
+            self.streams.discard(stream)
 
 
 async def serve(port: int) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_EventServiceServicer_to_server(EmptyService(), server)  # type: ignore[abstract]
+    service = EmptyService()
+    handlers = {
+        "Publish": grpc.unary_unary_rpc_method_handler(
+            service.Publish,
+            request_deserializer=pb.PublishRequest.FromString,
+            response_serializer=pb.PublishResponse.SerializeToString,
+        ),
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            service.Subscribe, request_deserializer=pb.SubscribeRequest.FromString
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("dualstream.v1.EventService", handlers),)
+    )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()

@@ -343,8 +343,10 @@ def go_loadgen(target: str, mode: str, seconds: float, *args: str) -> dict[str, 
     )
 
 
-def empty_grpc(seconds: float) -> dict[str, dict[str, Any]]:
-    """The empty handler under the Python load client and under the Go one."""
+def empty_grpc(workdir: Path, seconds: float, *, smoke: bool) -> dict[str, dict[str, Any]]:
+    """The empty handler under the Python load client and under the Go one, and the fan-out
+    runs against the empty server's streams: what grpc.aio alone costs per call and per
+    delivered message."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "bench.empty_server", str(port)], cwd=REPO)
     target = f"127.0.0.1:{port}"
@@ -356,7 +358,11 @@ def empty_grpc(seconds: float) -> dict[str, dict[str, Any]]:
                     "grpc_empty_handler_go_client": go_loadgen(
                         target, "closed", seconds, "--concurrency", str(UNARY_CONCURRENCY)
                     ),
-                }
+                    **fan_out_in_child(
+                        workdir / "fan-empty", target, [server.pid], smoke=smoke,
+                        prefix="grpc_empty_",
+                    ),
+                }  # fmt: skip
             time.sleep(0.1)
         raise RuntimeError("the empty gRPC server did not start")
     finally:
@@ -622,11 +628,18 @@ def fan_out_shapes(*, smoke: bool, connections: int = 1) -> dict[str, FanOut]:
 
 
 async def sampled_fan_outs(
-    workdir: Path, target: str, pids: list[int], *, smoke: bool, connections: int, suffix: str = ""
+    workdir: Path,
+    target: str,
+    pids: list[int],
+    *,
+    smoke: bool,
+    connections: int,
+    prefix: str = "",
+    suffix: str = "",
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for variant, shape in fan_out_shapes(smoke=smoke, connections=connections).items():
-        name = f"fan_out{suffix}{variant}"
+        name = f"{prefix}fan_out{suffix}{variant}"
         with Sampler(pids) as sampler:
             result = await fan_out(workdir, target, pids, shape, name.replace("_", "-"))
         figures[name] = {**result, **sampler.figures()}
@@ -634,14 +647,14 @@ async def sampled_fan_outs(
 
 
 def fan_out_in_child(
-    workdir: Path, target: str, pids: list[int], *, smoke: bool, workers: int
+    workdir: Path, target: str, pids: list[int], *, smoke: bool, prefix: str = "", suffix: str = ""
 ) -> dict[str, Any]:
     """The fan-out runs from a fresh process: grpc.aio serves only the first event loop of a
-    process, and this one's is over by the time the workers run."""
+    process, and this one's is used by the runs against the single-worker sidecar."""
     command = [
         sys.executable, "-m", "bench.run", "--fan-out-against", target,
         "--pids", ",".join(map(str, pids)), "--workdir", str(workdir),
-        "--suffix", f"_{workers}_workers", *(["--smoke"] if smoke else []),
+        "--prefix", prefix, "--suffix", suffix, *(["--smoke"] if smoke else []),
     ]  # fmt: skip
     finished = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
@@ -702,7 +715,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         )
         base["confluent_kafka_raw"] = confluent_kafka_raw(kafka.bootstrap, "confluent", records)
         base["redis_benchmark_publish"] = redis_benchmark(redis.port, records)
-        base.update(empty_grpc(seconds))
+        base.update(empty_grpc(workdir, seconds, smoke=smoke))
         for name, figures in go_peer(kafka.bootstrap, redis.port, seconds).items():
             base[f"go_peer_{name}"] = figures
         results["baselines"] = base
@@ -811,7 +824,9 @@ def several_workers(
         # the kernel spreads across the workers.
         time.sleep(0 if smoke else 10)
         figures.update(
-            fan_out_in_child(workdir / f"fan-{workers}", target, pids, smoke=smoke, workers=workers)
+            fan_out_in_child(
+                workdir / f"fan-{workers}", target, pids, smoke=smoke, suffix=f"_{workers}_workers"
+            )
         )
         for batch, concurrency in ((1, UNARY_CONCURRENCY), (100, 8), (1000, 8)):
             with Sampler(pids, broker) as sampler:
@@ -877,6 +892,15 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             "paced_cpu_s_per_10k_deliveries"
         ],
         "fan_out_batched_cpu_s_per_10k_deliveries_paced": batched["paced_cpu_s_per_10k_deliveries"],
+        "floor: grpc_empty_fan_out_cpu_s_per_10k_deliveries_paced": base["grpc_empty_fan_out"][
+            "paced_cpu_s_per_10k_deliveries"
+        ],
+        "floor: grpc_empty_fan_out_burst_deliveries_per_s": base["grpc_empty_fan_out"][
+            "deliveries_per_s"
+        ],
+        "floor: grpc_empty_fan_out_batched_burst_deliveries_per_s": base[
+            "grpc_empty_fan_out_batched"
+        ]["deliveries_per_s"],
         "fan_out_last_delivery_p99_ms (target <= 50)": fan_out["last_delivery"]["p99_ms"],
         "fan_out_batched_last_delivery_p99_ms": batched["last_delivery"]["p99_ms"],
         "fan_out_burst_deliveries_per_s (target >= 50000)": fan_out["deliveries_per_s"],
@@ -1023,6 +1047,7 @@ def main() -> None:
     parser.add_argument("--fan-out-against", metavar="TARGET", help=argparse.SUPPRESS)
     parser.add_argument("--pids", default="", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", default="", help=argparse.SUPPRESS)
     parser.add_argument("--suffix", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fan_out_against:
@@ -1033,7 +1058,10 @@ def main() -> None:
                 args.fan_out_against,
                 pids,
                 smoke=args.smoke,
-                connections=8,
+                # Against several workers the streams go over 8 connections, which the kernel
+                # spreads across them.
+                connections=8 if args.suffix else 1,
+                prefix=args.prefix,
                 suffix=args.suffix,
             )
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,9 +25,9 @@ class Cursor:
     offsets: Mapping[int, int]
 
     def encode(self) -> str:
-        body = ",".join(f"{p}:{o}" for p, o in sorted(self.offsets.items()))
-        raw = f"{self.topic}\0{body}".encode()
-        return PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        # Streams on the same sources move through the same frontiers, so a live event's
+        # cursor is often the same for all of them: each is encoded once.
+        return _encode(self.topic, tuple(sorted(self.offsets.items())))
 
     @classmethod
     def decode(cls, text: str, topic: str, field: str = "resume_cursor") -> Cursor:
@@ -50,3 +51,10 @@ class Cursor:
                 field, f"belongs to topic {cursor_topic!r}, not this sidecar's {topic!r}"
             )
         return cls(cursor_topic, offsets)
+
+
+@functools.lru_cache(maxsize=4096)
+def _encode(topic: str, offsets: tuple[tuple[int, int], ...]) -> str:
+    body = ",".join(f"{p}:{o}" for p, o in offsets)
+    raw = f"{topic}\0{body}".encode()
+    return PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

@@ -196,6 +196,20 @@ class Subscription:
             self._queued_notifications -= 1
         return item
 
+    def take_queued(self, limit: int) -> list[Notification]:
+        """Up to ``limit`` notifications already queued, without waiting; stops before any
+        signal or error, which ``next()`` returns in its turn."""
+        taken: list[Notification] = []
+        items = self._items
+        while items and len(taken) < limit:
+            item = items[0]
+            if not isinstance(item, Notification):
+                break
+            items.popleft()
+            taken.append(item)
+        self._queued_notifications -= len(taken)
+        return taken
+
     def _take_overflow(self) -> Overflow:
         assert self._missed_since is not None
         overflow = Overflow(self._missed, self._missed_since)

@@ -26,6 +26,9 @@ from dualstream.hub import WILDCARD, Outage, Overflow, Restored, Subscription, S
 from dualstream.kafka_reader import KafkaReader, RecordFetcher
 from dualstream.notifications import Notification
 
+# The most deliveries one Deliveries item carries, whatever a client asks for.
+MAX_DELIVERIES_PER_ITEM = 256
+
 
 class SlowConsumerPolicy(enum.Enum):
     GAP = "gap"
@@ -47,6 +50,8 @@ class StreamRequest:
     start_time: datetime | None = None
     policy: SlowConsumerPolicy = SlowConsumerPolicy.GAP
     include_data: bool = False
+    # The most deliveries one item may carry when notifications are queued (see Deliveries).
+    max_per_message: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,14 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Deliveries:
+    """Several live deliveries in stream order, for a stream that accepts them together: the
+    notifications that were already queued when the stream took the first."""
+
+    deliveries: tuple[Delivery, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Gap:
     reason: GapReason
     missed: int
@@ -78,7 +91,7 @@ class CaughtUp:
     cursor: str
 
 
-StreamItem = Subscribed | Delivery | Gap | CaughtUp
+StreamItem = Subscribed | Delivery | Deliveries | Gap | CaughtUp
 
 
 @dataclass(slots=True)
@@ -204,6 +217,10 @@ class _Stream:
         while True:
             received = await self._subscription.next()
             if isinstance(received, Notification):
+                if self._request.max_per_message > 1:
+                    async for item in self._live_backlog(received):
+                        yield item
+                    continue
                 delivery = await self._live(received)
                 if delivery is not None:
                     yield delivery
@@ -264,6 +281,19 @@ class _Stream:
         for partition, offset in until.items():
             self._frontier[partition] = max(self._frontier.get(partition, 0), offset)
         yield CaughtUp(replayed, self._cursor())
+
+    async def _live_backlog(self, first: Notification) -> AsyncGenerator[StreamItem, None]:
+        """``first`` and the notifications queued behind it, delivered together."""
+        queued = self._subscription.take_queued(self._request.max_per_message - 1)
+        deliveries = []
+        for notification in (first, *queued):
+            delivery = await self._live(notification)
+            if delivery is not None:
+                deliveries.append(delivery)
+        if len(deliveries) > 1:
+            yield Deliveries(tuple(deliveries))
+        elif deliveries:
+            yield deliveries[0]
 
     async def _live(self, notification: Notification) -> Delivery | None:
         if notification.topic != self._reader.topic:

@@ -11,6 +11,8 @@ from dualstream.events import Event, NotPublished, Published, PublishOutcome, So
 from dualstream.notifications import Notification
 from dualstream.status import ServingState, SidecarStatus
 from dualstream.streams import (
+    MAX_DELIVERIES_PER_ITEM,
+    Deliveries,
     Delivery,
     Gap,
     GapReason,
@@ -79,17 +81,19 @@ def stream_request_from_proto(request: pb.SubscribeRequest) -> StreamRequest:
         start_time=start_time,
         policy=policy,
         include_data=request.include_data,
+        # "The most the sidecar may put in one message": it puts at most its own bound.
+        max_per_message=max(1, min(request.max_notifications_per_message, MAX_DELIVERIES_PER_ITEM)),
     )
 
 
 def stream_item_to_proto(item: StreamItem) -> pb.SubscribeResponse:
+    """The message for a stream item. Deliveries go out through ``transport.deliveries``,
+    which encodes the same messages more cheaply; this is the reference it is tested against."""
     if isinstance(item, Delivery):
-        message = notification_to_proto(item.notification)
-        message.cursor = item.cursor
-        message.replayed = item.replayed
-        if item.event is not None:
-            message.event.CopyFrom(event_to_proto(item.event))
-        return pb.SubscribeResponse(notification=message)
+        return pb.SubscribeResponse(notification=delivery_to_proto(item))
+    if isinstance(item, Deliveries):
+        batch = pb.NotificationBatch(notifications=[delivery_to_proto(d) for d in item.deliveries])
+        return pb.SubscribeResponse(notifications=batch)
     if isinstance(item, Subscribed):
         return pb.SubscribeResponse(
             subscribed=pb.Subscribed(channels=item.routes, cursor=item.cursor)
@@ -100,6 +104,15 @@ def stream_item_to_proto(item: StreamItem) -> pb.SubscribeResponse:
         gap.until.FromDatetime(item.until)
         return pb.SubscribeResponse(gap=gap)
     return pb.SubscribeResponse(caught_up=pb.CaughtUp(replayed=item.replayed, cursor=item.cursor))
+
+
+def delivery_to_proto(delivery: Delivery) -> pb.Notification:
+    message = notification_to_proto(delivery.notification)
+    message.cursor = delivery.cursor
+    message.replayed = delivery.replayed
+    if delivery.event is not None:
+        message.event.CopyFrom(event_to_proto(delivery.event))
+    return message
 
 
 def event_to_proto(event: Event) -> pb.Event:

@@ -184,10 +184,10 @@ class Sidecar(Service):
                 request_deserializer=tolerant_parser(pb.PublishBatchRequest),
                 response_serializer=pb.PublishBatchResponse.SerializeToString,
             ),
+            # Responses arrive encoded (see transport/deliveries.py): no serializer.
             "Subscribe": grpc.unary_stream_rpc_method_handler(
                 servicer.Subscribe,
                 request_deserializer=tolerant_parser(pb.SubscribeRequest),
-                response_serializer=pb.SubscribeResponse.SerializeToString,
             ),
             "GetStatus": unary(
                 servicer.GetStatus,

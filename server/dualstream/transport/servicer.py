@@ -17,9 +17,10 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from dualstream.errors import DualstreamError, InvalidArgumentError, ResourceExhaustedError
 from dualstream.publisher import Publisher
 from dualstream.status import SidecarStatus
-from dualstream.streams import StreamService
+from dualstream.streams import Deliveries, Delivery, StreamService
 from dualstream.telemetry import context_from_metadata
 from dualstream.transport import convert
+from dualstream.transport.deliveries import DeliveryEncoder
 from dualstream.transport.status import status_code_for
 from dualstream.transport.wire import find_invalid_field
 from dualstream.v1 import event_service_pb2 as pb
@@ -123,6 +124,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
         self._status = status
         self._max_streams_per_client = max_streams_per_client
         self._streams_by_peer: collections.Counter[str] = collections.Counter()
+        self._encoder = DeliveryEncoder()
         # Our own bound on calls in progress: grpc.aio's maximum_concurrent_rpcs is not
         # reliable (it can stop counting, and overload then shows up as CANCELLED).
         self._max_calls = max_concurrent_calls
@@ -172,9 +174,11 @@ class EventServicer(pb_grpc.EventServiceServicer):
             await context.abort(failure.code, failure.details)
             raise
 
-    async def Subscribe(
+    async def Subscribe(  # type: ignore[override]  # Bytes: the handler's serializer is none.
         self, request: pb.SubscribeRequest, context: _Context
-    ) -> AsyncIterator[pb.SubscribeResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Yields ``SubscribeResponse`` messages already encoded (the method's serializer is
+        the identity): a live notification's shared fields are encoded once for all streams."""
         try:
             with _rpc_span(self._tracer, "Subscribe", context, streaming=True):
                 if isinstance(request, MalformedRequest):
@@ -190,7 +194,13 @@ class EventServicer(pb_grpc.EventServiceServicer):
                 try:
                     async with aclosing(self._streams.open(stream_request)) as items:
                         async for item in items:
-                            yield convert.stream_item_to_proto(item)
+                            if isinstance(item, Delivery):
+                                yield self._encoder.single(item)
+                            elif isinstance(item, Deliveries):
+                                for message in self._encoder.batches(item.deliveries):
+                                    yield message
+                            else:
+                                yield convert.stream_item_to_proto(item).SerializeToString()
                 finally:
                     self._streams_by_peer[peer] -= 1
                     if not self._streams_by_peer[peer]:

@@ -9,6 +9,8 @@ set -euo pipefail
 missing_packages=()
 [ -x /usr/bin/redis-server ] || missing_packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing_packages+=(redis-tools)
+# openssl: the TypeScript client's TLS test makes its CA and certificate with it.
+command -v openssl >/dev/null 2>&1 || missing_packages+=(openssl)
 
 if ((${#missing_packages[@]})); then
   if [ "$(id -u)" -eq 0 ]; then

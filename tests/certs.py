@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +34,13 @@ class Pki:
     client: CertificateFiles
 
 
-def make_pki(directory: Path, name: str = "dualstream-test") -> Pki:
-    """A CA, a server certificate for ``localhost``/``127.0.0.1`` and a client certificate,
-    all signed by the CA, in ``directory``."""
+def make_pki(
+    directory: Path,
+    name: str = "dualstream-test",
+    server_names: Sequence[str] = ("localhost", "127.0.0.1"),
+) -> Pki:
+    """A CA, a server certificate for ``server_names`` (host names or IP addresses) and a
+    client certificate, all signed by the CA, in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
@@ -70,12 +75,7 @@ def make_pki(directory: Path, name: str = "dualstream-test") -> Pki:
         )
         if server:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
-                    ]
-                ),
+                x509.SubjectAlternativeName([_general_name(each) for each in server_names]),
                 critical=False,
             )
         cert = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
@@ -99,6 +99,13 @@ def make_pki(directory: Path, name: str = "dualstream-test") -> Pki:
         server=issue("server", ExtendedKeyUsageOID.SERVER_AUTH, server=True),
         client=issue("client", ExtendedKeyUsageOID.CLIENT_AUTH, server=False),
     )
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _builder(

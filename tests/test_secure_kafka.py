@@ -17,6 +17,7 @@ import pytest
 from opentelemetry.trace import Tracer
 
 from dualstream.settings import Settings
+from dualstream.status import ServingState
 from dualstream.transport.server import Sidecar
 from dualstream_client import DualstreamClient, EventInput, UnavailableError
 from stack.localstack import KafkaBroker, KafkaListener, RedisServer, create_topic, free_ports
@@ -140,7 +141,8 @@ async def test_publish_replay_and_live_over_mutual_tls(
 
 
 async def publish_refused(settings: Settings, tracer: Tracer, source_type: str) -> str:
-    """Kafka never connects: a publish answers UNAVAILABLE; its message."""
+    """Kafka never connects: the sidecar is NOT_SERVING, a publish answers UNAVAILABLE with
+    the status's last Kafka error; the message."""
     async with (
         Sidecar(settings, tracer) as sidecar,
         DualstreamClient(target_of(sidecar), timeout=TIMEOUT) as client,
@@ -150,7 +152,9 @@ async def publish_refused(settings: Settings, tracer: Tracer, source_type: str) 
                 await asyncio.sleep(0.1)
         with pytest.raises(UnavailableError) as failure:
             await client.publish(EventInput("t", source_type, "x"))
-        assert not sidecar.publisher.event_log.ready
+        status = sidecar.status()
+    assert status.state is ServingState.NOT_SERVING
+    assert status.kafka_last_error in str(failure.value)
     return str(failure.value)
 
 

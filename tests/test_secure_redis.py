@@ -13,6 +13,7 @@ import pytest
 from opentelemetry.trace import Tracer
 
 from dualstream.settings import Settings
+from dualstream.status import ServingState
 from dualstream.transport.server import Sidecar
 from dualstream_client import DualstreamClient, EventInput
 from stack.localstack import KafkaBroker, RedisServer, RedisTls, free_port
@@ -40,10 +41,23 @@ def settings_for(kafka: KafkaBroker, topic: str) -> SettingsFor:
     return build
 
 
+def tls_server(workdir: Path, pki: Pki) -> RedisServer:
+    tls = RedisTls(pki.server.cert, pki.server.key, pki.ca, pki.client.cert, pki.client.key)
+    return RedisServer(workdir, free_port(), tls=tls)
+
+
+def client_certificate(pki: Pki, **overrides: object) -> dict[str, object]:
+    return {
+        "redis_ssl_ca_file": str(pki.ca),
+        "redis_ssl_cert_file": str(pki.client.cert),
+        "redis_ssl_key_file": str(pki.client.key),
+        **overrides,
+    }
+
+
 @pytest.fixture
 def tls_redis(tmp_path: Path, pki: Pki) -> Iterator[RedisServer]:
-    tls = RedisTls(pki.server.cert, pki.server.key, pki.ca, pki.client.cert, pki.client.key)
-    with RedisServer(tmp_path / "redis", free_port(), tls=tls) as server:
+    with tls_server(tmp_path / "redis", pki) as server:
         yield server
 
 
@@ -69,26 +83,39 @@ def with_credentials(url: str, user: str, password: str) -> str:
 
 async def publish_not_notified(settings: Settings, tracer: Tracer, source_type: str) -> str:
     """Publish once through a sidecar whose Redis refuses it: the event is written to Kafka
-    but not notified; the notifier's last error."""
+    but not notified, and the sidecar is DEGRADED; the status's last Redis error."""
     async with Sidecar(settings, tracer) as sidecar:
         assert await sidecar.publisher.event_log.wait_ready(TIMEOUT)
         async with DualstreamClient(target_of(sidecar), timeout=TIMEOUT) as client:
             result = await client.publish(EventInput("t", source_type, "x"))
-        assert not result.notified
-        return sidecar.publisher.notifier.stats.last_error
+        status = sidecar.status()
+    assert not result.notified
+    assert status.state is ServingState.DEGRADED
+    return status.redis_last_error
 
 
 async def test_tls_with_a_client_certificate(
     settings_for: SettingsFor, tls_redis: RedisServer, pki: Pki, source_type: str, tracer: Tracer
 ) -> None:
     assert tls_redis.url.startswith("rediss://")
-    settings = settings_for(
-        tls_redis.url,
-        redis_ssl_ca_file=str(pki.ca),
-        redis_ssl_cert_file=str(pki.client.cert),
-        redis_ssl_key_file=str(pki.client.key),
+    await assert_round_trip(
+        settings_for(tls_redis.url, **client_certificate(pki)), tracer, source_type
     )
-    await assert_round_trip(settings, tracer, source_type)
+
+
+async def test_hostname_checking(
+    settings_for: SettingsFor, source_type: str, tracer: Tracer, tmp_path: Path
+) -> None:
+    """A certificate that names another host is refused unless hostname checking is off."""
+    pki = make_pki(tmp_path / "pki", server_names=["redis.internal"])
+    with tls_server(tmp_path / "redis", pki) as server:
+        checked = settings_for(server.url, redis_timeout=5.0, **client_certificate(pki))
+        last_error = await publish_not_notified(checked, tracer, source_type)
+        assert "mismatch" in last_error
+        unchecked = settings_for(
+            server.url, **client_certificate(pki, redis_ssl_check_hostname=False)
+        )
+        await assert_round_trip(unchecked, tracer, source_type)
 
 
 async def test_tls_without_a_client_certificate_is_not_notified(

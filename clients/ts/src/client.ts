@@ -259,6 +259,7 @@ export class Subscription implements AsyncIterable<StreamMessage> {
     reconnect: ReconnectOptions,
     signal: AbortSignal | undefined,
   ) {
+    this.#state.cursor = request.resumeCursor;
     const signals = signal === undefined ? [this.#stop.signal] : [this.#stop.signal, signal];
     this.#messages = resumingStream(open, request, {
       reconnect,

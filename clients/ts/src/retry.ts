@@ -1,5 +1,5 @@
 import { type BackoffOptions, type Sleep, backoffDelayMs, sleep as realSleep } from "./backoff.js";
-import { Code, type DualstreamError, toDualstreamError } from "./errors.js";
+import { Code, DualstreamError, toDualstreamError } from "./errors.js";
 
 /** How publishing retries a call that failed with UNAVAILABLE. */
 export interface RetryOptions extends BackoffOptions {
@@ -21,11 +21,11 @@ export async function retryUnavailable<T>(
   call: () => Promise<T>,
   options: RetryOptions = {},
   signal?: AbortSignal,
-  sleep: Sleep = realSleep,
-  random?: () => number,
+  clock: { sleep?: Sleep; random?: () => number; now?: () => number } = {},
 ): Promise<T> {
+  const { sleep = realSleep, random, now = () => performance.now() } = clock;
   const maxAttempts = Math.max(1, options.maxAttempts ?? 8);
-  const giveUpAt = performance.now() + (options.maxElapsedMs ?? Number.POSITIVE_INFINITY);
+  const giveUpAt = now() + (options.maxElapsedMs ?? Number.POSITIVE_INFINITY);
   for (let attempt = 1; ; attempt++) {
     let error: DualstreamError;
     try {
@@ -37,12 +37,12 @@ export async function retryUnavailable<T>(
       throw error;
     }
     const delayMs = backoffDelayMs(attempt - 1, options, random);
-    if (performance.now() + delayMs > giveUpAt) {
+    if (now() + delayMs > giveUpAt) {
       throw error;
     }
     await sleep(delayMs, signal);
     if (signal?.aborted) {
-      throw error;
+      throw new DualstreamError(Code.Canceled, "the call was aborted while waiting to retry", { cause: error });
     }
   }
 }

@@ -153,5 +153,6 @@ describe("DualstreamClient against a scripted service", () => {
     assert.equal(subscription.cursor, "c21");
     assert.equal(subscription.reconnects, 1);
     assert.throws(() => subscription[Symbol.asyncIterator](), TypeError);
+    assert.equal(client.subscribe({ sources: [["user", "x"]], resumeCursor: "c9" }).cursor, "c9");
   });
 });

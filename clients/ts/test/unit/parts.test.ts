@@ -74,7 +74,7 @@ describe("retryUnavailable", () => {
       },
       { maxAttempts: 3 },
       undefined,
-      noSleep,
+      { sleep: noSleep },
     );
     assert.equal(result, "ok");
     assert.equal(calls, 3);
@@ -88,11 +88,53 @@ describe("retryUnavailable", () => {
         },
         { maxAttempts: 2 },
         undefined,
-        noSleep,
+        { sleep: noSleep },
       ),
       (error: unknown) => error instanceof DualstreamError && error.code === Code.Unavailable,
     );
     assert.equal(calls, 2);
+  });
+
+  it("stops waiting when the signal aborts, as CANCELLED", async () => {
+    const stop = new AbortController();
+    let calls = 0;
+    await assert.rejects(
+      retryUnavailable(
+        async () => {
+          calls += 1;
+          throw new ConnectError("down", Code.Unavailable);
+        },
+        { initialMs: 3_600_000, maxMs: 3_600_000 },
+        stop.signal,
+        { sleep: async () => stop.abort() },
+      ),
+      (error: unknown) => error instanceof DualstreamError && error.code === Code.Canceled,
+    );
+    assert.equal(calls, 1);
+  });
+
+  it("gives up once the time budget would be spent", async () => {
+    let calls = 0;
+    let clock = 0;
+    await assert.rejects(
+      retryUnavailable(
+        async () => {
+          calls += 1;
+          throw new ConnectError("down", Code.Unavailable);
+        },
+        { maxAttempts: 100, initialMs: 1_000, maxMs: 1_000, maxElapsedMs: 2_500 },
+        undefined,
+        {
+          sleep: async (ms) => {
+            clock += ms;
+          },
+          random: () => 1,
+          now: () => clock,
+        },
+      ),
+      (error: unknown) => error instanceof DualstreamError && error.code === Code.Unavailable,
+    );
+    assert.equal(calls, 3, "a third wait of 1 s would end past the 2.5 s budget");
   });
 
   it("does not retry other codes", async () => {
@@ -105,7 +147,7 @@ describe("retryUnavailable", () => {
         },
         {},
         undefined,
-        noSleep,
+        { sleep: noSleep },
       ),
       (error: unknown) => error instanceof DualstreamError && error.field === "events[0].type",
     );

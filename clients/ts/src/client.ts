@@ -137,7 +137,8 @@ export class DualstreamClient {
    * Publish several events in one call; one result per event, in order. One invalid event
    * rejects the whole batch with INVALID_ARGUMENT (`error.field` names it, e.g.
    * `events[1].source_type`) and nothing is written. Events Kafka did not acknowledge with
-   * UNAVAILABLE are sent again, with the same ids, within the `retry` budget.
+   * UNAVAILABLE are sent again, with the same ids, within the `retry` budget. Throws when no
+   * call was answered at all; once one was, its acknowledged events are reported as such.
    */
   async publishBatch(events: readonly EventInput[], options: CallOptions = {}): Promise<BatchItemResult[]> {
     const messages = events.map((event) => eventToProto(event, event.id || uuidv7()));
@@ -176,9 +177,15 @@ export class DualstreamClient {
     try {
       await retryUnavailable(sendPending, this.#options.retry, options.signal);
     } catch (error) {
-      // Out of attempts with some events still unacknowledged: their results say so.
+      if (results.length === 0) {
+        throw error; // no call was answered: the batch failed as a whole
+      }
+      // An earlier call was answered: its acknowledged events stand, and the events still
+      // unacknowledged carry the error that ended the retries (their own, or the last call's).
       if (!(error instanceof UnacknowledgedEvents)) {
-        throw error;
+        for (const index of pending) {
+          results[index] = { ok: false, id: messages[index]?.id ?? "", error: error as DualstreamError };
+        }
       }
     }
     return results;

@@ -90,6 +90,32 @@ describe("DualstreamClient against a scripted service", () => {
     assert.equal(only.error.code, Code.Unavailable);
   });
 
+  it("keeps the acknowledged events of a batch when a later attempt fails as a whole", async () => {
+    let calls = 0;
+    const transport = createRouterTransport(({ service }) => {
+      service(EventService, {
+        publishBatch(request) {
+          calls += 1;
+          if (calls > 1) throw new ConnectError("sidecar gone", Code.Unavailable);
+          return {
+            results: request.events.map((event, i) =>
+              i === 0
+                ? { id: event.id, outcome: { case: "published" as const, value: { id: event.id, topic: "events", offset: 5n } } }
+                : { id: event.id, outcome: { case: "error" as const, value: { code: Code.Unavailable, message: "no ack" } } },
+            ),
+          };
+        },
+      });
+    });
+    const client = new DualstreamClient({ transport, retry: fastRetry });
+    const results = await client.publishBatch(["a", "b"].map((sourceId) => ({ id: sourceId, type: "t", sourceType: "s", sourceId })));
+    assert.equal(calls, 3);
+    assert.deepEqual(
+      results.map((r) => (r.ok ? `${r.id}@${r.result.offset}` : `${r.id}:${r.error.details}`)),
+      ["a@5", "b:sidecar gone"],
+    );
+  });
+
   it("raises INVALID_ARGUMENT with the field path, without retrying", async () => {
     let calls = 0;
     const transport = createRouterTransport(({ service }) => {

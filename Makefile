@@ -10,13 +10,14 @@ STACK := $(PY) -m stack.localstack
 help:
 	@echo "make demo       install everything, start Kafka + Redis + the sidecar, show events flowing"
 	@echo "make test       lint, type checks, proto drift check and the whole test suite"
-	@echo "make up / down  start / stop the local stack (Kafka :9092, Redis :6379, sidecar :50051)"
+	@echo "make up / down  start / stop the local stack (Kafka :9092, Redis :6379, Jaeger :4317/:16686,"
+	@echo "                sidecar :50051)"
 	@echo "make status     what of the local stack is running"
 	@echo "make bench      the benchmark: writes bench/results/<date>.{json,md,png}"
 	@echo "make faults     the fault-injection suite; rewrites docs/reliability.md"
 	@echo "make proto      regenerate every language's code from protos/ (Go, TypeScript, Java, Python)"
 
-install: system-deps $(VENV)/.installed kafka-jars
+install: system-deps $(VENV)/.installed kafka-jars jaeger
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -30,6 +31,11 @@ $(VENV)/.installed: pyproject.toml
 
 kafka-jars: $(VENV)/.installed
 	@$(STACK) fetch
+
+# Built from source with Go, once, into ${DUALSTREAM_CACHE:-~/.cache/dualstream}/jaeger-<version>.
+.PHONY: jaeger
+jaeger: $(VENV)/.installed
+	@$(PY) -m stack.jaeger build
 
 proto: $(VENV)/.installed
 	@bash scripts/gen-protos.sh

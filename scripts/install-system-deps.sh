@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to run dualstream's stack and tests, and says so:
 # Debian's redis-server (the stack and the tests run /usr/bin/redis-server) and redis-tools
-# (redis-cli, redis-benchmark). Java 17+ and Maven, which run and fetch Kafka, are only checked:
-# which JDK to install is the machine owner's choice.
+# (redis-cli, redis-benchmark). Java 17+ and Maven, which run and fetch Kafka, and Go 1.24+,
+# which builds Jaeger, are only checked: which JDK and Go to install is the machine owner's choice.
 # Idempotent: with everything present it runs no apt-get at all and only says so.
 set -euo pipefail
 
@@ -46,6 +46,15 @@ else
 fi
 command -v mvn >/dev/null 2>&1 \
   || problems+=("mvn is missing: Kafka's jars are fetched with Maven (apt-get install maven)")
+if ! command -v go >/dev/null 2>&1; then
+  problems+=("go is missing: Jaeger is built from source with Go 1.24+")
+else
+  # `go env GOVERSION` prints e.g. go1.26.8.
+  go_version=$(go env GOVERSION 2>/dev/null | sed -n 's/^go\([0-9]*\.[0-9]*\).*/\1/p')
+  if [ "${go_version%%.*}" != 1 ] || [ "${go_version#*.}" -lt 24 ] 2>/dev/null; then
+    problems+=("go ${go_version:-?} is too old: Jaeger is built with Go 1.24+")
+  fi
+fi
 if ! command -v python3 >/dev/null 2>&1; then
   problems+=("python3 is missing: dualstream needs Python 3.11+")
 elif ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
@@ -58,5 +67,5 @@ if ((${#problems[@]})); then
   exit 1
 fi
 if ((${#missing_packages[@]} == 0)); then
-  echo "system dependencies: all present (redis-server, redis-tools, java ${java_major}, mvn, python3)"
+  echo "system dependencies: all present (redis-server, redis-tools, java ${java_major}, mvn, go ${go_version}, python3)"
 fi

@@ -328,6 +328,10 @@ class ManagedProcess(ProcessControl, _StartedInWith):
     def _is_ready(self) -> bool:
         raise NotImplementedError
 
+    def _environment(self) -> dict[str, str] | None:
+        """The process's environment; None inherits ours."""
+        return None
+
     # -- files
 
     @property
@@ -403,6 +407,7 @@ class ManagedProcess(ProcessControl, _StartedInWith):
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
+                env=self._environment(),
                 start_new_session=self.detach_on_start,
             )
         if not self.detach_on_start:
@@ -1027,9 +1032,11 @@ class SidecarProcess(ManagedProcess):
         name: str = "sidecar",
         admin_port: int | None = None,
         unix_socket: Path | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         """``name`` tells several sidecars' logs apart in one ``log_dir``; with
-        ``unix_socket`` the sidecar listens there instead of on ``port``."""
+        ``unix_socket`` the sidecar listens there instead of on ``port``; ``extra_env`` is
+        added to the inherited environment (``OTEL_*`` variables, say)."""
         super().__init__(workdir, log_dir=log_dir, detach=detach)
         self.name = name
         self.port = port
@@ -1040,6 +1047,10 @@ class SidecarProcess(ManagedProcess):
         self.redis_url = redis_url
         self.topic = topic
         self.extra_args = list(extra_args)
+        self.extra_env = dict(extra_env or {})
+
+    def _environment(self) -> dict[str, str] | None:
+        return {**os.environ, **self.extra_env} if self.extra_env else None
 
     @property
     def listen(self) -> str:
@@ -1182,6 +1193,24 @@ def _dev_components(args: argparse.Namespace) -> list[_DevComponent]:
             args.kafka_port,
         ),
     ]
+    with_jaeger = not getattr(args, "no_jaeger", False)
+    if with_jaeger:
+        from stack.jaeger import JaegerServer
+
+        jaeger = JaegerServer(
+            STATE_DIR / "jaeger",
+            args.jaeger_port,
+            args.jaeger_query_port,
+            log_dir=LOG_DIR,
+            detach=True,
+        )
+        components.append(
+            _DevComponent(
+                RecordedProcess("jaeger", str(jaeger.config_path), JaegerServer.stop_grace),
+                jaeger,
+                args.jaeger_port,
+            )
+        )
     if not getattr(args, "no_sidecar", False):
         sidecar = SidecarProcess(
             STATE_DIR / "sidecar",
@@ -1192,6 +1221,14 @@ def _dev_components(args: argparse.Namespace) -> list[_DevComponent]:
             log_dir=LOG_DIR,
             detach=True,
             admin_port=args.admin_port,
+            # Exported to the stack's Jaeger, in batches sent every second so that a trace
+            # shows up there about as soon as its events are delivered.
+            extra_env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{LOOPBACK}:{args.jaeger_port}",
+                "OTEL_BSP_SCHEDULE_DELAY": "1000",
+            }
+            if with_jaeger
+            else None,
         )
         record = RecordedProcess("sidecar", "dualstream serve", SidecarProcess.stop_grace)
         components.append(_DevComponent(record, sidecar, args.port))
@@ -1246,6 +1283,7 @@ def up(args: argparse.Namespace) -> None:
     print(
         f"stack up: kafka {LOOPBACK}:{args.kafka_port}, "
         f"redis redis://{LOOPBACK}:{args.redis_port}/0"
+        + ("" if args.no_jaeger else f", jaeger http://{LOOPBACK}:{args.jaeger_query_port}")
         + (
             ""
             if args.no_sidecar
@@ -1269,7 +1307,7 @@ def down(args: argparse.Namespace) -> None:
             _say(record.name, f"stopped in {time.monotonic() - began:.1f}s")
         record.forget()
     if args.purge:
-        for data in ("kafka", "redis", "sidecar"):
+        for data in ("kafka", "redis", "jaeger", "sidecar"):
             shutil.rmtree(STATE_DIR / data, ignore_errors=True)
         print(f"removed the data under {_relative(STATE_DIR)} (logs kept)")
 
@@ -1465,7 +1503,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--admin-port", type=int, default=9464, help="the sidecar's admin HTTP port (probes)"
     )
     parser.add_argument("--topic", default="events", help="the topic `up` creates")
+    parser.add_argument("--jaeger-port", type=int, default=4317, help="Jaeger's OTLP gRPC port")
+    parser.add_argument(
+        "--jaeger-query-port", type=int, default=16686, help="Jaeger's query API (HTTP) port"
+    )
     parser.add_argument("--no-sidecar", action="store_true", help="up: only Kafka and Redis")
+    parser.add_argument(
+        "--no-jaeger", action="store_true", help="up: no Jaeger (the sidecar exports no spans)"
+    )
     parser.add_argument("--purge", action="store_true", help="down: also delete Kafka's data")
     parser.add_argument("--count", type=int, default=5, help="tail: how many records")
     arguments = list(sys.argv[1:] if argv is None else argv)

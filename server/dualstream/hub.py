@@ -144,6 +144,11 @@ class Subscription:
     def in_outage(self) -> bool:
         return self._in_outage
 
+    @property
+    def queued(self) -> int:
+        """Notifications waiting to be read (signals not counted)."""
+        return self._queued_notifications
+
     def offer(self, notification: Notification) -> None:
         """Queue a notification without waiting; past the bound it is dropped and counted."""
         if self._closed:
@@ -243,6 +248,9 @@ class SubscriptionHub(Service):
         self._writer: asyncio.StreamWriter | None = None
         self._runner: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._ever_connected = False
+        # Connections made again after one was lost (for metrics).
+        self.reconnects = 0
 
     @property
     def stream_count(self) -> int:
@@ -251,6 +259,11 @@ class SubscriptionHub(Service):
     @property
     def route_count(self) -> int:
         return len(self._routes)
+
+    def queue_depths(self) -> list[int]:
+        """How many notifications wait in each stream's queue. Safe from another thread (a
+        metrics reader's): the set is copied in one step under the GIL."""
+        return [subscription.queued for subscription in list(self._streams)]
 
     @property
     def connected(self) -> bool:
@@ -394,6 +407,9 @@ class SubscriptionHub(Service):
                     reply = await read_reply(reader)
                 if not self._connected.is_set():
                     self._connected.set()
+                    if self._ever_connected:
+                        self.reconnects += 1
+                    self._ever_connected = True
                     logger.info("Redis subscriber connected to %s", self._address.location)
                 self._dispatch(reply)
         finally:

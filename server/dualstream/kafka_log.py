@@ -55,6 +55,14 @@ class KafkaEventLog(Service):
         return self._topic
 
     @property
+    def bootstrap(self) -> str:
+        return self._settings.kafka_bootstrap
+
+    @property
+    def client_id(self) -> str:
+        return self._settings.kafka_client_id
+
+    @property
     def ready(self) -> bool:
         """Whether the producer is connected and can take records."""
         return self._connected.is_set()

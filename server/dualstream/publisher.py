@@ -7,9 +7,27 @@ acknowledged, and its failure never fails the call.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from time import perf_counter
 
+from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
+    MESSAGING_BATCH_MESSAGE_COUNT,
+    MESSAGING_CLIENT_ID,
+    MESSAGING_DESTINATION_NAME,
+    MESSAGING_DESTINATION_PARTITION_ID,
+    MESSAGING_KAFKA_MESSAGE_KEY,
+    MESSAGING_KAFKA_OFFSET,
+    MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_NAME,
+    MESSAGING_OPERATION_TYPE,
+    MESSAGING_SYSTEM,
+)
+from opentelemetry.semconv.attributes.db_attributes import (
+    DB_OPERATION_BATCH_SIZE,
+    DB_OPERATION_NAME,
+    DB_SYSTEM_NAME,
+)
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from dualstream.cloudevents import to_record
@@ -26,9 +44,18 @@ from dualstream.events import (
 )
 from dualstream.kafka_log import KafkaEventLog
 from dualstream.lifecycle import Service
+from dualstream.metrics import SidecarMetrics
 from dualstream.notifications import Notification
 from dualstream.redis_notifier import RedisNotifier
-from dualstream.telemetry import trace_headers
+from dualstream.telemetry import (
+    error_type,
+    redis_server_attributes,
+    server_attributes,
+    trace_headers,
+)
+
+# error.type of a Redis leg skipped because the breaker is open (no command was sent).
+BREAKER_OPEN = "breaker_open"
 
 
 def _utc_now() -> datetime:
@@ -42,13 +69,35 @@ class Publisher(Service):
         notifier: RedisNotifier,
         limits: EventLimits,
         tracer: Tracer,
+        *,
         clock: Callable[[], datetime] = _utc_now,
+        metrics: SidecarMetrics | None = None,
     ) -> None:
         self._log = event_log
         self._notifier = notifier
         self._limits = limits
         self._tracer = tracer
         self._clock = clock
+        metrics = metrics or SidecarMetrics()
+        kafka_server = server_attributes(event_log.bootstrap)
+        redis_server = redis_server_attributes(notifier.address)
+        self._kafka_sends = metrics.kafka_send(event_log.topic, kafka_server)
+        self._redis_publishes = metrics.redis_publish(redis_server)
+        # Bound once: the attributes every span of a leg has.
+        self._send_span_name = f"send {event_log.topic}"
+        self._send_attributes = {
+            MESSAGING_SYSTEM: "kafka",
+            MESSAGING_OPERATION_NAME: "send",
+            MESSAGING_OPERATION_TYPE: "send",
+            MESSAGING_DESTINATION_NAME: event_log.topic,
+            MESSAGING_CLIENT_ID: event_log.client_id,
+            **kafka_server,
+        }
+        self._publish_attributes = {
+            DB_SYSTEM_NAME: "redis",
+            DB_OPERATION_NAME: "PUBLISH",
+            **redis_server,
+        }
 
     @property
     def event_log(self) -> KafkaEventLog:
@@ -71,17 +120,33 @@ class Publisher(Service):
 
     async def publish(self, event: Event) -> Published:
         event = prepare_event(event, "event", self._limits, self._clock())
-        with self._producer_span(1) as span:
+        with self._tracer.start_as_current_span(
+            self._send_span_name, kind=SpanKind.PRODUCER, attributes=self._send_attributes
+        ) as span:
             headers = trace_headers()
-            span.set_attribute("messaging.message.id", event.id)
-            span.set_attribute("messaging.kafka.message.key", event.source_id)
-            position = await self._log.append(to_record(event, headers))
-            span.set_attribute("messaging.destination.partition.id", str(position.partition))
-            span.set_attribute("messaging.kafka.offset", position.offset)
+            recording = span.is_recording()
+            if recording:
+                span.set_attribute(MESSAGING_MESSAGE_ID, event.id)
+                span.set_attribute(MESSAGING_KAFKA_MESSAGE_KEY, event.source_id)
+            started = perf_counter()
+            try:
+                position = await self._log.append(to_record(event, headers))
+            except Exception as exc:
+                self._kafka_sends.failed(error_type(exc), perf_counter() - started)
+                span.set_attribute(ERROR_TYPE, error_type(exc))
+                raise
+            self._kafka_sends.succeeded(perf_counter() - started)
+            if recording:
+                span.set_attribute(MESSAGING_DESTINATION_PARTITION_ID, str(position.partition))
+                span.set_attribute(MESSAGING_KAFKA_OFFSET, position.offset)
         notification = Notification.of(event, position, headers.get("traceparent", ""))
-        with self._redis_span(1) as span:
+        with self._tracer.start_as_current_span(
+            "PUBLISH", kind=SpanKind.CLIENT, attributes=self._publish_attributes
+        ) as span:
+            skipped_before = self._notifier.stats.skipped
+            started = perf_counter()
             notified = await self._notifier.notify(notification)
-            self._mark_notify_failure(span, notified)
+            self._notified(span, notified, perf_counter() - started, skipped_before)
         return Published(event.id, position, notified)
 
     async def publish_batch(self, events: list[Event]) -> list[PublishOutcome]:
@@ -91,9 +156,19 @@ class Publisher(Service):
         one UNAVAILABLE rather than a response full of identical errors.
         """
         events = prepare_batch(events, self._limits, self._clock())
-        with self._producer_span(len(events)):
+        with self._tracer.start_as_current_span(
+            self._send_span_name, kind=SpanKind.PRODUCER, attributes=self._send_attributes
+        ) as span:
+            span.set_attribute(MESSAGING_BATCH_MESSAGE_COUNT, len(events))
             headers = trace_headers()
-            positions = await self._log.append_many([to_record(e, headers) for e in events])
+            started = perf_counter()
+            try:
+                positions = await self._log.append_many([to_record(e, headers) for e in events])
+            except Exception as exc:
+                self._kafka_sends.failed(error_type(exc), perf_counter() - started, len(events))
+                span.set_attribute(ERROR_TYPE, error_type(exc))
+                raise
+            self._count_batch_sends(span, positions, perf_counter() - started)
         acknowledged = [
             (event, position)
             for event, position in zip(events, positions, strict=True)
@@ -102,11 +177,16 @@ class Publisher(Service):
         if not acknowledged:
             _raise_common_failure(positions)
         traceparent = headers.get("traceparent", "")
-        with self._redis_span(len(acknowledged)) as span:
+        with self._tracer.start_as_current_span(
+            "PUBLISH", kind=SpanKind.CLIENT, attributes=self._publish_attributes
+        ) as span:
+            span.set_attribute(DB_OPERATION_BATCH_SIZE, len(acknowledged))
+            skipped_before = self._notifier.stats.skipped
+            started = perf_counter()
             outcomes = await self._notifier.notify_many(
                 [Notification.of(e, p, traceparent) for e, p in acknowledged]
             )
-            self._mark_notify_failure(span, all(outcomes))
+            self._notified(span, all(outcomes), perf_counter() - started, skipped_before)
         notified = iter(outcomes)
         return [
             Published(event.id, position, next(notified))
@@ -115,33 +195,32 @@ class Publisher(Service):
             for event, position in zip(events, positions, strict=True)
         ]
 
-    def _mark_notify_failure(self, span: Span, notified: bool) -> None:
-        if not notified:
-            span.set_status(Status(StatusCode.ERROR, self._notifier.stats.last_error))
+    def _count_batch_sends(
+        self, span: Span, positions: list[RecordPosition | Exception], seconds: float
+    ) -> None:
+        """One operation, its events counted by outcome (Kafka can fail some of a batch)."""
+        failures = [p for p in positions if isinstance(p, Exception)]
+        acknowledged = len(positions) - len(failures)
+        if acknowledged:
+            self._kafka_sends.succeeded(seconds, acknowledged)
+        if failures:
+            kind = error_type(failures[0])
+            self._kafka_sends.failed(kind, 0.0 if acknowledged else seconds, len(failures))
+            span.set_attribute(ERROR_TYPE, kind)
+            span.set_status(Status(StatusCode.ERROR, f"{len(failures)} events not written"))
 
-    def _producer_span(self, count: int) -> AbstractContextManager[Span]:
-        attributes: dict[str, str | int] = {
-            "messaging.system": "kafka",
-            "messaging.operation.name": "send",
-            "messaging.operation.type": "send",
-            "messaging.destination.name": self._log.topic,
-        }
-        if count > 1:
-            attributes["messaging.batch.message_count"] = count
-        return self._tracer.start_as_current_span(
-            f"send {self._log.topic}", kind=SpanKind.PRODUCER, attributes=attributes
-        )
-
-    def _redis_span(self, count: int) -> AbstractContextManager[Span]:
-        attributes: dict[str, str | int] = {
-            "db.system.name": "redis",
-            "db.operation.name": "PUBLISH",
-        }
-        if count > 1:
-            attributes["db.operation.batch.size"] = count
-        return self._tracer.start_as_current_span(
-            "PUBLISH", kind=SpanKind.CLIENT, attributes=attributes
-        )
+    def _notified(self, span: Span, notified: bool, seconds: float, skipped_before: int) -> None:
+        stats = self._notifier.stats
+        if notified:
+            self._redis_publishes.succeeded(seconds)
+        elif stats.skipped != skipped_before:
+            # Nothing was sent to Redis: counted as skipped, and no Redis operation to time.
+            span.set_attribute(ERROR_TYPE, BREAKER_OPEN)
+            span.set_status(Status(StatusCode.ERROR, "skipped: the Redis breaker is open"))
+        else:
+            self._redis_publishes.failed(stats.last_error_type, seconds)
+            span.set_attribute(ERROR_TYPE, stats.last_error_type)
+            span.set_status(Status(StatusCode.ERROR, stats.last_error))
 
 
 def _raise_common_failure(positions: list[RecordPosition | Exception]) -> None:

@@ -46,6 +46,8 @@ class NotifierStats:
     skipped: int = 0
     consecutive_failures: int = 0
     last_error: str = ""
+    # The last failure's kind, low-cardinality (``timeout``, an exception class), for telemetry.
+    last_error_type: str = ""
 
 
 class _Link:
@@ -160,6 +162,10 @@ class RedisNotifier(Service):
         self.stats = NotifierStats()
 
     @property
+    def address(self) -> RedisAddress:
+        return self._address
+
+    @property
     def healthy(self) -> bool:
         """False while the most recent notification attempt failed."""
         return self.stats.consecutive_failures == 0
@@ -211,7 +217,7 @@ class RedisNotifier(Service):
         if not notifications:
             return []
         if not self.started:
-            return self._failed(len(notifications), "the notifier is not started")
+            return self._failed(len(notifications), "the notifier is not started", "not_started")
         if self._skip():
             self.stats.skipped += len(notifications)
             return [False] * len(notifications)
@@ -224,13 +230,15 @@ class RedisNotifier(Service):
             if self._link is not None:
                 # Replies come in order: one that is late leaves the others waiting behind it.
                 self._link.lose(reason)
-            return self._failed(len(notifications), reason)
+            return self._failed(len(notifications), reason, "timeout")
         except (OSError, RespError) as exc:
-            return self._failed(len(notifications), f"{type(exc).__name__}: {exc}")
+            return self._failed(
+                len(notifications), f"{type(exc).__name__}: {exc}", type(exc).__qualname__
+            )
         self._succeeded(len(notifications))
         return [True] * len(notifications)
 
-    def _failed(self, count: int, reason: str) -> list[bool]:
+    def _failed(self, count: int, reason: str, error_type: str) -> list[bool]:
         stats = self.stats
         if stats.consecutive_failures == 0:
             logger.warning(
@@ -239,6 +247,7 @@ class RedisNotifier(Service):
         stats.failed += count
         stats.consecutive_failures += count
         stats.last_error = reason
+        stats.last_error_type = error_type
         if self.breaker_open:
             self._next_probe = asyncio.get_running_loop().time() + self._probe_interval
         return [False] * count

@@ -286,31 +286,126 @@ def boolean(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean: use true or false")
 
 
+TRACE_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+METRICS_EXPORTERS = ("otlp", "prometheus", "console", "none")
+
+
 @dataclass(frozen=True, slots=True)
 class TelemetrySettings:
-    """Tracing, configured by the standard OpenTelemetry environment variables.
+    """Traces and metrics, configured by the standard OpenTelemetry environment variables.
 
     Spans are exported over OTLP when ``OTEL_TRACES_EXPORTER`` is ``otlp`` or an
     ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` is set, printed when it is ``console``, and not
-    exported at all otherwise (or when ``OTEL_SDK_DISABLED=true``). The OTLP exporter reads its
-    own endpoint, headers and protocol variables.
+    exported at all otherwise. ``OTEL_TRACES_SAMPLER`` (default ``parentbased_always_on``) and
+    ``OTEL_TRACES_SAMPLER_ARG`` choose which traces are recorded.
+
+    Metrics are recorded for Prometheus (``/metrics`` on the admin listener) unless
+    ``OTEL_METRICS_EXPORTER`` says otherwise; they are also pushed over OTLP when it names
+    ``otlp`` or an ``OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT`` is set, every
+    ``OTEL_METRIC_EXPORT_INTERVAL`` milliseconds (default 60000). ``none`` alone records none.
+
+    ``OTEL_SDK_DISABLED=true`` turns both off. The OTLP exporters read their own endpoint,
+    headers and protocol variables.
     """
 
     service_name: str = "dualstream"
     exporter: str = "none"
+    sampler: str = "parentbased_always_on"
+    sampler_ratio: float = 1.0
+    metrics_exporters: frozenset[str] = frozenset({"prometheus"})
+    metric_export_interval: float = 60.0
+
+    @property
+    def tracing(self) -> bool:
+        """Whether spans are built at all (only when something exports them)."""
+        return self.exporter != "none"
+
+    @property
+    def metrics(self) -> bool:
+        """Whether metrics are recorded at all."""
+        return bool(self.metrics_exporters)
 
     @classmethod
     def load(cls, environ: Mapping[str, str]) -> TelemetrySettings:
         service_name = environ.get("OTEL_SERVICE_NAME", "dualstream")
-        if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-            return cls(service_name, "none")
-        exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-        if not exporter:
-            has_endpoint = any(
-                environ.get(name)
-                for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            )
-            exporter = "otlp" if has_endpoint else "none"
-        if exporter not in {"otlp", "console", "none"}:
-            raise ValueError(f"OTEL_TRACES_EXPORTER={exporter!r}: use otlp, console or none")
-        return cls(service_name, exporter)
+        if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            return cls(service_name, "none", metrics_exporters=frozenset())
+        sampler, ratio = _trace_sampler(environ)
+        return cls(
+            service_name,
+            _traces_exporter(environ),
+            sampler,
+            ratio,
+            _metrics_exporters(environ),
+            _milliseconds(environ, "OTEL_METRIC_EXPORT_INTERVAL", 60000.0),
+        )
+
+
+def _has_otlp_endpoint(environ: Mapping[str, str], signal: str) -> bool:
+    return any(
+        environ.get(name)
+        for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
+    )
+
+
+def _traces_exporter(environ: Mapping[str, str]) -> str:
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if not exporter:
+        return "otlp" if _has_otlp_endpoint(environ, "TRACES") else "none"
+    if exporter not in {"otlp", "console", "none"}:
+        raise ValueError(f"OTEL_TRACES_EXPORTER={exporter!r}: use otlp, console or none")
+    return exporter
+
+
+def _metrics_exporters(environ: Mapping[str, str]) -> frozenset[str]:
+    raw = environ.get("OTEL_METRICS_EXPORTER", "").strip().lower()
+    if not raw:
+        default = (
+            {"prometheus", "otlp"} if _has_otlp_endpoint(environ, "METRICS") else {"prometheus"}
+        )
+        return frozenset(default)
+    named = {part.strip() for part in raw.split(",") if part.strip()}
+    unknown = named - set(METRICS_EXPORTERS)
+    if unknown:
+        raise ValueError(
+            f"OTEL_METRICS_EXPORTER={raw!r}: {', '.join(sorted(unknown))} unknown; "
+            f"use {', '.join(METRICS_EXPORTERS)}"
+        )
+    return frozenset(named - {"none"})
+
+
+def _trace_sampler(environ: Mapping[str, str]) -> tuple[str, float]:
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+    if sampler not in TRACE_SAMPLERS:
+        raise ValueError(f"OTEL_TRACES_SAMPLER={sampler!r}: use one of {', '.join(TRACE_SAMPLERS)}")
+    raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if not raw or not sampler.endswith("traceidratio"):
+        return sampler, 1.0
+    try:
+        ratio = float(raw)
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"OTEL_TRACES_SAMPLER_ARG={raw!r}: a ratio from 0 to 1")
+    return sampler, ratio
+
+
+def _milliseconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    """A positive duration given in milliseconds, in seconds."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default / 1000
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r}: a positive number of milliseconds")
+    return value / 1000

@@ -36,6 +36,7 @@ def _serve_here(settings: Settings, telemetry: TelemetrySettings, version: str) 
     import uvloop
 
     from dualstream.logs import configure_logging
+    from dualstream.metrics import SidecarMetrics
     from dualstream.telemetry import build_tracer_provider, get_tracer
     from dualstream.transport.server import run
 
@@ -47,7 +48,14 @@ def _serve_here(settings: Settings, telemetry: TelemetrySettings, version: str) 
     # them die young; see bench/results/optimisations.md.
     gc.set_threshold(YOUNG_GENERATION_THRESHOLD)
     try:
-        uvloop.run(run(settings, get_tracer(provider), on_serving=_freeze_startup_heap))
+        uvloop.run(
+            run(
+                settings,
+                get_tracer(provider),
+                on_serving=_freeze_startup_heap,
+                metrics=SidecarMetrics(telemetry, version=version),
+            )
+        )
     finally:
         if provider is not None:
             provider.shutdown()

@@ -15,13 +15,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import Tracer
 
-from dualstream.admin import AdminServer, MetricsExposition, no_metrics
+from dualstream.admin import AdminServer
 from dualstream.connections import RedisAddress, kafka_client_options
 from dualstream.errors import ListenError
 from dualstream.hub import HubSettings, SubscriptionHub
 from dualstream.kafka_log import KafkaEventLog
 from dualstream.kafka_reader import KafkaReader
 from dualstream.lifecycle import Service
+from dualstream.metrics import SidecarMetrics
 from dualstream.publisher import Publisher
 from dualstream.redis_notifier import RedisNotifier
 from dualstream.settings import Settings
@@ -37,7 +38,9 @@ HEALTH_POLL_SECONDS = 0.5
 MESSAGE_SIZE_HEADROOM = 1024 * 1024
 
 
-def build_publisher(settings: Settings, tracer: Tracer) -> Publisher:
+def build_publisher(
+    settings: Settings, tracer: Tracer, metrics: SidecarMetrics | None = None
+) -> Publisher:
     return Publisher(
         KafkaEventLog(settings),
         RedisNotifier(
@@ -49,6 +52,7 @@ def build_publisher(settings: Settings, tracer: Tracer) -> Publisher:
         ),
         settings.event_limits,
         tracer,
+        metrics=metrics,
     )
 
 
@@ -69,10 +73,13 @@ class Sidecar(Service):
     """Starts the parts in dependency order and stops them in reverse, draining calls first."""
 
     def __init__(
-        self, settings: Settings, tracer: Tracer, metrics: MetricsExposition = no_metrics
+        self, settings: Settings, tracer: Tracer, metrics: SidecarMetrics | None = None
     ) -> None:
+        """``metrics`` defaults to ones served for Prometheus only; the sidecar starts and
+        stops them with itself, and the admin listener serves them on /metrics."""
         self.settings = settings
-        self.publisher = build_publisher(settings, tracer)
+        self.metrics = metrics or SidecarMetrics()
+        self.publisher = build_publisher(settings, tracer, self.metrics)
         self.hub = build_hub(settings)
         self.reader = KafkaReader(kafka_client_options(settings), settings.kafka_topic)
         self.draining = False
@@ -83,13 +90,16 @@ class Sidecar(Service):
             status=self.status,
             max_streams_per_client=settings.max_streams_per_client,
             max_concurrent_calls=settings.max_concurrent_rpcs,
+            metrics=self.metrics,
+            listen=settings.listen,
         )
+        self.metrics.watch(self.publisher, self.hub)
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
         self._health_watch: asyncio.Task[None] | None = None
         self.port: int | None = None
         self.admin = (
-            AdminServer(settings.admin_listen, self.status, metrics)
+            AdminServer(settings.admin_listen, self.status, self.metrics.prometheus_text)
             if settings.admin_listen
             else None
         )
@@ -112,6 +122,7 @@ class Sidecar(Service):
         logger.info("dualstream listening on %s", self.settings.listen)
 
     async def _start_serving(self) -> None:
+        await self.metrics.start()
         await self.publisher.start()
         await self.reader.start()
         await self.hub.start()
@@ -236,6 +247,7 @@ class Sidecar(Service):
             self._server = None
         await self.reader.stop()
         await self.publisher.stop()
+        await self.metrics.stop()
         # Last: until the producer is flushed, probes still get an answer (not ready).
         if self.admin is not None:
             await self.admin.stop()
@@ -245,11 +257,11 @@ async def run(
     settings: Settings,
     tracer: Tracer,
     on_serving: Callable[[], None] = lambda: None,
-    metrics: MetricsExposition = no_metrics,
+    metrics: SidecarMetrics | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop; ``on_serving`` runs once started.
 
-    ``metrics`` renders the Prometheus exposition the admin listener serves on /metrics.
+    ``metrics`` are the sidecar's metrics (by default served for Prometheus only).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import AbstractContextManager, ExitStack, aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
+    RPC_METHOD,
+    RPC_RESPONSE_STATUS_CODE,
+    RPC_SYSTEM_NAME,
+)
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from dualstream.errors import DualstreamError, InvalidArgumentError, ResourceExhaustedError
+from dualstream.metrics import Count, RpcCalls, SidecarMetrics
 from dualstream.publisher import Publisher
 from dualstream.status import SidecarStatus
-from dualstream.streams import Deliveries, Delivery, StreamService
-from dualstream.telemetry import context_from_metadata
+from dualstream.streams import Deliveries, Delivery, Gap, StreamService
+from dualstream.telemetry import (
+    DeliveryTracer,
+    TraceContext,
+    context_from_metadata,
+    records_spans,
+    server_attributes,
+)
 from dualstream.transport import convert
 from dualstream.transport.deliveries import DeliveryEncoder
 from dualstream.transport.status import status_code_for
@@ -40,46 +55,66 @@ class _StatusError(Exception):
         self.details = details
 
 
-@contextmanager
-def _rpc_span(
-    tracer: Tracer, method: str, context: _Context, *, streaming: bool = False
-) -> Iterator[Span]:
-    """A SERVER span, child of the caller's ``traceparent``, that maps errors to a status.
+class _Calls:
+    """A SERVER span per call, child of the caller's ``traceparent``, that maps errors to a
+    status; and the call's duration in ``rpc.server.call.duration``."""
 
-    A streaming handler yields between its steps, possibly resumed in another context, so its
-    span is not made current (that would leave a context token that cannot be detached).
-    """
-    metadata = {
-        key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
-    }
-    span = tracer.start_span(
-        f"{SERVICE_NAME}/{method}",
-        context=context_from_metadata(metadata),
-        kind=SpanKind.SERVER,
-        attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method},
-    )
-    try:
-        if streaming:
-            yield span
-        else:
-            with trace.use_span(span, end_on_exit=False):
+    def __init__(self, tracer: Tracer, rpc: RpcCalls, listen: str) -> None:
+        self._tracer = tracer
+        self._rpc = rpc
+        self._attributes = {
+            method: {
+                RPC_SYSTEM_NAME: "grpc",
+                RPC_METHOD: f"{SERVICE_NAME}/{method}",
+                **server_attributes(listen),
+            }
+            for method in ("Publish", "PublishBatch", "Subscribe", "GetStatus")
+        }
+
+    @contextmanager
+    def __call__(
+        self, method: str, context: _Context, *, streaming: bool = False
+    ) -> Iterator[Span]:
+        """A streaming handler yields between its steps, possibly resumed in another context,
+        so its span is not made current (that would leave a context token that cannot be
+        detached)."""
+        started = time.perf_counter()
+        metadata = {
+            key: value
+            for key, value in context.invocation_metadata() or ()
+            if isinstance(value, str)
+        }
+        span = self._tracer.start_span(
+            f"{SERVICE_NAME}/{method}",
+            context=context_from_metadata(metadata),
+            kind=SpanKind.SERVER,
+            attributes=self._attributes[method],
+        )
+        code = grpc.StatusCode.OK
+        try:
+            if streaming:
                 yield span
-    except DualstreamError as exc:
-        code = status_code_for(exc)
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code is not grpc.StatusCode.INVALID_ARGUMENT:
-            span.set_status(Status(StatusCode.ERROR, str(exc)))
-        raise _StatusError(code, str(exc)) from exc
-    except Exception as exc:
-        logger.exception("%s failed unexpectedly", method)
-        span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-        span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.INTERNAL.value[0])
-        raise _StatusError(grpc.StatusCode.INTERNAL, "internal error; see the sidecar log") from exc
-    else:
-        span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.OK.value[0])
-    finally:
-        span.end()
+            else:
+                with trace.use_span(span, end_on_exit=False):
+                    yield span
+        except DualstreamError as exc:
+            code = status_code_for(exc)
+            raise _StatusError(code, str(exc)) from exc
+        except Exception as exc:
+            logger.exception("%s failed unexpectedly", method)
+            span.record_exception(exc)
+            code = grpc.StatusCode.INTERNAL
+            raise _StatusError(code, "internal error; see the sidecar log") from exc
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # The client went away (or the server stops).
+            raise
+        finally:
+            self._rpc.record(method, code.name, time.perf_counter() - started)
+            span.set_attribute(RPC_RESPONSE_STATUS_CODE, code.name)
+            if code.name in RpcCalls.SERVER_ERRORS:
+                span.set_attribute(ERROR_TYPE, code.name)
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            span.end()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +152,19 @@ class EventServicer(pb_grpc.EventServiceServicer):
         status: Callable[[], SidecarStatus],
         max_streams_per_client: int,
         max_concurrent_calls: int,
+        metrics: SidecarMetrics | None = None,
+        listen: str = "",
     ) -> None:
         self._publisher = publisher
         self._streams = streams
-        self._tracer = tracer
+        metrics = metrics or SidecarMetrics()
+        self._call = _Calls(tracer, metrics.rpc, listen)
+        topic = publisher.event_log.topic
+        self._deliveries = DeliveryTracer(tracer, topic) if records_spans(tracer) else None
+        self._live_deliveries, self._replayed_deliveries = metrics.delivery_counts(topic)
+        self._gap_counts = metrics.gaps
+        self._gaps: dict[str, tuple[Count, Count]] = {}
+        self._gap_missed = metrics.gap_missed
         self._status = status
         self._max_streams_per_client = max_streams_per_client
         self._streams_by_peer: collections.Counter[str] = collections.Counter()
@@ -144,7 +188,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
 
     async def Publish(self, request: pb.PublishRequest, context: _Context) -> pb.PublishResponse:
         try:
-            with _rpc_span(self._tracer, "Publish", context), self._admitted():
+            with self._call("Publish", context), self._admitted():
                 if isinstance(request, MalformedRequest):
                     raise request.error()
                 if not request.HasField("event"):
@@ -159,7 +203,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
         self, request: pb.PublishBatchRequest, context: _Context
     ) -> pb.PublishBatchResponse:
         try:
-            with _rpc_span(self._tracer, "PublishBatch", context), self._admitted():
+            with self._call("PublishBatch", context), self._admitted():
                 if isinstance(request, MalformedRequest):
                     raise request.error()
                 events = [
@@ -180,7 +224,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
         """Yields ``SubscribeResponse`` messages already encoded (the method's serializer is
         the identity): a live notification's shared fields are encoded once for all streams."""
         try:
-            with _rpc_span(self._tracer, "Subscribe", context, streaming=True):
+            with self._call("Subscribe", context, streaming=True) as span:
                 if isinstance(request, MalformedRequest):
                     raise request.error()
                 stream_request = convert.stream_request_from_proto(request)
@@ -193,13 +237,32 @@ class EventServicer(pb_grpc.EventServiceServicer):
                 self._streams_by_peer[peer] += 1
                 try:
                     async with aclosing(self._streams.open(stream_request)) as items:
+                        stream = span.get_span_context()
                         async for item in items:
                             if isinstance(item, Delivery):
-                                yield self._encoder.single(item)
+                                self._count_delivery(item)
+                                if self._deliveries is None:
+                                    yield self._encoder.single(item)
+                                    continue
+                                with self._delivery_span(item, stream) as trace_context:
+                                    yield self._encoder.single(item, trace_context)
                             elif isinstance(item, Deliveries):
-                                for message in self._encoder.batches(item.deliveries):
-                                    yield message
+                                for delivery in item.deliveries:
+                                    self._count_delivery(delivery)
+                                if self._deliveries is None:
+                                    for message in self._encoder.batches(item.deliveries):
+                                        yield message
+                                    continue
+                                with ExitStack() as spans:
+                                    traces = [
+                                        spans.enter_context(self._delivery_span(d, stream))
+                                        for d in item.deliveries
+                                    ]
+                                    for message in self._encoder.batches(item.deliveries, traces):
+                                        yield message
                             else:
+                                if isinstance(item, Gap):
+                                    self._count_gap(item)
                                 yield convert.stream_item_to_proto(item).SerializeToString()
                 finally:
                     self._streams_by_peer[peer] -= 1
@@ -207,6 +270,37 @@ class EventServicer(pb_grpc.EventServiceServicer):
                         del self._streams_by_peer[peer]
         except _StatusError as failure:
             await context.abort(failure.code, failure.details)
+
+    def _count_delivery(self, delivery: Delivery) -> None:
+        counter = self._replayed_deliveries if delivery.replayed else self._live_deliveries
+        counter.value += 1
+
+    def _delivery_span(
+        self, delivery: Delivery, stream: trace.SpanContext
+    ) -> AbstractContextManager[TraceContext | None]:
+        assert self._deliveries is not None
+        notification = delivery.notification
+        return self._deliveries.deliver(
+            notification.traceparent,
+            event_id=notification.id,
+            partition=notification.partition,
+            offset=notification.offset,
+            replayed=delivery.replayed,
+            stream=stream,
+        )
+
+    def _count_gap(self, gap: Gap) -> None:
+        reason = gap.reason.value
+        counts = self._gaps.get(reason)
+        if counts is None:
+            attributes = {"dualstream.gap.reason": reason}
+            counts = self._gaps[reason] = (
+                self._gap_counts.bind(attributes),
+                self._gap_missed.bind(attributes),
+            )
+        gaps, missed = counts
+        gaps.value += 1
+        missed.value += gap.missed
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: _Context

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -22,6 +23,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from stack.localstack import (
     create_topic,
     ensure_kafka_jars,
     free_port,
+    free_ports,
     port_open,
 )
 
@@ -778,14 +782,92 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ours.update(
             several_workers(workdir, kafka.bootstrap, redis.url, 2, seconds, broker, smoke=smoke)
         )
+        telemetry = telemetry_costs(
+            workdir, kafka.bootstrap, redis.url, seconds, broker, smoke=smoke
+        )
+        ours.update(telemetry["runs"])
         results["ours"] = ours
-    results["ratios"] = ratios(results)
+    results["ratios"] = {**ratios(results), **telemetry["ratios"]}
     results["bench_process_max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return results
 
 
+def telemetry_costs(
+    workdir: Path, bootstrap: str, redis_url: str, seconds: float, broker: Broker, *, smoke: bool
+) -> dict[str, Any]:
+    """What telemetry costs the unary path: the Go client's closed loop against a sidecar with
+    everything off (``OTEL_SDK_DISABLED``), with metrics only (the default; ``/metrics``
+    scraped every second, far more often than Prometheus would), and with every span exported
+    to a real Jaeger as well. The three alternate over several rounds (medians), so that the
+    machine's drift hits each alike. Returns the runs and their ratios."""
+    from stack.jaeger import JaegerServer
+
+    otlp_port, query_port = free_ports(2)
+    arms = {
+        "telemetry_off": {"OTEL_SDK_DISABLED": "true"},
+        "telemetry_metrics": {},
+        "telemetry_tracing": {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}"},
+    }
+    rounds: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    with JaegerServer(workdir / "jaeger", otlp_port, query_port):
+        for number in range(1 if smoke else 3):
+            for arm, environment in arms.items():
+                sidecar, target = start_sidecar(
+                    workdir / f"{arm}-{number}", bootstrap, redis_url, extra_env=environment
+                )
+                try:
+                    assert sidecar.pid is not None
+                    go_loadgen(target, "closed", 1.0, "--concurrency", str(UNARY_CONCURRENCY))
+                    with _scraping(sidecar.admin_port), Sampler(sidecar.pid, broker) as sampler:
+                        run = go_loadgen(
+                            target, "closed", seconds, "--concurrency", str(UNARY_CONCURRENCY)
+                        )
+                    rounds[arm].append({**run, **sampler.figures(run.get("events"))})
+                finally:
+                    sidecar.stop()
+
+    def median_run(arm: str) -> dict[str, Any]:
+        ordered = sorted(rounds[arm], key=lambda run: run["calls_per_s"])
+        return {**ordered[len(ordered) // 2], "rounds": [r["calls_per_s"] for r in ordered]}
+
+    runs = {arm: median_run(arm) for arm in arms}
+    off, metrics, tracing = (runs[arm]["calls_per_s"] for arm in arms)
+    return {
+        "runs": runs,
+        "ratios": {
+            "unary_metrics_on_vs_off (target >= 0.85)": round(metrics / off, 3) if off else 0.0,
+            "unary_tracing_exported_vs_off (target >= 0.85)": round(tracing / metrics, 3)
+            if metrics
+            else 0.0,
+        },
+    }
+
+
+@contextlib.contextmanager
+def _scraping(admin_port: int) -> Iterator[None]:
+    """GET /metrics every second in a thread while the block runs."""
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(1.0):
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read()
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        scraper.join()
+
+
 def start_sidecar(
-    workdir: Path, bootstrap: str, redis_url: str, *extra_args: str
+    workdir: Path,
+    bootstrap: str,
+    redis_url: str,
+    *extra_args: str,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[SidecarProcess, str]:
     """A sidecar with the benchmark's settings; returns it and its address. The fan-out opens
     1,000 streams from one client, beyond the default per-client limit."""
@@ -795,6 +877,7 @@ def start_sidecar(
         extra_args=["--kafka-linger-ms", str(LINGER_MS), "--kafka-max-batch-bytes",
                     str(BATCH_BYTES), "--max-streams-per-client", "5000",
                     "--log-level", "WARNING", *extra_args],
+        extra_env=extra_env,
     )  # fmt: skip
     sidecar.start()
     return sidecar, f"127.0.0.1:{port}"

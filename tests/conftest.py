@@ -2,7 +2,8 @@
 
 One broker and one Redis serve the whole session; every test gets its own topic and channel
 names, so tests cannot see each other's events. Tests that kill or stop a service ask for a
-private one (``private_redis``, ``private_kafka``).
+private one (``private_redis``, ``private_kafka``). A real Jaeger (``jaeger``) starts for the
+session on first use.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from opentelemetry.trace import Tracer
 from dualstream.settings import Settings
 from dualstream.transport.server import Sidecar
 from dualstream_client import DualstreamClient, Notification, Subscription
-from stack.localstack import KafkaBroker, RedisServer, create_topic, free_port
+from stack.jaeger import JaegerServer
+from stack.localstack import KafkaBroker, RedisServer, create_topic, free_port, free_ports
 
 TEST_PARTITIONS = 6
 
@@ -43,6 +45,14 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JaegerServer]:
+    """Jaeger v2 (memory storage): ``otlp_endpoint`` takes spans, ``query_url`` answers."""
+    otlp_port, query_port = free_ports(2)
+    with JaegerServer(tmp_path_factory.mktemp("jaeger"), otlp_port, query_port) as server:
+        yield server
 
 
 @pytest.fixture

@@ -330,7 +330,14 @@ async def test_span_tree(
     assert producer.attributes["messaging.destination.partition.id"] == str(result.partition)
     assert producer.attributes["messaging.kafka.message.key"] == "octocat"
     assert producer.attributes["messaging.kafka.offset"] == result.offset
+    assert producer.attributes["messaging.operation.type"] == "send"
+    assert producer.attributes["messaging.message.id"] == result.id
+    assert "messaging.batch.message_count" not in producer.attributes
     assert publish.attributes["db.system.name"] == "redis"
     assert publish.attributes["db.operation.name"] == "PUBLISH"
+    assert server.attributes is not None
+    assert server.attributes["rpc.system.name"] == "grpc"
+    assert server.attributes["rpc.method"] == "dualstream.v1.EventService/Publish"
+    assert server.attributes["rpc.response.status_code"] == "OK"
     for span in spans.values():
         assert "secret" not in repr(dict(span.attributes or {}))

@@ -57,3 +57,40 @@ def test_settings_are_frozen() -> None:
 )
 def test_telemetry_follows_otel_variables(env: dict[str, str], exporter: str) -> None:
     assert TelemetrySettings.load(env).exporter == exporter
+
+
+def test_sampler_and_metrics_follow_otel_variables() -> None:
+    default = TelemetrySettings.load({})
+    assert (default.sampler, default.sampler_ratio) == ("parentbased_always_on", 1.0)
+    assert default.metrics_exporters == {"prometheus"}
+    ratio = TelemetrySettings.load(
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
+    )
+    assert (ratio.sampler, ratio.sampler_ratio) == ("parentbased_traceidratio", 0.25)
+    pushed = TelemetrySettings.load(
+        {
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://c:4317",
+            "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+        }
+    )
+    assert pushed.metrics_exporters == {"prometheus", "otlp"}
+    assert pushed.metric_export_interval == 5.0
+    assert pushed.exporter == "none"  # A metrics endpoint says nothing about traces.
+    assert TelemetrySettings.load({"OTEL_METRICS_EXPORTER": "none"}).metrics_exporters == set()
+    disabled = TelemetrySettings.load({"OTEL_SDK_DISABLED": "true"})
+    assert (disabled.tracing, disabled.metrics) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"OTEL_TRACES_SAMPLER": "jaeger_remote"}, "OTEL_TRACES_SAMPLER"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"}, "SAMPLER_ARG"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "x"}, "SAMPLER_ARG"),
+        ({"OTEL_METRICS_EXPORTER": "statsd"}, "OTEL_METRICS_EXPORTER"),
+        ({"OTEL_METRIC_EXPORT_INTERVAL": "0"}, "OTEL_METRIC_EXPORT_INTERVAL"),
+    ],
+)
+def test_bad_otel_variables_are_named(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        TelemetrySettings.load(env)

@@ -95,7 +95,11 @@ class _Calls:
             if streaming:
                 yield span
             else:
-                with trace.use_span(span, end_on_exit=False):
+                # Errors are recorded below, as the conventions say (a caller's mistake is
+                # no error of the server's), not by use_span.
+                with trace.use_span(
+                    span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+                ):
                     yield span
         except DualstreamError as exc:
             code = status_code_for(exc)

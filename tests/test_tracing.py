@@ -309,3 +309,45 @@ async def test_failures_carry_error_type(
     # A caller's mistake is not the server's error, by the gRPC conventions.
     assert "error.type" not in (invalid.attributes or {})
     assert invalid.status.status_code == StatusCode.UNSET
+
+
+async def test_each_notification_of_a_batch_carries_its_own_delivery_span(
+    settings: Settings, tracer: Tracer, span_exporter: InMemorySpanExporter, source_type: str
+) -> None:
+    source = pb.Source(source_type=source_type, source_id="b")
+    event = pb.Event(type="t", source_type=source_type, source_id="b")
+    async with (
+        Sidecar(settings, tracer) as sidecar,
+        grpc.aio.insecure_channel(target_of(sidecar)) as channel,
+    ):
+        assert await sidecar.publisher.event_log.wait_ready(30)
+        stub = pb_grpc.EventServiceStub(channel)
+        stream = stub.Subscribe(
+            pb.SubscribeRequest(sources=[source], max_notifications_per_message=8)
+        )
+        await first_of(stream, "subscribed")
+        # One batch call: its notifications reach Redis in one pipeline and queue together.
+        published = await stub.PublishBatch(
+            pb.PublishBatchRequest(events=[event] * 5),
+            metadata=(("traceparent", caller_traceparent(sampled=True)),),
+        )
+        received: list[pb.Notification] = []
+        batches = 0
+        async with asyncio.timeout(60):
+            while len(received) < len(published.results):
+                response = await stream.read()
+                assert isinstance(response, pb.SubscribeResponse)
+                if response.HasField("notification"):
+                    received.append(response.notification)
+                elif response.HasField("notifications"):
+                    batches += 1
+                    received.extend(response.notifications.notifications)
+        stream.cancel()
+    deliveries = {
+        f"{s.context.span_id:016x}": s
+        for s in span_exporter.get_finished_spans()
+        if s.kind == SpanKind.CONSUMER
+    }
+    assert batches >= 1
+    assert [n.id for n in received] == [r.id for r in published.results]
+    assert {span_id_of(n.traceparent) for n in received} == set(deliveries)

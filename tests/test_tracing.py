@@ -85,6 +85,17 @@ async def first_of(
                 return response
 
 
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, tracer: Tracer) -> AsyncIterator[pb_grpc.EventServiceStub]:
+    """An in-process sidecar, ready to publish, and a raw stub to it."""
+    async with (
+        Sidecar(settings, tracer) as sidecar,
+        grpc.aio.insecure_channel(target_of(sidecar)) as channel,
+    ):
+        assert await sidecar.publisher.event_log.wait_ready(30)
+        yield pb_grpc.EventServiceStub(channel)
+
+
 def span_id_of(traceparent: str) -> str:
     return traceparent.split("-")[2]
 
@@ -243,12 +254,7 @@ async def test_a_delivery_carries_its_span_and_an_unsampled_event_the_publishers
     settings: Settings, tracer: Tracer, span_exporter: InMemorySpanExporter, source_type: str
 ) -> None:
     source = pb.Source(source_type=source_type, source_id="a")
-    async with (
-        Sidecar(settings, tracer) as sidecar,
-        grpc.aio.insecure_channel(target_of(sidecar)) as channel,
-    ):
-        assert await sidecar.publisher.event_log.wait_ready(30)
-        stub = pb_grpc.EventServiceStub(channel)
+    async with serving(settings, tracer) as stub:
         stream = stub.Subscribe(pb.SubscribeRequest(sources=[source]))
         await first_of(stream, "subscribed")
         event = pb.Event(type="t", source_type=source_type, source_id="a")
@@ -282,12 +288,7 @@ async def test_failures_carry_error_type(
 ) -> None:
     settings = make_settings(kafka.bootstrap, private_redis.url, topic, redis_breaker_failures=1)
     event = pb.Event(type="t", source_type=source_type, source_id="a")
-    async with (
-        Sidecar(settings, tracer) as sidecar,
-        grpc.aio.insecure_channel(target_of(sidecar)) as channel,
-    ):
-        assert await sidecar.publisher.event_log.wait_ready(30)
-        stub = pb_grpc.EventServiceStub(channel)
+    async with serving(settings, tracer) as stub:
         await asyncio.to_thread(private_redis.kill)
         failed = await stub.Publish(pb.PublishRequest(event=event))
         skipped = await stub.Publish(pb.PublishRequest(event=event))
@@ -316,12 +317,7 @@ async def test_each_notification_of_a_batch_carries_its_own_delivery_span(
 ) -> None:
     source = pb.Source(source_type=source_type, source_id="b")
     event = pb.Event(type="t", source_type=source_type, source_id="b")
-    async with (
-        Sidecar(settings, tracer) as sidecar,
-        grpc.aio.insecure_channel(target_of(sidecar)) as channel,
-    ):
-        assert await sidecar.publisher.event_log.wait_ready(30)
-        stub = pb_grpc.EventServiceStub(channel)
+    async with serving(settings, tracer) as stub:
         stream = stub.Subscribe(
             pb.SubscribeRequest(sources=[source], max_notifications_per_message=8)
         )

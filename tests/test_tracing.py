@@ -86,7 +86,9 @@ async def first_of(
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: Settings, tracer: Tracer) -> AsyncIterator[pb_grpc.EventServiceStub]:
+async def serving(
+    settings: Settings, tracer: Tracer
+) -> AsyncIterator[pb_grpc.EventServiceAsyncStub]:
     """An in-process sidecar, ready to publish, and a raw stub to it."""
     async with (
         Sidecar(settings, tracer) as sidecar,

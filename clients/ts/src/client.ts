@@ -75,6 +75,12 @@ export interface SubscribeOptions {
   types?: readonly string[];
   /** What the sidecar does when the stream cannot deliver everything live. Default `gap`. */
   policy?: SlowConsumerPolicyName;
+  /**
+   * Reconnect and resume from the last cursor when the stream breaks. Default on, except with
+   * policy `close`: the application asked to be told, so the break ends the loop with its
+   * `DualstreamError` (the subscription's `cursor` is where to resume from).
+   */
+  autoResume?: boolean;
   /** Carry each event's payload and attributes in its notification. */
   includeData?: boolean;
   /** Start by replaying everything after this cursor (from any earlier message). */
@@ -206,8 +212,8 @@ export class DualstreamClient {
    * messages. When the stream breaks (the sidecar restarted, the network dropped,
    * UNAVAILABLE), the subscription reconnects with jittered backoff and resumes from the last
    * cursor it handed over: every event once, each source in order; a new `subscribed` with
-   * `resumed: true` marks the seam. Gaps are always handed over. Abort `signal`, `close()`
-   * or `break` to stop.
+   * `resumed: true` marks the seam (`autoResume`: on unless the policy is `close`). Gaps are
+   * always handed over. Abort `signal`, `close()` or `break` to stop.
    */
   subscribe(options: SubscribeOptions): Subscription {
     const request = create(SubscribeRequestSchema, {
@@ -233,7 +239,10 @@ export class DualstreamClient {
       (attemptRequest, signal) =>
         this.#rpc.subscribe(attemptRequest, { ...callOptions, timeoutMs: 0, signal }),
       request,
-      options.reconnect ?? this.#options.reconnect ?? {},
+      {
+        resume: options.autoResume ?? options.policy !== "close",
+        reconnect: options.reconnect ?? this.#options.reconnect ?? {},
+      },
       options.signal,
     );
   }
@@ -263,13 +272,13 @@ export class Subscription implements AsyncIterable<StreamMessage> {
   constructor(
     open: Parameters<typeof resumingStream>[0],
     request: Parameters<typeof resumingStream>[1],
-    reconnect: ReconnectOptions,
+    options: { resume: boolean; reconnect: ReconnectOptions },
     signal: AbortSignal | undefined,
   ) {
     this.#state.cursor = request.resumeCursor;
     const signals = signal === undefined ? [this.#stop.signal] : [this.#stop.signal, signal];
     this.#messages = resumingStream(open, request, {
-      reconnect,
+      ...options,
       signal: AbortSignal.any(signals),
       state: this.#state,
     });

@@ -49,6 +49,8 @@ export function isResumable(error: DualstreamError): boolean {
 }
 
 export interface ResumingStreamOptions {
+  /** False: the first break ends the stream (an error throws, a clean end returns). */
+  resume?: boolean;
   reconnect?: ReconnectOptions;
   signal?: AbortSignal | undefined;
   state?: ResumeState;
@@ -92,13 +94,16 @@ export async function* resumingStream(
           yield message;
         }
       }
+      if (options.resume === false) {
+        return;
+      }
       error = new DualstreamError(Code.Unavailable, "the sidecar ended the stream");
     } catch (thrown) {
       if (signal?.aborted) {
         return;
       }
       error = toDualstreamError(thrown);
-      if (!isResumable(error)) {
+      if (options.resume === false || !isResumable(error)) {
         throw error;
       }
     } finally {

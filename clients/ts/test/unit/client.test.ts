@@ -155,7 +155,7 @@ describe("DualstreamClient against a scripted service", () => {
               value: { id: `e${n}`, sourceType: "user", sourceId: "x", cursor: `c${n}1`, traceparent: `00-${n}` },
             },
           };
-          if (n === 1) throw new ConnectError("sidecar restarting", Code.Unavailable);
+          if (n % 2 === 1) throw new ConnectError("sidecar restarting", Code.Unavailable);
           await new Promise(() => {});
         },
       });
@@ -180,5 +180,18 @@ describe("DualstreamClient against a scripted service", () => {
     assert.equal(subscription.reconnects, 1);
     assert.throws(() => subscription[Symbol.asyncIterator](), TypeError);
     assert.equal(client.subscribe({ sources: [["user", "x"]], resumeCursor: "c9" }).cursor, "c9");
+
+    // Policy close: the break ends the loop with its error, and the cursor says where to resume.
+    const closing = client.subscribe({ sources: [["user", "*"]], policy: "close" });
+    const closed: string[] = [];
+    await assert.rejects(
+      (async () => {
+        for await (const message of closing) closed.push(message.kind);
+      })(),
+      (error: unknown) => error instanceof DualstreamError && error.code === Code.Unavailable,
+    );
+    assert.deepEqual(closed, ["subscribed", "notification"]);
+    assert.equal(closing.cursor, "c31");
+    assert.equal(requests.length, 3);
   });
 });

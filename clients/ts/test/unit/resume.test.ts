@@ -179,6 +179,23 @@ describe("resumingStream", () => {
     });
   }
 
+  it("with resume off, ends at the first break: an error throws, a clean end returns", async () => {
+    const failing = scriptedOpen([{ messages: [subscribed("c0"), single("e1", 1, "c1")], error: unavailable() }]);
+    const seen: StreamMessage[] = [];
+    await assert.rejects(
+      (async () => {
+        for await (const message of resumingStream(failing.open, request, { ...noSleep, resume: false })) seen.push(message);
+      })(),
+      (error: unknown) => error instanceof DualstreamError && error.code === Code.Unavailable,
+    );
+    assert.equal(seen.length, 2);
+    assert.equal(failing.requests.length, 1);
+
+    const ending = scriptedOpen([{ messages: [subscribed("c0")] }]);
+    assert.equal((await collect(resumingStream(ending.open, request, { ...noSleep, resume: false }))).length, 1);
+    assert.equal(ending.requests.length, 1);
+  });
+
   it("gives up after maxAttempts failures in a row, counting from the last subscribed", async () => {
     const { open, requests } = scriptedOpen([
       { messages: [], error: unavailable() },

@@ -1373,6 +1373,7 @@ async def _tail_topic(bootstrap: str, topic: str, count: int) -> None:
 # through DUALSTREAM_TEST_* variables (clients/README.md has the contract).
 
 WITH_STACK_TOPIC = "events"
+WITH_STACK_START_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -1425,14 +1426,15 @@ def test_stack(workdir: Path) -> Iterator[TestStack]:
         for server in (redis, kafka):
             running.callback(server.stop)
             server.launch()
+        # Patient: on a machine shared by several test runs, Kafka can take minutes to start.
         for server in (redis, kafka):
-            server.wait_until_ready()
+            server.wait_until_ready(WITH_STACK_START_TIMEOUT)
         create_topic(kafka.bootstrap, WITH_STACK_TOPIC, DEV_TOPIC_PARTITIONS)
         for sidecar in sidecars:
             running.callback(sidecar.stop)
             sidecar.launch()
         for sidecar in sidecars:
-            sidecar.wait_until_ready()
+            sidecar.wait_until_ready(WITH_STACK_START_TIMEOUT)
         yield TestStack(
             target=sidecars[0].listen,
             auth_target=sidecars[1].listen,

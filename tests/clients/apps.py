@@ -4,6 +4,7 @@ clients/README.md). The parametrized tests of ``tests/clients/`` run every app l
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,25 @@ class ConformanceApp:
 
 
 APPS: dict[str, ConformanceApp] = {}
+
+# Go: cmd/dualstream-conformance of the Go module.
+APPS["go"] = ConformanceApp(
+    language="go",
+    run=("{build}/go/dualstream-conformance",),
+    build=(
+        "go",
+        "build",
+        "-o",
+        "{build}/go/dualstream-conformance",
+        "./cmd/dualstream-conformance",
+    ),
+    cwd=REPO / "clients" / "go",
+)
+
+# Python: a module of the tests, run with the interpreter running pytest (the repo's .venv).
+APPS["python"] = ConformanceApp(
+    language="python", run=(sys.executable, "-m", "tests.clients.python_app")
+)
 
 # TypeScript: compiled by tsc with the tests' config; node resolves the app's packages from
 # the nearest node_modules above it, so the build links clients/ts/node_modules beside it.

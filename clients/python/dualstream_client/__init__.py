@@ -1,9 +1,10 @@
 """A typed asyncio client for the dualstream sidecar.
 
-async with DualstreamClient("127.0.0.1:50051") as client:
+async with DualstreamClient("127.0.0.1:50051", retry=Retry()) as client:
     result = await client.publish(EventInput("order.created", "user", "octocat", b"{}"))
-    async for notification in client.subscribe([("user", "octocat")]):
-        ...
+    async with client.subscribe([("user", "*")]) as stream:  # resumes by itself
+        async for message in stream:
+            ...
 """
 
 from dualstream_client.client import (
@@ -14,8 +15,10 @@ from dualstream_client.client import (
     Gap,
     Notification,
     PublishResult,
+    Retry,
     StreamMessage,
     Subscription,
+    new_event_id,
 )
 from dualstream_client.errors import (
     DualstreamClientError,
@@ -36,8 +39,10 @@ __all__ = [
     "Notification",
     "PublishResult",
     "ResourceExhaustedError",
+    "Retry",
     "StreamMessage",
     "Subscription",
     "UnauthenticatedError",
     "UnavailableError",
+    "new_event_id",
 ]

@@ -2,18 +2,99 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import asyncio
+import collections
+import os
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
-from dualstream_client.errors import DualstreamClientError, from_rpc_error
+from dualstream_client.errors import (
+    DualstreamClientError,
+    UnavailableError,
+    from_rpc_error,
+    from_status,
+)
+
+T = TypeVar("T")
+# A sidecar restart takes seconds: the channel reconnects within a few, not gRPC's default two
+# minutes of backoff at worst.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+
+def new_event_id() -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits, so ids sort by
+    creation time like the ones the sidecar assigns."""
+    value = int.from_bytes(os.urandom(16)) & ~(0xFFFF_FFFF_FFFF << 80)
+    value |= (time.time_ns() // 1_000_000) << 80
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # variant 10
+    return str(uuid.UUID(int=value))
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """How ``publish`` and ``publish_batch`` retry on ``UNAVAILABLE``.
+
+    A retry sends the same event ids (the client gives an event without one a UUIDv7 before
+    the first attempt), so an event written by an attempt whose answer was lost is at worst
+    written twice under one id, which consumers deduplicate; it is never lost or renamed.
+    ``max_attempts`` counts the first attempt. Waits double from ``initial_backoff`` up to
+    ``max_backoff``, each drawn between half and all of it; ``max_elapsed`` (seconds), when
+    set, stops retrying once that long has passed since the first attempt.
+    """
+
+    max_attempts: int = 4
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    max_elapsed: float | None = None
+
+
+class _Backoff:
+    """The waits of a jittered ("equal jitter") exponential backoff."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._next = initial
+        self._max = max(initial, maximum)
+
+    def wait(self) -> float:
+        current, self._next = self._next, min(2 * self._next, self._max)
+        return random.uniform(current / 2, current)
+
+
+async def _retrying(policy: Retry | None, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run ``attempt`` until it succeeds, fails other than UNAVAILABLE, or ``policy`` is spent."""
+    policy = policy or Retry(max_attempts=1)
+    started = time.monotonic()
+    waits = _Backoff(policy.initial_backoff, policy.max_backoff)
+    number = 1
+    while True:
+        try:
+            return await attempt()
+        except UnavailableError:
+            wait = waits.wait()
+            spent = number >= policy.max_attempts or (
+                policy.max_elapsed is not None
+                and time.monotonic() - started + wait > policy.max_elapsed
+            )
+            if spent:
+                raise
+        await asyncio.sleep(wait)
+        number += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +163,19 @@ class Notification:
     cursor: str = ""
     replayed: bool = False
     event: EventInput | None = None
+    # The W3C trace context to continue the event's trace from ("" when it had none):
+    # ``TraceContextTextMapPropagator().extract(notification.trace_carrier())``.
+    traceparent: str = ""
+    tracestate: str = ""
+
+    def trace_carrier(self) -> dict[str, str]:
+        """The trace context as W3C headers, for an OpenTelemetry propagator's ``extract``."""
+        carrier = {}
+        if self.traceparent:
+            carrier["traceparent"] = self.traceparent
+            if self.tracestate:
+                carrier["tracestate"] = self.tracestate
+        return carrier
 
     @classmethod
     def from_proto(cls, n: pb.Notification) -> Notification:
@@ -109,6 +203,8 @@ class Notification:
             n.cursor,
             n.replayed,
             event,
+            n.traceparent,
+            n.tracestate,
         )
 
 
@@ -148,23 +244,31 @@ class DualstreamClient:
         metadata: Sequence[tuple[str, str]] = (),
         token: str = "",
         tls_root_certificates: bytes | None = None,
+        retry: Retry | None = None,
     ) -> None:
-        """``token`` is sent as ``authorization: Bearer <token>``; ``tls_root_certificates``
-        (PEM) switches to TLS, trusting those roots."""
+        """``target`` is ``host:port`` or ``unix:/path/to.sock``. ``timeout`` is the deadline
+        of each call attempt (None: no deadline). ``token`` is sent as ``authorization: Bearer
+        <token>``; ``tls_root_certificates`` (PEM) switches to TLS, trusting those roots.
+
+        ``retry`` retries publishes on ``UNAVAILABLE`` with the same event ids; ``Retry()``
+        rides out a brief outage. It is off (None) by default, as before it existed: callers
+        that count or time each answer, like the fault-injection suite, see every one.
+        """
         self._target = target
         self._timeout = timeout
         auth = (("authorization", f"Bearer {token}"),) if token else ()
         self._metadata = tuple(metadata) + auth
         self._tls_roots = tls_root_certificates
+        self._retry = retry
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.EventServiceAsyncStub | None = None
 
     async def __aenter__(self) -> Self:
         if self._tls_roots is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=self._tls_roots)
-            self._channel = grpc.aio.secure_channel(self._target, credentials)
+            self._channel = grpc.aio.secure_channel(self._target, credentials, CHANNEL_OPTIONS)
         else:
-            self._channel = grpc.aio.insecure_channel(self._target)
+            self._channel = grpc.aio.insecure_channel(self._target, CHANNEL_OPTIONS)
         self._stub = pb_grpc.EventServiceStub(self._channel)
         return self
 
@@ -187,37 +291,56 @@ class DualstreamClient:
         return self._stub
 
     async def publish(self, event: EventInput) -> PublishResult:
-        try:
-            response = await self._require_stub().Publish(
-                pb.PublishRequest(event=event.to_proto()),
-                timeout=self._timeout,
-                metadata=self._metadata,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from exc
-        return PublishResult.from_proto(response)
+        """Write one event; returns once Kafka acknowledged it. An event without an id gets a
+        UUIDv7 here, so that a retry (see ``retry``) sends the same id."""
+        request = pb.PublishRequest(event=_with_id(event).to_proto())
+
+        async def attempt() -> pb.PublishResponse:
+            try:
+                return await self._require_stub().Publish(
+                    request, timeout=self._timeout, metadata=self._metadata
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc) from exc
+
+        return PublishResult.from_proto(await _retrying(self._retry, attempt))
 
     async def publish_batch(self, events: Iterable[EventInput]) -> list[BatchItemResult]:
+        """Write several events in one call; one result per event, in order. One invalid event
+        rejects the batch with ``InvalidArgumentError`` (``field`` names it) and nothing is
+        written. With ``retry``, a call failing ``UNAVAILABLE`` is sent again, and so are just
+        the events that failed ``UNAVAILABLE``, with the same ids."""
+        messages = [_with_id(event).to_proto() for event in events]
+        results: list[BatchItemResult | None] = [None] * len(messages)
+        pending = list(range(len(messages)))
+
+        async def attempt() -> None:
+            nonlocal pending
+            request = pb.PublishBatchRequest(events=[messages[i] for i in pending])
+            try:
+                response = await self._require_stub().PublishBatch(
+                    request, timeout=self._timeout, metadata=self._metadata
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc) from exc
+            again = []
+            for index, item in zip(pending, response.results, strict=True):
+                result = _batch_item(item)
+                results[index] = result
+                if isinstance(result.error, UnavailableError):
+                    again.append(index)
+            pending = again
+            if pending:
+                raise UnavailableError(
+                    grpc.StatusCode.UNAVAILABLE, "some events of the batch were not acknowledged"
+                )
+
         try:
-            response = await self._require_stub().PublishBatch(
-                pb.PublishBatchRequest(events=[event.to_proto() for event in events]),
-                timeout=self._timeout,
-                metadata=self._metadata,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from exc
-        results = []
-        for item in response.results:
-            if item.HasField("published"):
-                results.append(
-                    BatchItemResult(item.id, PublishResult.from_proto(item.published), None)
-                )
-            else:
-                code = _status_code(item.error.code)
-                results.append(
-                    BatchItemResult(item.id, None, DualstreamClientError(code, item.error.message))
-                )
-        return results
+            await _retrying(self._retry, attempt)
+        except UnavailableError:
+            if len(pending) == len(messages):
+                raise
+        return [result for result in results if result is not None]
 
     async def status(self) -> pb.GetStatusResponse:
         """The sidecar's detailed status (the proto message; see GetStatusResponse)."""
@@ -238,6 +361,9 @@ class DualstreamClient:
         start_time: datetime | None = None,
         policy: str = "gap",
         include_data: bool = False,
+        max_notifications_per_message: int = 0,
+        auto_resume: bool | None = None,
+        resume_timeout: float = 300.0,
     ) -> Subscription:
         """Open a stream for ``(source_type, source_id)`` pairs; ``source_id`` may be ``*``.
 
@@ -245,6 +371,14 @@ class DualstreamClient:
         stream live, so everything published after that is seen; ``async for`` over it yields
         ``Notification``, ``Gap`` and ``CaughtUp`` messages, and ``stream.cursor`` is always
         the cursor to resume from. ``policy`` is ``gap``, ``close`` or ``replay``.
+
+        Automatic resume (``auto_resume``; on by default except with ``policy="close"``,
+        whose caller asked to be told): when the live stream breaks (the sidecar restarted,
+        the network failed, ``UNAVAILABLE``) it reconnects with jittered backoff and resumes
+        from ``stream.cursor``, so every event is yielded once, in per-source order, across
+        the break; ``resume_timeout`` seconds of failed reconnects end it with the last error.
+        ``max_notifications_per_message`` above 1 lets the sidecar batch notifications of a
+        backlog; they are unpacked, one ``Notification`` at a time.
         """
         request = pb.SubscribeRequest(
             sources=[pb.Source(source_type=t, source_id=i) for t, i in sources],
@@ -252,39 +386,80 @@ class DualstreamClient:
             resume_cursor=resume_cursor,
             slow_consumer_policy=POLICIES[policy],
             include_data=include_data,
+            max_notifications_per_message=max_notifications_per_message,
         )
         if start_earliest:
             request.start.earliest = True
         elif start_time is not None:
             request.start.time.FromDatetime(start_time)
-        return Subscription(self._require_stub().Subscribe(request, metadata=self._metadata))
+        if auto_resume is None:
+            auto_resume = policy != "close"
+        return Subscription(
+            self._require_stub(),
+            request,
+            self._metadata,
+            auto_resume=auto_resume,
+            resume_timeout=resume_timeout,
+        )
+
+
+def _with_id(event: EventInput) -> EventInput:
+    return event if event.id else replace(event, id=new_event_id())
+
+
+def _batch_item(item: pb.PublishBatchResult) -> BatchItemResult:
+    if item.HasField("published"):
+        return BatchItemResult(item.id, PublishResult.from_proto(item.published), None)
+    error = from_status(_status_code(item.error.code), item.error.message)
+    return BatchItemResult(item.id, None, error)
 
 
 class Subscription:
-    """A live Subscribe stream. ``async for`` yields notifications; ``close()`` cancels it."""
+    """A Subscribe stream. ``async for`` yields its messages; ``close()`` cancels it."""
 
     def __init__(
-        self, call: grpc.aio.UnaryStreamCall[pb.SubscribeRequest, pb.SubscribeResponse]
+        self,
+        stub: pb_grpc.EventServiceAsyncStub,
+        request: pb.SubscribeRequest,
+        metadata: Sequence[tuple[str, str]],
+        *,
+        auto_resume: bool,
+        resume_timeout: float,
     ) -> None:
-        self._call = call
+        self._stub = stub
+        self._request = request
+        self._metadata = metadata
+        self._auto_resume = auto_resume
+        self._resume_timeout = resume_timeout
+        self._call = stub.Subscribe(request, metadata=metadata)
         self._live = False
+        self._closed = False
+        self._unpacked: collections.deque[Notification] = collections.deque()
         self.channels: tuple[str, ...] = ()
+        # The cursor of the last message given to the application (or of `subscribed`).
         self.cursor = ""
+        # How many times the stream was resumed automatically.
+        self.resumes = 0
 
     async def wait_live(self) -> None:
-        """Wait for the stream's ``subscribed`` message; idempotent."""
+        """Wait for the stream's ``subscribed`` message; idempotent. Errors opening the stream
+        (``UNAUTHENTICATED``, ``INVALID_ARGUMENT``, ...) are raised here, never resumed."""
         if self._live:
             return
+        subscribed = await self._read_subscribed()
+        self.channels = tuple(subscribed.channels)
+        self.cursor = subscribed.cursor
+        self._live = True
+
+    async def _read_subscribed(self) -> pb.Subscribed:
         try:
             first = await self._call.read()
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
         if not isinstance(first, pb.SubscribeResponse) or not first.HasField("subscribed"):
-            self.close()
+            self._call.cancel()
             raise DualstreamClientError(grpc.StatusCode.UNKNOWN, "stream did not confirm")
-        self.channels = tuple(first.subscribed.channels)
-        self.cursor = first.subscribed.cursor
-        self._live = True
+        return first.subscribed
 
     def __aiter__(self) -> Self:
         return self
@@ -292,31 +467,80 @@ class Subscription:
     async def __anext__(self) -> StreamMessage:
         await self.wait_live()
         while True:
+            if self._unpacked:
+                notification = self._unpacked.popleft()
+                self.cursor = notification.cursor
+                return notification
+            if self._closed:
+                raise StopAsyncIteration
             try:
                 message = await self._call.read()
             except grpc.aio.AioRpcError as exc:
-                raise from_rpc_error(exc) from exc
+                await self._resume(from_rpc_error(exc), exc)
+                continue
             if not isinstance(message, pb.SubscribeResponse):
-                raise StopAsyncIteration  # The sidecar ended the stream.
-            kind = message.WhichOneof("message")
-            if kind == "notification":
-                self.cursor = message.notification.cursor
-                return Notification.from_proto(message.notification)
-            if kind == "gap":
-                gap = message.gap
-                self.cursor = gap.cursor
-                return Gap(
-                    reason=pb.GapReason.Name(gap.reason).removeprefix("GAP_REASON_").lower(),
-                    missed=gap.missed,
-                    cursor=gap.cursor,
-                    since=gap.since.ToDatetime(tzinfo=UTC),
-                    until=gap.until.ToDatetime(tzinfo=UTC),
-                )
-            if kind == "caught_up":
-                self.cursor = message.caught_up.cursor
-                return CaughtUp(message.caught_up.replayed, message.caught_up.cursor)
+                # The sidecar ended the stream, which it does only when it stops.
+                await self._resume(None, None)
+                continue
+            delivered = self._convert(message)
+            if delivered is not None:
+                self.cursor = delivered.cursor
+                return delivered
+
+    def _convert(self, message: pb.SubscribeResponse) -> StreamMessage | None:
+        kind = message.WhichOneof("message")
+        if kind == "notification":
+            return Notification.from_proto(message.notification)
+        if kind == "notifications":
+            self._unpacked.extend(
+                Notification.from_proto(n) for n in message.notifications.notifications
+            )
+            return None
+        if kind == "gap":
+            gap = message.gap
+            return Gap(
+                reason=pb.GapReason.Name(gap.reason).removeprefix("GAP_REASON_").lower(),
+                missed=gap.missed,
+                cursor=gap.cursor,
+                since=gap.since.ToDatetime(tzinfo=UTC),
+                until=gap.until.ToDatetime(tzinfo=UTC),
+            )
+        if kind == "caught_up":
+            return CaughtUp(message.caught_up.replayed, message.caught_up.cursor)
+        return None  # `subscribed` again, or a message newer than this client.
+
+    async def _resume(
+        self, failure: DualstreamClientError | None, cause: grpc.aio.AioRpcError | None
+    ) -> None:
+        """Reopen the stream from ``cursor`` after it broke; raise ``failure`` (or end the
+        iteration after a clean end) when it must not or cannot be resumed."""
+        resumable = failure is None or isinstance(failure, UnavailableError)
+        if self._closed or not self._auto_resume or not resumable:
+            if failure is None:
+                raise StopAsyncIteration
+            raise failure from cause
+        deadline = time.monotonic() + self._resume_timeout
+        waits = _Backoff(0.1, 5.0)
+        while True:
+            await asyncio.sleep(waits.wait())
+            if self._closed:
+                raise StopAsyncIteration
+            request = pb.SubscribeRequest()
+            request.CopyFrom(self._request)
+            request.resume_cursor = self.cursor
+            request.ClearField("start")
+            self._call = self._stub.Subscribe(request, metadata=self._metadata)
+            try:
+                await self._read_subscribed()
+            except UnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                continue
+            self.resumes += 1
+            return
 
     def close(self) -> None:
+        self._closed = True
         self._call.cancel()
 
     async def __aenter__(self) -> Self:

@@ -15,7 +15,13 @@ class DualstreamClientError(Exception):
 
 
 class InvalidArgumentError(DualstreamClientError):
-    """The request was malformed; ``details`` names the field. Do not retry unchanged."""
+    """The request was malformed; ``field`` is the path of the field at fault, as ``details``
+    names it first (``event.type``, ``events[3].source_type``). Do not retry unchanged."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, details)
+        path, separator, _ = details.partition(": ")
+        self.field = path if separator and path and not any(c.isspace() for c in path) else ""
 
 
 class UnavailableError(DualstreamClientError):
@@ -38,6 +44,10 @@ _BY_CODE: dict[grpc.StatusCode, type[DualstreamClientError]] = {
 }
 
 
+def from_status(code: grpc.StatusCode, details: str) -> DualstreamClientError:
+    """The error class for ``code``, carrying ``details``."""
+    return _BY_CODE.get(code, DualstreamClientError)(code, details)
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError) -> DualstreamClientError:
-    code = error.code()
-    return _BY_CODE.get(code, DualstreamClientError)(code, error.details() or "")
+    return from_status(error.code(), error.details() or "")

@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -303,5 +305,33 @@ func TestDefaultDeadlineApplies(t *testing.T) {
 	_, err := client.Publish(context.Background(), dualstream.Event{Type: "t", SourceType: sourceType(t), SourceID: "a"})
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Errorf("want DEADLINE_EXCEEDED from a 1 ns default deadline, got %v", err)
+	}
+}
+
+func TestQuickstartRunsAsWritten(t *testing.T) {
+	source, err := os.ReadFile("examples/quickstart/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), string(source)) {
+		t.Error("the README's Go quickstart is examples/quickstart/main.go, verbatim")
+	}
+	// The quickstart targets `make up`'s 127.0.0.1:50051; here the stack's sidecar stands in.
+	run := exec.CommandContext(testContext(t), "go", "run", "./examples/quickstart")
+	run.Env = append(os.Environ(), "DUALSTREAM_TARGET="+stackVariable(t, "DUALSTREAM_TEST_TARGET"))
+	output, err := run.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go run ./examples/quickstart: %v\n%s", err, output)
+	}
+	lines := strings.Split(strings.TrimSpace(string(output)), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "published ") || !strings.HasPrefix(lines[1], "notified ") {
+		t.Fatalf("unexpected output:\n%s", output)
+	}
+	if strings.Fields(lines[0])[1] != strings.Fields(lines[1])[1] {
+		t.Errorf("the notification is not the published event's:\n%s", output)
 	}
 }

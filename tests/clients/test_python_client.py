@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from dualstream_client import (
     UnavailableError,
     new_event_id,
 )
+from tests.clients.apps import REPO
 
 UUID_V7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -228,3 +231,23 @@ async def test_unix_socket_target(
         assert await sidecar.publisher.event_log.wait_ready(30)
         result = await client.publish(EventInput("t", source_type, "a"))
     assert result.offset >= 0
+
+
+async def test_quickstart_runs_as_written(sidecar: Sidecar) -> None:
+    quickstart = REPO / "clients" / "python" / "examples" / "quickstart.py"
+    assert quickstart.read_text() in (REPO / "README.md").read_text(), (
+        "the README's Python quickstart is clients/python/examples/quickstart.py, verbatim"
+    )
+    # The quickstart targets `make up`'s 127.0.0.1:50051; here the test's sidecar stands in.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(quickstart),
+        env={**os.environ, "DUALSTREAM_TARGET": f"127.0.0.1:{sidecar.port}"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    lines = output.decode().splitlines()
+    assert process.returncode == 0, output
+    assert [line.split()[0] for line in lines] == ["published", "notified"], output
+    assert lines[0].split()[1] == lines[1].split()[1], "the notification is the published event's"

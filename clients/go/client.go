@@ -96,7 +96,8 @@ func New(target string, options ...Option) (*Client, error) {
 			Backoff: backoff.Config{
 				BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second,
 			},
-			MinConnectTimeout: 5 * time.Second,
+			// gRPC's default: a connection attempt on a loaded machine may take seconds.
+			MinConnectTimeout: 20 * time.Second,
 		}),
 	}
 	if config.token != "" {

@@ -28,10 +28,10 @@ from dualstream_client.errors import (
 
 T = TypeVar("T")
 # A sidecar restart takes seconds: the channel reconnects within a few, not gRPC's default two
-# minutes of backoff at worst.
+# minutes of backoff at worst. (Not grpc.min_reconnect_backoff_ms: gRPC core takes it as the
+# connect timeout, which a loaded machine can exceed.)
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
 

@@ -15,6 +15,12 @@ export interface ReconnectOptions extends BackoffOptions {
    * a subscription outlives any outage of the sidecar.
    */
   maxAttempts?: number;
+  /**
+   * How long reconnecting may go on failing, from the first failure, before the subscription
+   * gives up with the last error. A connection that reached `subscribed` starts it over.
+   * Default 300,000 ms (5 minutes, as in the Go and Python clients).
+   */
+  maxElapsedMs?: number;
   /** Called before each wait to reconnect; for logging. It must not throw. */
   onReconnect?: (info: { error: DualstreamError; attempt: number; delayMs: number }) => void;
 }
@@ -56,6 +62,7 @@ export interface ResumingStreamOptions {
   state?: ResumeState;
   sleep?: Sleep;
   random?: () => number;
+  now?: () => number;
 }
 
 /**
@@ -66,7 +73,7 @@ export interface ResumingStreamOptions {
  * sidecar's resume contract). A `NotificationBatch` is unpacked into its notifications, each
  * with its own cursor. Gaps are handed over like anything else. Ends quietly when `signal`
  * aborts; throws a `DualstreamError` for an answer a retry would only repeat, or when
- * `maxAttempts` connections in a row failed.
+ * `maxAttempts` connections in a row failed, or reconnecting failed for `maxElapsedMs`.
  */
 export async function* resumingStream(
   open: OpenStream,
@@ -76,8 +83,11 @@ export async function* resumingStream(
   const { reconnect = {}, signal } = options;
   const state = options.state ?? { cursor: "", connections: 0, lastError: undefined };
   const sleep = options.sleep ?? realSleep;
+  const now = options.now ?? (() => performance.now());
   const maxAttempts = reconnect.maxAttempts ?? Number.POSITIVE_INFINITY;
+  const maxElapsedMs = reconnect.maxElapsedMs ?? 300_000;
   let failures = 0;
+  let failingSince = 0;
   while (!signal?.aborted) {
     const attempt = new AbortController();
     const stopAttempt = (): void => attempt.abort();
@@ -112,10 +122,13 @@ export async function* resumingStream(
     }
     state.lastError = error;
     failures += 1;
-    if (failures >= maxAttempts) {
-      throw error;
+    if (failures === 1) {
+      failingSince = now();
     }
     const delayMs = backoffDelayMs(failures - 1, reconnect, options.random);
+    if (failures >= maxAttempts || now() + delayMs - failingSince > maxElapsedMs) {
+      throw error;
+    }
     reconnect.onReconnect?.({ error, attempt: failures, delayMs });
     await sleep(delayMs, signal);
   }

@@ -216,6 +216,26 @@ describe("resumingStream", () => {
     assert.equal(seen.length, 1);
   });
 
+  it("gives up once reconnecting has failed for maxElapsedMs, counting from the first failure", async () => {
+    let clock = 0;
+    const { open, requests } = scriptedOpen([
+      { messages: [], error: unavailable() }, // fails at 0; waits 1,000
+      { messages: [subscribed("c0")], error: unavailable() }, // reached subscribed; fails at 1,000
+      { messages: [], error: unavailable() }, // 2,000: a new run of failures started at 1,000
+      { messages: [], error: unavailable() }, // 3,000: the next wait would end at 4,000 > 1,000 + 2,500
+    ]);
+    const stream = resumingStream(open, request, {
+      sleep: async (ms) => {
+        clock += ms;
+      },
+      random: () => 1,
+      now: () => clock,
+      reconnect: { initialMs: 1_000, maxMs: 1_000, maxElapsedMs: 2_500 },
+    });
+    await assert.rejects(collect(stream), (error: unknown) => error instanceof DualstreamError);
+    assert.equal(requests.length, 4);
+  });
+
   it("waits a growing, jittered backoff between attempts and reports each one", async () => {
     const { open } = scriptedOpen([
       { messages: [], error: unavailable() },
@@ -251,7 +271,7 @@ describe("resumingStream", () => {
     const failing = scriptedOpen([{ messages: [], error: unavailable() }]);
     const stream = resumingStream(failing.open, request, {
       signal: stopDuringBackoff.signal,
-      reconnect: { initialMs: 3_600_000, maxMs: 3_600_000 },
+      reconnect: { initialMs: 3_600_000, maxMs: 3_600_000, maxElapsedMs: Number.POSITIVE_INFINITY },
     });
     const done = collect(stream);
     setImmediate(() => stopDuringBackoff.abort());

@@ -22,9 +22,9 @@ if ((${#missing_packages[@]})); then
     exit 1
   fi
   echo "installing Debian packages: ${missing_packages[*]}"
-  "${as_root[@]}" apt-get update -qq
+  "${as_root[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${missing_packages[@]}" >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing_packages[@]}" >/dev/null
   # Debian enables a redis-server service on 6379 where systemd runs; `make up` needs that
   # port for its own Redis, and the tests start theirs on free ports.
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then

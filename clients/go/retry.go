@@ -25,8 +25,9 @@ type RetryPolicy struct {
 	MaxElapsed time.Duration
 }
 
-// DefaultRetry rides out a brief outage (about a second and a half of backoff in all).
-var DefaultRetry = RetryPolicy{MaxAttempts: 4, InitialBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second}
+// DefaultRetry rides out a sidecar restart: 8 attempts, 3.5 to 7 s of waits in all (the same
+// default as the TypeScript client and Python's Retry()).
+var DefaultRetry = RetryPolicy{MaxAttempts: 8, InitialBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second}
 
 // NoRetry makes every call a single attempt.
 var NoRetry = RetryPolicy{MaxAttempts: 1}

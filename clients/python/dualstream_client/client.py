@@ -58,7 +58,8 @@ class Retry:
     set, stops retrying once that long has passed since the first attempt.
     """
 
-    max_attempts: int = 4
+    # The defaults ride out a sidecar restart: 3.5 to 7 s of waits in all.
+    max_attempts: int = 8
     initial_backoff: float = 0.1
     max_backoff: float = 2.0
     max_elapsed: float | None = None
@@ -251,7 +252,7 @@ class DualstreamClient:
         <token>``; ``tls_root_certificates`` (PEM) switches to TLS, trusting those roots.
 
         ``retry`` retries publishes on ``UNAVAILABLE`` with the same event ids; ``Retry()``
-        rides out a brief outage. It is off (None) by default, as before it existed: callers
+        rides out a sidecar restart. It is off (None) by default, as before it existed: callers
         that count or time each answer, like the fault-injection suite, see every one.
         """
         self._target = target

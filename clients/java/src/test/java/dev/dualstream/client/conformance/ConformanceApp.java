@@ -1,0 +1,211 @@
+package dev.dualstream.client.conformance;
+
+import dev.dualstream.client.Backoff;
+import dev.dualstream.client.CaughtUp;
+import dev.dualstream.client.DualstreamException;
+import dev.dualstream.client.DualstreamClient;
+import dev.dualstream.client.EventInput;
+import dev.dualstream.client.Gap;
+import dev.dualstream.client.Notification;
+import dev.dualstream.client.PublishResult;
+import dev.dualstream.client.RetryPolicy;
+import dev.dualstream.client.SlowConsumerPolicy;
+import dev.dualstream.client.StreamMessage;
+import dev.dualstream.client.Subscription;
+import dev.dualstream.client.SubscriptionRequest;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+
+/**
+ * The conformance app every client ships for the cross-language tests (tests/clients/):
+ *
+ * <pre>
+ * publish --target T [--token X] --source TYPE:ID --type TYPE --count N [--id-prefix P]
+ * subscribe --target T [--token X] --source TYPE:ID... [--resume CURSOR] [--limit N]
+ *           [--policy gap|replay|close]
+ * </pre>
+ *
+ * It prints one JSON line per acknowledged event or per stream message, flushed at once, and
+ * relies on the client's own retry and automatic resume.
+ */
+public final class ConformanceApp {
+  private final PrintStream out =
+      new PrintStream(System.out, true, StandardCharsets.UTF_8); // autoflush per line
+
+  private ConformanceApp() {}
+
+  public static void main(String[] args) {
+    if (args.length == 0) {
+      usage("name a command: publish or subscribe");
+    }
+    Options options = Options.parse(args);
+    ConformanceApp app = new ConformanceApp();
+    int status = 0;
+    switch (args[0]) {
+      case "publish" -> status = app.publish(options);
+      case "subscribe" -> app.subscribe(options);
+      default -> usage("unknown command " + args[0]);
+    }
+    System.exit(status);
+  }
+
+  /** Publishes one event at a time; the exit status is 1 if any was not published. */
+  private int publish(Options options) {
+    String[] source = splitSource(options.single("source"));
+    String type = options.single("type");
+    int count = Integer.parseInt(options.single("count"));
+    String idPrefix = options.optional("id-prefix", "");
+    int failures = 0;
+    try (DualstreamClient client = connect(options)) {
+      for (int i = 0; i < count; i++) {
+        EventInput.Builder event =
+            EventInput.builder(type, source[0], source[1]).json("{\"n\":" + i + "}");
+        if (!idPrefix.isEmpty()) {
+          event.id(idPrefix + i);
+        }
+        PublishResult result;
+        try {
+          result = client.publish(event.build());
+        } catch (DualstreamException e) {
+          failures++;
+          System.err.println("conformance app: event " + i + " not published: " + e.getMessage());
+          continue;
+        }
+        Map<String, Object> line = new LinkedHashMap<>();
+        line.put("id", result.id());
+        line.put("source_type", source[0]);
+        line.put("source_id", source[1]);
+        line.put("partition", result.partition());
+        line.put("offset", result.offset());
+        print(line);
+      }
+    }
+    return failures == 0 ? 0 : 1;
+  }
+
+  private void subscribe(Options options) {
+    SubscriptionRequest.Builder request = SubscriptionRequest.builder();
+    for (String source : options.all("source")) {
+      String[] parts = splitSource(source);
+      request.source(parts[0], parts[1]);
+    }
+    request.resumeFrom(options.optional("resume", ""));
+    request.policy(
+        SlowConsumerPolicy.valueOf(options.optional("policy", "gap").toUpperCase(Locale.ROOT)));
+    long limit = Long.parseLong(options.optional("limit", "-1"));
+    try (DualstreamClient client = connect(options);
+        Subscription subscription = client.subscribe(request.build())) {
+      Map<String, Object> subscribed = new LinkedHashMap<>();
+      subscribed.put("kind", "subscribed");
+      subscribed.put("cursor", subscription.cursor());
+      print(subscribed);
+      long notifications = 0;
+      while (limit < 0 || notifications < limit) {
+        StreamMessage message = subscription.next();
+        if (message instanceof Notification notification) {
+          notifications++;
+          print(notificationLine(notification));
+        } else if (message instanceof Gap gap) {
+          Map<String, Object> line = new LinkedHashMap<>();
+          line.put("kind", "gap");
+          line.put("reason", gap.reason().name().toLowerCase(Locale.ROOT));
+          line.put("missed", gap.missed());
+          line.put("cursor", gap.cursor());
+          print(line);
+        } else if (message instanceof CaughtUp caughtUp) {
+          Map<String, Object> line = new LinkedHashMap<>();
+          line.put("kind", "caught_up");
+          line.put("replayed", caughtUp.replayed());
+          line.put("cursor", caughtUp.cursor());
+          print(line);
+        }
+      }
+    }
+  }
+
+  private static Map<String, Object> notificationLine(Notification notification) {
+    Map<String, Object> line = new LinkedHashMap<>();
+    line.put("kind", "notification");
+    line.put("id", notification.id());
+    line.put("source_type", notification.sourceType());
+    line.put("source_id", notification.sourceId());
+    line.put("partition", notification.partition());
+    line.put("offset", notification.offset());
+    line.put("cursor", notification.cursor());
+    line.put("replayed", notification.replayed());
+    line.put("traceparent", notification.traceparent());
+    return line;
+  }
+
+  private static DualstreamClient connect(Options options) {
+    // The resume test SIGKILLs the sidecar while this runs: a restart on a loaded machine can
+    // take longer than the default retry budget.
+    DualstreamClient.Builder builder =
+        DualstreamClient.builder(options.single("target"))
+            .deadline(Duration.ofSeconds(120))
+            .retryPolicy(
+                new RetryPolicy(40, new Backoff(Duration.ofMillis(100), Duration.ofSeconds(2))));
+    String token = options.optional("token", "");
+    if (!token.isEmpty()) {
+      builder.token(token);
+    }
+    return builder.build();
+  }
+
+  private static String[] splitSource(String source) {
+    int colon = source.indexOf(':');
+    if (colon <= 0 || colon == source.length() - 1) {
+      usage("a source is TYPE:ID, not " + source);
+    }
+    return new String[] {source.substring(0, colon), source.substring(colon + 1)};
+  }
+
+  private void print(Map<String, Object> fields) {
+    out.println(Json.object(fields));
+  }
+
+  private static void usage(String problem) {
+    System.err.println("conformance app: " + problem);
+    System.exit(2);
+  }
+
+  /** {@code --name value} pairs after the command; a name may repeat. */
+  private record Options(Map<String, List<String>> values) {
+    static Options parse(String[] args) {
+      Map<String, List<String>> values = new LinkedHashMap<>();
+      for (int i = 1; i < args.length; i += 2) {
+        if (!args[i].startsWith("--") || i + 1 >= args.length) {
+          usage("expected --name value, got " + args[i]);
+        }
+        values.computeIfAbsent(args[i].substring(2), name -> new ArrayList<>()).add(args[i + 1]);
+      }
+      return new Options(values);
+    }
+
+    String single(String name) {
+      List<String> given = values.get(name);
+      if (given == null) {
+        usage("--" + name + " is required");
+      }
+      return given.get(given.size() - 1);
+    }
+
+    String optional(String name, String fallback) {
+      return values.containsKey(name) ? single(name) : fallback;
+    }
+
+    List<String> all(String name) {
+      List<String> given = values.get(name);
+      if (given == null) {
+        usage("--" + name + " is required");
+      }
+      return given;
+    }
+  }
+}

@@ -1417,7 +1417,8 @@ def test_stack(workdir: Path) -> Iterator[TestStack]:
         )
         for name, port, extra_args, unix_socket in (
             ("sidecar", open_port, (), None),
-            ("sidecar-auth", auth_port, ("--auth-token", token), None),
+            # `=`: a token may start with "-", which argparse would take for an option.
+            ("sidecar-auth", auth_port, (f"--auth-token={token}",), None),
             ("sidecar-unix", 0, (), workdir / "sidecar.sock"),
         )
     ]  # fmt: skip

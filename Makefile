@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PY) -m stack.localstack
 
-.PHONY: help install system-deps kafka-jars proto proto-check buf-check lint typecheck unit test test-clients test-go test-ts faults bench bench-smoke up down status demo clean
+.PHONY: help install system-deps kafka-jars proto proto-check buf-check lint typecheck unit test test-clients test-go test-ts test-java faults bench bench-smoke up down status demo clean
 
 help:
 	@echo "make demo       install everything, start Kafka + Redis + the sidecar, show events flowing"
@@ -66,7 +66,7 @@ test: install proto-check buf-check lint typecheck
 # clients/README.md). Inside one (DUALSTREAM_TEST_TARGET set) a target uses it rather than
 # starting its own, so `make test-clients` runs every language under a single stack.
 WITH_STACK = $(if $(DUALSTREAM_TEST_TARGET),,$(STACK) with-stack --)
-CLIENT_TESTS := test-go test-ts
+CLIENT_TESTS := test-go test-ts test-java
 
 test-clients: install
 	$(STACK) with-stack -- $(MAKE) --no-print-directory -k $(CLIENT_TESTS)
@@ -78,6 +78,13 @@ test-go: $(VENV)/.installed
 test-ts: $(VENV)/.installed
 	@bash clients/ts/scripts/npm-ci.sh
 	$(WITH_STACK) bash -c 'cd clients/ts && npm run --silent build && npm run --silent build:test && node --test build/test/unit/*.test.js build/test/integration/*.test.js'
+
+# Java: google-java-format's check, then Maven builds, runs Surefire (unit tests, then
+# integration tests on the stack) and installs the artifact into the local Maven repository.
+# Not quiet: Surefire's summary is Maven's INFO output.
+test-java: $(VENV)/.installed
+	@bash clients/java/scripts/format.sh --check
+	$(WITH_STACK) mvn -B -ntp -f clients/java/pom.xml install
 
 bench: install
 	$(PY) -m bench.run

@@ -63,3 +63,12 @@ APPS["ts"] = ConformanceApp(
     ),
     cwd=REPO / "clients" / "ts",
 )
+
+# Java: the app lives in the client's test sources; the build compiles it with Maven once and
+# writes a java argument file (classpath and main class), so each run is a plain `java`.
+APPS["java"] = ConformanceApp(
+    language="java",
+    run=("java", "@{build}/java/app.args"),
+    build=("bash", "scripts/build-conformance.sh", "{build}/java"),
+    cwd=REPO / "clients" / "java",
+)

@@ -6,9 +6,9 @@ import java.util.concurrent.ThreadLocalRandom;
 import java.util.function.DoubleSupplier;
 
 /**
- * Exponential backoff with jitter: before retry {@code n} (1, 2, ...) the client waits a time
- * drawn uniformly from {@code [d/2, d]}, where {@code d = min(max, initial * 2^(n-1))}. The
- * jitter keeps many clients that lost the same sidecar from reconnecting in lockstep.
+ * Exponential backoff with jitter: before retry {@code n} (1, 2, ...) the client waits a time drawn
+ * uniformly from {@code [d/2, d]}, where {@code d = min(max, initial * 2^(n-1))}. The jitter keeps
+ * many clients that lost the same sidecar from reconnecting in lockstep.
  *
  * @param initial the nominal first delay, positive
  * @param max the longest nominal delay, at least {@code initial}
@@ -40,7 +40,9 @@ public record Backoff(Duration initial, Duration max) {
     // Doubling past 62 times overflows; the cap is reached long before that anyway.
     int doublings = Math.min(retry - 1, 62);
     long nominal =
-        initialNanos > (maxNanos >> doublings) ? maxNanos : Math.min(maxNanos, initialNanos << doublings);
+        initialNanos > (maxNanos >> doublings)
+            ? maxNanos
+            : Math.min(maxNanos, initialNanos << doublings);
     long half = nominal / 2;
     return Duration.ofNanos(half + (long) (uniform.getAsDouble() * (nominal - half)));
   }

@@ -3,8 +3,8 @@ package dev.dualstream.client;
 import java.util.Optional;
 
 /**
- * The outcome of one event of a batch: {@link #published()} when Kafka acknowledged it, else
- * {@link #error()}. An event Kafka did not acknowledge was not notified either.
+ * The outcome of one event of a batch: {@link #published()} when Kafka acknowledged it, else {@link
+ * #error()}. An event Kafka did not acknowledge was not notified either.
  *
  * @param id the event's id
  * @param published where Kafka stored the event, when it did

@@ -86,8 +86,8 @@ final class Convert {
   }
 
   /**
-   * The messages the application sees for one stream message, in stream order: none for
-   * {@code subscribed} (the stream handles it), several for a notification batch.
+   * The messages the application sees for one stream message, in stream order: none for {@code
+   * subscribed} (the stream handles it), several for a notification batch.
    */
   static List<StreamMessage> streamMessages(SubscribeResponse response) {
     switch (response.getMessageCase()) {

@@ -41,8 +41,8 @@ import java.util.function.Function;
 
 /**
  * A client of the dualstream sidecar: publish events durably, subscribe to their notifications.
- * Thread-safe; make one per sidecar and share it. Close it to release its connection (and end
- * its open subscriptions).
+ * Thread-safe; make one per sidecar and share it. Close it to release its connection (and end its
+ * open subscriptions).
  *
  * <pre>{@code
  * try (DualstreamClient client = DualstreamClient.builder("127.0.0.1:50051").build()) {
@@ -95,11 +95,12 @@ public final class DualstreamClient implements AutoCloseable {
 
   /**
    * Publishes one event. An event without an id gets a UUIDv7 first, so a retry after {@code
-   * UNAVAILABLE} (as the {@link RetryPolicy} allows, within the deadline) sends the same id.
-   * The future fails with a {@link DualstreamException}.
+   * UNAVAILABLE} (as the {@link RetryPolicy} allows, within the deadline) sends the same id. The
+   * future fails with a {@link DualstreamException}.
    */
   public CompletableFuture<PublishResult> publishAsync(EventInput event) {
-    PublishRequest request = PublishRequest.newBuilder().setEvent(Convert.event(withId(event))).build();
+    PublishRequest request =
+        PublishRequest.newBuilder().setEvent(Convert.event(withId(event))).build();
     Deadline callDeadline = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
     return map(
         retrier.run(
@@ -110,9 +111,9 @@ public final class DualstreamClient implements AutoCloseable {
   }
 
   /**
-   * Publishes several events in one call and waits for every outcome, in request order. One
-   * invalid event rejects the whole batch ({@link InvalidArgumentException} naming it, for
-   * example {@code events[3].type}) before anything is written.
+   * Publishes several events in one call and waits for every outcome, in request order. One invalid
+   * event rejects the whole batch ({@link InvalidArgumentException} naming it, for example {@code
+   * events[3].type}) before anything is written.
    */
   public List<BatchItemResult> publishBatch(List<EventInput> events) {
     return await(publishBatchAsync(events));
@@ -120,8 +121,8 @@ public final class DualstreamClient implements AutoCloseable {
 
   /**
    * Publishes several events in one call. Events without an id get a UUIDv7 first. Events that
-   * Kafka did not acknowledge with {@code UNAVAILABLE} are sent again (alone, with the same ids)
-   * as the {@link RetryPolicy} allows; the results keep the request's order.
+   * Kafka did not acknowledge with {@code UNAVAILABLE} are sent again (alone, with the same ids) as
+   * the {@link RetryPolicy} allows; the results keep the request's order.
    */
   public CompletableFuture<List<BatchItemResult>> publishBatchAsync(List<EventInput> events) {
     List<dev.dualstream.v1.Event> wire = new ArrayList<>(events.size());
@@ -166,9 +167,9 @@ public final class DualstreamClient implements AutoCloseable {
 
   /**
    * The subscription as a {@link Flow.Publisher}: each {@code subscribe} on it opens its own
-   * resuming stream, delivered on the builder's subscription executor (by default a daemon
-   * thread per subscriber) as the subscriber requests. {@code onError} reports what {@link
-   * #subscribe} or {@link Subscription#next()} would throw; cancel to end it.
+   * resuming stream, delivered on the builder's subscription executor (by default a daemon thread
+   * per subscriber) as the subscriber requests. {@code onError} reports what {@link #subscribe} or
+   * {@link Subscription#next()} would throw; cancel to end it.
    */
   public Flow.Publisher<StreamMessage> publisher(SubscriptionRequest request) {
     Objects.requireNonNull(request, "request");
@@ -354,9 +355,7 @@ public final class DualstreamClient implements AutoCloseable {
     public Builder tlsTrustRoots(byte[] pem) {
       try {
         this.credentials =
-            TlsChannelCredentials.newBuilder()
-                .trustManager(new ByteArrayInputStream(pem))
-                .build();
+            TlsChannelCredentials.newBuilder().trustManager(new ByteArrayInputStream(pem)).build();
       } catch (IOException e) {
         throw new UncheckedIOException("the TLS trust roots are not valid PEM", e);
       }
@@ -394,10 +393,9 @@ public final class DualstreamClient implements AutoCloseable {
     }
 
     /**
-     * How many stream messages a subscription buffers ahead of its reader (16). The sidecar
-     * sends no more until the reader takes some: a slow reader slows its stream (and, past the
-     * sidecar's own buffer, gets the subscription's slow-consumer policy), never this process's
-     * memory.
+     * How many stream messages a subscription buffers ahead of its reader (16). The sidecar sends
+     * no more until the reader takes some: a slow reader slows its stream (and, past the sidecar's
+     * own buffer, gets the subscription's slow-consumer policy), never this process's memory.
      */
     public Builder subscriptionBuffer(int messages) {
       if (messages < 1) {

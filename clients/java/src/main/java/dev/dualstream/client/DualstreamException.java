@@ -3,9 +3,9 @@ package dev.dualstream.client;
 import io.grpc.Status;
 
 /**
- * A call to the sidecar failed. {@link #code()} is the gRPC status code and {@link #details()}
- * the sidecar's explanation. Subclasses name the codes a caller is expected to handle; any other
- * code arrives as this class itself.
+ * A call to the sidecar failed. {@link #code()} is the gRPC status code and {@link #details()} the
+ * sidecar's explanation. Subclasses name the codes a caller is expected to handle; any other code
+ * arrives as this class itself.
  */
 public class DualstreamException extends RuntimeException {
   private static final long serialVersionUID = 1L;

@@ -1,8 +1,6 @@
 package dev.dualstream.client;
 
 import io.grpc.Status;
-import io.grpc.StatusException;
-import io.grpc.StatusRuntimeException;
 import java.util.concurrent.CancellationException;
 import java.util.concurrent.CompletionException;
 import java.util.concurrent.ExecutionException;
@@ -42,10 +40,6 @@ final class Errors {
   /** The error code a batch result carries (a gRPC code number) as a client exception. */
   static DualstreamException forCodeNumber(int code, String details) {
     return forCode(Status.fromCodeValue(code).getCode(), details, null);
-  }
-
-  static boolean isStatus(Throwable failure) {
-    return failure instanceof StatusRuntimeException || failure instanceof StatusException;
   }
 
   private static Throwable unwrap(Throwable failure) {

@@ -9,8 +9,8 @@ import java.util.Objects;
 import java.util.Optional;
 
 /**
- * An event to publish, or the whole event a notification carries when the subscription asked
- * for {@code includeData}. Immutable. Leave the id empty to have the client assign a UUIDv7.
+ * An event to publish, or the whole event a notification carries when the subscription asked for
+ * {@code includeData}. Immutable. Leave the id empty to have the client assign a UUIDv7.
  *
  * <pre>{@code
  * EventInput event = EventInput.builder("user.starred", "user", "octocat")

@@ -14,8 +14,8 @@ import io.grpc.MethodDescriptor.MethodType;
 import io.grpc.protobuf.ProtoUtils;
 
 /**
- * The methods of {@code dualstream.v1.EventService}, described by hand with grpc-java's public
- * API: this is what protoc-gen-grpc-java would generate, and all of it the client needs.
+ * The methods of {@code dualstream.v1.EventService}, described by hand with grpc-java's public API:
+ * this is what protoc-gen-grpc-java would generate, and all of it the client needs.
  */
 final class EventServiceMethods {
   static final String SERVICE_NAME = "dualstream.v1.EventService";

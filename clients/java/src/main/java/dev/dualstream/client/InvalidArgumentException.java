@@ -5,8 +5,8 @@ import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
 /**
- * The request was malformed. {@link #fieldPath()} names the offending field by its request
- * path, for example {@code events[1].type}; do not retry the request unchanged.
+ * The request was malformed. {@link #fieldPath()} names the offending field by its request path,
+ * for example {@code events[1].type}; do not retry the request unchanged.
  */
 public final class InvalidArgumentException extends DualstreamException {
   private static final long serialVersionUID = 1L;

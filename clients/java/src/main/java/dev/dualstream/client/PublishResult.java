@@ -7,8 +7,8 @@ package dev.dualstream.client;
  * @param topic the Kafka topic
  * @param partition the Kafka partition
  * @param offset the Kafka offset within the partition
- * @param notified whether the Redis notification went out; false means Redis was unreachable
- *     or slow (the event is durable all the same, and seen by a subscription that resumes over
- *     it)
+ * @param notified whether the Redis notification went out; false means Redis was unreachable or
+ *     slow (the event is durable all the same, and seen by a subscription that resumes over it)
  */
-public record PublishResult(String id, String topic, int partition, long offset, boolean notified) {}
+public record PublishResult(
+    String id, String topic, int partition, long offset, boolean notified) {}

@@ -6,9 +6,9 @@ import java.util.Optional;
 
 /**
  * How a subscription resumes when its stream breaks (the sidecar restarted, the network failed,
- * {@code UNAVAILABLE}): it reconnects after {@code backoff} and resumes from the cursor of the
- * last message it delivered, so the application sees every event once, in per-source order.
- * The backoff starts over once a stream is live again.
+ * {@code UNAVAILABLE}): it reconnects after {@code backoff} and resumes from the cursor of the last
+ * message it delivered, so the application sees every event once, in per-source order. The backoff
+ * starts over once a stream is live again.
  *
  * @param backoff the wait before each reconnection attempt
  * @param giveUpAfter how long the stream may stay broken before the subscription fails with the

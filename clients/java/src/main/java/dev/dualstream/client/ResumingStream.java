@@ -15,14 +15,13 @@ import java.util.concurrent.TimeUnit;
 import java.util.function.Consumer;
 
 /**
- * The core of a subscription: one Subscribe call at a time, resumed from the last cursor when
- * it breaks. Pull-based, so the application's pace is gRPC's flow control: each call asks the
- * sidecar for {@code bufferMessages} messages up front and for one more each time the consumer
- * takes one, so at most that many are ever buffered here (the transport's own window aside).
+ * The core of a subscription: one Subscribe call at a time, resumed from the last cursor when it
+ * breaks. Pull-based, so the application's pace is gRPC's flow control: each call asks the sidecar
+ * for {@code bufferMessages} messages up front and for one more each time the consumer takes one,
+ * so at most that many are ever buffered here (the transport's own window aside).
  *
- * <p>One consumer thread calls {@link #awaitLive} and {@link #poll}; {@link #close} may be
- * called from any thread. gRPC's threads only put signals into a queue that flow control
- * bounds.
+ * <p>One consumer thread calls {@link #awaitLive} and {@link #poll}; {@link #close} may be called
+ * from any thread. gRPC's threads only put signals into a queue that flow control bounds.
  */
 final class ResumingStream implements AutoCloseable {
   private static final System.Logger LOG = System.getLogger(ResumingStream.class.getName());
@@ -106,8 +105,8 @@ final class ResumingStream implements AutoCloseable {
 
   /**
    * Starts the first call and waits for the sidecar's {@code subscribed}: from then on every
-   * matching event is delivered. A broken attempt is retried as the reconnect policy says
-   * until {@code timeout}.
+   * matching event is delivered. A broken attempt is retried as the reconnect policy says until
+   * {@code timeout}.
    *
    * @throws DualstreamException the call failed (UNAUTHENTICATED, INVALID_ARGUMENT, ...) or the
    *     timeout passed ({@link DeadlineExceededException}); the stream is then closed
@@ -135,9 +134,9 @@ final class ResumingStream implements AutoCloseable {
   }
 
   /**
-   * The next message, waiting until {@code deadlineNanos} ({@link System#nanoTime()} based;
-   * {@link Long#MAX_VALUE} to wait as long as it takes); null when the deadline passed or the
-   * stream was closed ({@link #isClosed()} tells which).
+   * The next message, waiting until {@code deadlineNanos} ({@link System#nanoTime()} based; {@link
+   * Long#MAX_VALUE} to wait as long as it takes); null when the deadline passed or the stream was
+   * closed ({@link #isClosed()} tells which).
    *
    * @throws DualstreamException the stream failed for good: an error that resuming cannot mend
    *     (UNAUTHENTICATED, RESOURCE_EXHAUSTED of a {@code CLOSE} policy, ...), or the reconnect
@@ -178,8 +177,7 @@ final class ResumingStream implements AutoCloseable {
   }
 
   /**
-   * Handles one signal, or starts a reconnection that is due. False when the deadline passed
-   * first.
+   * Handles one signal, or starts a reconnection that is due. False when the deadline passed first.
    */
   private boolean step(long deadlineNanos) throws InterruptedException {
     long now = System.nanoTime();
@@ -303,7 +301,8 @@ final class ResumingStream implements AutoCloseable {
   }
 
   /** One Subscribe call, observed on gRPC's threads. */
-  private final class Attempt implements ClientResponseObserver<SubscribeRequest, SubscribeResponse> {
+  private final class Attempt
+      implements ClientResponseObserver<SubscribeRequest, SubscribeResponse> {
     private volatile ClientCallStreamObserver<SubscribeRequest> call;
 
     @Override

@@ -28,8 +28,8 @@ final class Retrier {
   /**
    * @param attempt starts attempt {@code n} (1, 2, ...); its future fails with a {@link
    *     DualstreamException}
-   * @param incomplete whether a successful result still has parts worth retrying; when the
-   *     attempts run out, that result is returned as it is
+   * @param incomplete whether a successful result still has parts worth retrying; when the attempts
+   *     run out, that result is returned as it is
    */
   <T> CompletableFuture<T> run(
       Deadline deadline, IntFunction<CompletableFuture<T>> attempt, Predicate<T> incomplete) {

@@ -13,8 +13,8 @@ import java.util.concurrent.CompletableFuture;
 
 /**
  * The call layer: starts unary and server-streaming calls on a channel with grpc-java's {@link
- * ClientCalls}, adding the client's credentials and the call's deadline. Unary failures come
- * back already translated into {@link DualstreamException}s.
+ * ClientCalls}, adding the client's credentials and the call's deadline. Unary failures come back
+ * already translated into {@link DualstreamException}s.
  */
 final class RpcCaller {
   private final Channel channel;
@@ -29,8 +29,8 @@ final class RpcCaller {
   }
 
   /**
-   * Starts a unary call. Cancelling the returned future cancels the call; a failure completes
-   * it exceptionally with a {@link DualstreamException}.
+   * Starts a unary call. Cancelling the returned future cancels the call; a failure completes it
+   * exceptionally with a {@link DualstreamException}.
    */
   <RequestT, ResponseT> CompletableFuture<ResponseT> unary(
       MethodDescriptor<RequestT, ResponseT> method, RequestT request, Deadline deadline) {
@@ -66,9 +66,9 @@ final class RpcCaller {
   }
 
   /**
-   * Starts a server-streaming call. The observer's {@code beforeStart} receives the call's
-   * stream observer, through which it controls flow ({@code disableAutoRequestWithInitial},
-   * {@code request}) and cancels; failures reach {@code onError} as gRPC raised them.
+   * Starts a server-streaming call. The observer's {@code beforeStart} receives the call's stream
+   * observer, through which it controls flow ({@code disableAutoRequestWithInitial}, {@code
+   * request}) and cancels; failures reach {@code onError} as gRPC raised them.
    */
   <RequestT, ResponseT> void serverStreaming(
       MethodDescriptor<RequestT, ResponseT> method,

@@ -14,9 +14,9 @@ import java.util.stream.StreamSupport;
 /**
  * A live subscription, read as a blocking iterator: {@link #next()} waits for the next {@link
  * Notification}, {@link Gap} or {@link CaughtUp}. It is live when {@code subscribe} returns, so
- * every matching event published after that is delivered. When the stream breaks, it resumes
- * from its last cursor by itself: the iteration goes on with every event once, in per-source
- * order ({@link #reconnects()} counts the breaks).
+ * every matching event published after that is delivered. When the stream breaks, it resumes from
+ * its last cursor by itself: the iteration goes on with every event once, in per-source order
+ * ({@link #reconnects()} counts the breaks).
  *
  * <pre>{@code
  * try (Subscription subscription = client.subscribe(request)) {

@@ -9,11 +9,11 @@ import java.util.concurrent.locks.ReentrantLock;
 import java.util.function.Supplier;
 
 /**
- * A subscription as a {@link Flow.Publisher}: each {@code subscribe} opens its own resuming
- * stream, delivered on the client's executor (by default a thread of its own) as the subscriber
- * requests messages, so a subscriber's demand is gRPC's flow control. {@code onError} reports
- * what {@link Subscription#next()} would throw; {@code onComplete} is never signalled, since a
- * subscription goes on until cancelled.
+ * A subscription as a {@link Flow.Publisher}: each {@code subscribe} opens its own resuming stream,
+ * delivered on the client's executor (by default a thread of its own) as the subscriber requests
+ * messages, so a subscriber's demand is gRPC's flow control. {@code onError} reports what {@link
+ * Subscription#next()} would throw; {@code onComplete} is never signalled, since a subscription
+ * goes on until cancelled.
  */
 final class SubscriptionPublisher implements Flow.Publisher<StreamMessage> {
   private final Supplier<ResumingStream> streams;

@@ -118,8 +118,8 @@ public final class SubscriptionRequest {
     }
 
     /**
-     * Resume after the message that carried {@code cursor}: the sidecar replays what was
-     * missed from Kafka, then goes on live, with no gap and no duplicate.
+     * Resume after the message that carried {@code cursor}: the sidecar replays what was missed
+     * from Kafka, then goes on live, with no gap and no duplicate.
      */
     public Builder resumeFrom(String cursor) {
       this.resumeCursor = Objects.requireNonNull(cursor, "cursor");
@@ -146,16 +146,18 @@ public final class SubscriptionRequest {
       return this;
     }
 
-    /** Carry each event's payload and attributes in its notification ({@link Notification#event()}). */
+    /**
+     * Carry each event's payload and attributes in its notification ({@link Notification#event()}).
+     */
     public Builder includeData(boolean value) {
       this.includeData = value;
       return this;
     }
 
     /**
-     * Let the sidecar pack up to {@code count} notifications in one stream message when the
-     * stream has a backlog (a replay, a burst). The client unpacks them: the application still
-     * sees one {@link Notification} at a time. 1 (the default) keeps one per message.
+     * Let the sidecar pack up to {@code count} notifications in one stream message when the stream
+     * has a backlog (a replay, a burst). The client unpacks them: the application still sees one
+     * {@link Notification} at a time. 1 (the default) keeps one per message.
      */
     public Builder maxNotificationsPerMessage(int count) {
       if (count < 1) {
@@ -166,15 +168,16 @@ public final class SubscriptionRequest {
     }
 
     /**
-     * @throws IllegalArgumentException without a source, or with both a resume cursor and a
-     *     start position
+     * @throws IllegalArgumentException without a source, or with both a resume cursor and a start
+     *     position
      */
     public SubscriptionRequest build() {
       if (sources.isEmpty()) {
         throw new IllegalArgumentException("name at least one source to subscribe to");
       }
       if (!resumeCursor.isEmpty() && (startEarliest || startTime != null)) {
-        throw new IllegalArgumentException("a resume cursor and a start position exclude each other");
+        throw new IllegalArgumentException(
+            "a resume cursor and a start position exclude each other");
       }
       return new SubscriptionRequest(this);
     }

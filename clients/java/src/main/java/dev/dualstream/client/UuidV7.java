@@ -4,9 +4,9 @@ import java.security.SecureRandom;
 import java.util.UUID;
 
 /**
- * Time-ordered UUIDs (RFC 9562 version 7): 48 bits of Unix milliseconds, then 74 random bits.
- * The client gives one to an event without an id before its first attempt, so retries of the
- * event carry the same id, as the sidecar would have assigned.
+ * Time-ordered UUIDs (RFC 9562 version 7): 48 bits of Unix milliseconds, then 74 random bits. The
+ * client gives one to an event without an id before its first attempt, so retries of the event
+ * carry the same id, as the sidecar would have assigned.
  */
 final class UuidV7 {
   private static final SecureRandom RANDOM = new SecureRandom();

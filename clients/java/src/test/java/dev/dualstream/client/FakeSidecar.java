@@ -10,9 +10,9 @@ import io.grpc.Grpc;
 import io.grpc.InsecureServerCredentials;
 import io.grpc.Metadata;
 import io.grpc.Server;
+import io.grpc.ServerBuilder;
 import io.grpc.ServerCall;
 import io.grpc.ServerCallHandler;
-import io.grpc.ServerBuilder;
 import io.grpc.ServerInterceptor;
 import io.grpc.ServerInterceptors;
 import io.grpc.ServerServiceDefinition;
@@ -25,8 +25,8 @@ import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.TimeUnit;
 
 /**
- * A scripted EventService on a real loopback port, for the unit tests of the call layer,
- * retries and resume. Handlers default to UNIMPLEMENTED; tests set the ones they need.
+ * A scripted EventService on a real loopback port, for the unit tests of the call layer, retries
+ * and resume. Handlers default to UNIMPLEMENTED; tests set the ones they need.
  */
 final class FakeSidecar implements AutoCloseable {
   interface Unary<Q, R> {

@@ -14,6 +14,8 @@ import io.grpc.ForwardingClientCall.SimpleForwardingClientCall;
 import io.grpc.Metadata;
 import io.grpc.MethodDescriptor;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -21,10 +23,12 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Flow;
 import java.util.concurrent.ThreadLocalRandom;
+import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /**
  * The client against real sidecars, Kafka and Redis: the ones {@code python -m stack.localstack
@@ -35,6 +39,7 @@ class LiveSidecarTest {
   private static final Duration WAIT = Duration.ofSeconds(60);
 
   private DualstreamClient client;
+
   /** A source type of this test alone, so other tests' events never show up. */
   private String sourceType;
 
@@ -52,7 +57,9 @@ class LiveSidecarTest {
   @Test
   void publishReturnsWhereKafkaStoredTheEvent() {
     EventInput event =
-        EventInput.builder("user.starred", sourceType, "octocat").json("{\"repo\":\"hello\"}").build();
+        EventInput.builder("user.starred", sourceType, "octocat")
+            .json("{\"repo\":\"hello\"}")
+            .build();
     PublishResult result = client.publish(event);
     assertEquals(7, java.util.UUID.fromString(result.id()).version(), "a client-side UUIDv7");
     assertEquals("events", result.topic());
@@ -141,7 +148,8 @@ class LiveSidecarTest {
         Notification notification = nextNotification(subscription);
         assertEquals(sourceType, notification.sourceType());
         assertFalse(notification.replayed());
-        seen.computeIfAbsent(notification.sourceId(), id -> new ArrayList<>()).add(notification.id());
+        seen.computeIfAbsent(notification.sourceId(), id -> new ArrayList<>())
+            .add(notification.id());
       }
       assertEquals(published, seen);
       assertTrue(subscription.channels().stream().anyMatch(channel -> channel.endsWith(":*")));
@@ -161,7 +169,10 @@ class LiveSidecarTest {
     }
     try (Subscription resumed =
         client.subscribe(
-            SubscriptionRequest.builder().source(sourceType, "resume").resumeFrom(cursor).build())) {
+            SubscriptionRequest.builder()
+                .source(sourceType, "resume")
+                .resumeFrom(cursor)
+                .build())) {
       for (String id : ids.subList(1, 3)) {
         Notification notification = nextNotification(resumed);
         assertEquals(id, notification.id());
@@ -186,8 +197,7 @@ class LiveSidecarTest {
     for (int i = 0; i < 40; i++) {
       events.add(EventInput.of("t.x", sourceType, "backlog", new byte[0]));
     }
-    List<String> ids =
-        client.publishBatch(events).stream().map(BatchItemResult::id).toList();
+    List<String> ids = client.publishBatch(events).stream().map(BatchItemResult::id).toList();
     SubscriptionRequest batched =
         SubscriptionRequest.builder()
             .source(sourceType, "backlog")
@@ -247,11 +257,50 @@ class LiveSidecarTest {
     List<String> ids = new ArrayList<>();
     for (int attempt = 0; attempt < 60 && signal == null; attempt++) {
       ids.add(client.publish(EventInput.of("t.x", sourceType, "flow", new byte[0])).id());
-      signal = recorder.signals.poll(1, java.util.concurrent.TimeUnit.SECONDS);
+      signal = recorder.signals.poll(1, TimeUnit.SECONDS);
     }
     Notification notification = assertInstanceOf(Notification.class, signal);
     assertTrue(ids.contains(notification.id()));
     recorder.subscription.cancel();
+  }
+
+  @Test
+  void aUnixSocketTargetReachesTheSidecar() {
+    try (DualstreamClient overUnix =
+            DualstreamClient.builder(env("DUALSTREAM_TEST_UNIX_TARGET")).build();
+        Subscription subscription = overUnix.subscribe(only(sourceType, "unix"))) {
+      PublishResult result =
+          overUnix.publish(EventInput.of("t.x", sourceType, "unix", new byte[0]));
+      assertEquals(result.id(), nextNotification(subscription).id());
+    }
+  }
+
+  @Test
+  void theReadmeQuickstartRunsAsWritten(@TempDir Path scratch) throws Exception {
+    String quickstart = Files.readString(Path.of("examples", "Quickstart.java"));
+    String readme = Files.readString(Path.of("..", "..", "README.md"));
+    assertTrue(
+        readme.contains(quickstart),
+        "the README's Java quickstart is examples/Quickstart.java, verbatim");
+    // It targets `make up`'s 127.0.0.1:50051; the stack's sidecar stands in.
+    Path copy = scratch.resolve("Quickstart.java");
+    Files.writeString(copy, quickstart.replace("127.0.0.1:50051", env("DUALSTREAM_TEST_TARGET")));
+    String classpath =
+        Path.of("target", "classes")
+            + ":"
+            + Files.readString(Path.of("target", "classpath.txt")).trim();
+    Path java = Path.of(System.getProperty("java.home"), "bin", "java");
+    Process process =
+        new ProcessBuilder(java.toString(), "-cp", classpath, copy.toString())
+            .redirectErrorStream(true)
+            .start();
+    String output = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+    assertTrue(process.waitFor(120, TimeUnit.SECONDS), "the quickstart did not end");
+    assertEquals(0, process.exitValue(), output);
+    String[] lines = output.strip().split("\n");
+    assertTrue(lines[0].startsWith("published "), output);
+    String id = lines[0].split(" ")[1];
+    assertTrue(lines[1].startsWith("notified " + id + " "), output);
   }
 
   private static SubscriptionRequest only(String sourceType, String sourceId) {

@@ -67,10 +67,6 @@ class PoliciesTest {
     assertThrows(
         IllegalArgumentException.class,
         () ->
-            SubscriptionRequest.builder()
-                .allOf("user")
-                .resumeFrom("v1.x")
-                .startEarliest()
-                .build());
+            SubscriptionRequest.builder().allOf("user").resumeFrom("v1.x").startEarliest().build());
   }
 }

@@ -111,7 +111,8 @@ class PublishRetryTest {
           calls.incrementAndGet();
           response.onError(Status.UNAVAILABLE.asRuntimeException());
         };
-    RetryPolicy slow = new RetryPolicy(5, new Backoff(Duration.ofSeconds(60), Duration.ofSeconds(60)));
+    RetryPolicy slow =
+        new RetryPolicy(5, new Backoff(Duration.ofSeconds(60), Duration.ofSeconds(60)));
     try (DualstreamClient patient =
         DualstreamClient.builder(sidecar.target())
             .retryPolicy(slow)
@@ -133,7 +134,8 @@ class PublishRetryTest {
           PublishBatchResponse.Builder results = PublishBatchResponse.newBuilder();
           for (Event event : request.getEventsList()) {
             ids.add(event.getId());
-            PublishBatchResult.Builder result = PublishBatchResult.newBuilder().setId(event.getId());
+            PublishBatchResult.Builder result =
+                PublishBatchResult.newBuilder().setId(event.getId());
             if (calls.isEmpty() && event.getSourceId().equals("b")) {
               result.setError(Error.newBuilder().setCode(14).setMessage("no ack"));
             } else if (event.getSourceId().equals("c")) {
@@ -158,7 +160,8 @@ class PublishRetryTest {
     assertEquals(3, calls.get(0).size());
     String generatedId = calls.get(0).get(1);
     assertEquals(List.of(generatedId), calls.get(1), "only the unavailable event is resent");
-    assertEquals(List.of("a1", generatedId, "c1"), results.stream().map(BatchItemResult::id).toList());
+    assertEquals(
+        List.of("a1", generatedId, "c1"), results.stream().map(BatchItemResult::id).toList());
     assertTrue(results.get(0).isPublished());
     assertTrue(results.get(1).isPublished());
     assertFalse(results.get(2).isPublished());

@@ -51,13 +51,36 @@ class TransportTest {
     Path keystore = directory.resolve("server.p12");
     Path certificate = directory.resolve("server.pem");
     keytool(
-        "-genkeypair", "-alias", "sidecar", "-keyalg", "EC", "-groupname", "secp256r1",
-        "-dname", "CN=localhost", "-ext", "san=dns:localhost,ip:127.0.0.1",
-        "-validity", "2", "-storetype", "PKCS12", "-keystore", keystore.toString(),
-        "-storepass", "changeit");
+        "-genkeypair",
+        "-alias",
+        "sidecar",
+        "-keyalg",
+        "EC",
+        "-groupname",
+        "secp256r1",
+        "-dname",
+        "CN=localhost",
+        "-ext",
+        "san=dns:localhost,ip:127.0.0.1",
+        "-validity",
+        "2",
+        "-storetype",
+        "PKCS12",
+        "-keystore",
+        keystore.toString(),
+        "-storepass",
+        "changeit");
     keytool(
-        "-exportcert", "-rfc", "-alias", "sidecar", "-keystore", keystore.toString(),
-        "-storepass", "changeit", "-file", certificate.toString());
+        "-exportcert",
+        "-rfc",
+        "-alias",
+        "sidecar",
+        "-keystore",
+        keystore.toString(),
+        "-storepass",
+        "changeit",
+        "-file",
+        certificate.toString());
     KeyStore store = KeyStore.getInstance("PKCS12");
     try (InputStream in = Files.newInputStream(keystore)) {
       store.load(in, "changeit".toCharArray());
@@ -72,7 +95,8 @@ class TransportTest {
       sidecar.publish = (request, response) -> CallLayerTest.respond(response, request);
       try (DualstreamClient trusting =
           DualstreamClient.builder(sidecar.target()).tlsTrustRoots(certificate).build()) {
-        assertEquals("tls", trusting.publish(EventInput.builder("t", "u", "a").id("tls").build()).id());
+        assertEquals(
+            "tls", trusting.publish(EventInput.builder("t", "u", "a").id("tls").build()).id());
       }
       try (DualstreamClient byName =
           DualstreamClient.builder(sidecar.target())

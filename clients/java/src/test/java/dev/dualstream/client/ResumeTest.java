@@ -172,7 +172,7 @@ class ResumeTest {
     try (DualstreamClient impatient =
         DualstreamClient.builder(sidecar.target())
             .reconnectPolicy(QUICK)
-            .deadline(Duration.ofMillis(500))
+            .deadline(Duration.ofSeconds(5)) // Long enough for attempts to fail first.
             .build()) {
       DeadlineExceededException failure =
           assertThrows(DeadlineExceededException.class, () -> impatient.subscribe(USERS));

@@ -35,6 +35,9 @@ SASL_USERS = {
 }
 
 SettingsFor = Callable[..., Settings]
+# A JVM with TLS listeners took over 60 s to start beside the whole suite on the shared
+# 2-core machine (load average above 40); it is a wait for a condition, so be generous.
+BROKER_START_TIMEOUT = 240.0
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,7 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator
             if mechanism.startswith("SCRAM")
         ],
     )
-    broker.start()
+    broker.start(timeout=BROKER_START_TIMEOUT)
     yield broker
     broker.stop()
 

@@ -36,7 +36,24 @@ PROPERTIES = [
         "kafka_down",
         "4a. Kafka unavailable (broker stopped)",
         "`test_kafka_down_answers_unavailable_then_recovers_by_itself` — stop the only broker; "
-        "publishes answer UNAVAILABLE within the delivery timeout; start it; the sidecar recovers.",
+        "publishes answer UNAVAILABLE (at once once the probe has noticed, at most within the "
+        "delivery timeout); start it; the sidecar recovers.",
+    ),
+    (
+        "kafka_killed_health",
+        "4c. Kafka killed: health tells, publishes fail fast",
+        "`test_kafka_killed_health_tells_and_publish_fails_fast` — SIGKILL the only broker; time "
+        "until gRPC health says NOT_SERVING (required: 5 s) and GetStatus `kafka.connected` is "
+        "false; 5 publishes must answer UNAVAILABLE far below the 10 s delivery timeout; start "
+        "the broker; time until SERVING (required: 5 s).",
+    ),
+    (
+        "kafka_killed_then_sigterm",
+        "4d. Kafka killed under load, then SIGTERM",
+        "`test_kafka_killed_under_load_then_sigterm_stops_cleanly` — sidecar process under 32 "
+        "publishers; SIGKILL the broker after 1,500 calls; every call ends OK or UNAVAILABLE; "
+        "SIGTERM with records still pending: the sidecar gives up on them after the delivery "
+        "timeout and exits 0.",
     ),
     (
         "kafka_too_few_replicas",
@@ -49,7 +66,17 @@ PROPERTIES = [
         "5. Kafka stalled (SIGSTOP the broker)",
         "`test_kafka_stalled_fills_a_bounded_buffer_then_fails_fast` — sidecar process with a "
         "500-event / 8 MiB buffer and 0.2 s wait; SIGSTOP the broker; 4 waves of 1,000 "
-        "concurrent 10 kB publishes; sample the sidecar's RSS.",
+        "concurrent 10 kB publishes; sample the sidecar's RSS. Every call answers: "
+        "RESOURCE_EXHAUSTED while the buffer is full, UNAVAILABLE at once after the probe "
+        "noticed the stall; none OK.",
+    ),
+    (
+        "kafka_stalled_cancelled_calls",
+        "5b. Callers give up while Kafka is stalled",
+        "`test_cancelled_calls_while_kafka_is_stalled_stay_within_the_buffer` — 50 kB buffer; "
+        "SIGSTOP the broker; 10 waves of 100 concurrent 10 kB publishes with a 0.3 s deadline; "
+        "resume; count what Kafka received from the stall: every record queued then, so at most "
+        "the buffer.",
     ),
     (
         "sigterm_under_load",
@@ -66,8 +93,9 @@ def main() -> None:
         "",
         "Each property is a test that kills, stops or restarts real processes (Apache Kafka in",
         "KRaft mode, Debian's redis-server, the sidecar) with real signals, then checks what Kafka",
-        "holds. `make faults` runs them and rewrites this page from their figures; `make test`",
-        "(and so CI) runs them too.",
+        "holds. Every one of them also fails if the sidecar logged a traceback meanwhile",
+        "(`tests/faults/conftest.py`). `make faults` runs them and rewrites this page from their",
+        "figures; `make test` (and so CI) runs them too.",
         "",
         f"Last run: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, on a 2-core machine.",
         "",

@@ -2,6 +2,13 @@
 
 The producer connects in the background: a sidecar that starts before Kafka is up keeps
 retrying (with jittered backoff) and answers UNAVAILABLE until the first connection succeeds.
+
+Once connected, a probe asks Kafka for the topic's metadata every ``PROBE_INTERVAL`` seconds
+over a client of its own (aiokafka's producer retries a dead broker for ever and says nothing).
+When no broker answers it, and no record was acknowledged meanwhile, Kafka counts as
+unreachable: health says NOT_SERVING and publishes answer UNAVAILABLE at once instead of each
+waiting out the delivery timeout. The next answered probe makes it reachable again. A broker
+of several dying is not "unreachable": the probe asks every known broker in turn.
 """
 
 from __future__ import annotations
@@ -13,10 +20,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.errors import (
     KafkaError,
-    KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordTooLargeError,
 )
@@ -24,9 +30,9 @@ from aiokafka.errors import (
 from dualstream.budget import Budget
 from dualstream.cloudevents import KafkaRecord
 from dualstream.connections import explained_connect_error, kafka_client_options
-from dualstream.errors import InvalidArgumentError, UnavailableError
+from dualstream.errors import DualstreamError, InvalidArgumentError, UnavailableError
 from dualstream.events import RecordPosition
-from dualstream.lifecycle import Service
+from dualstream.lifecycle import Service, cancel_and_wait
 from dualstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,6 +41,14 @@ logger = logging.getLogger(__name__)
 RECORD_OVERHEAD_BYTES = 64 * 1024
 CONNECT_BACKOFF_INITIAL = 0.2
 CONNECT_BACKOFF_MAX = 5.0
+# A metadata request per second on one kept-open connection: cheap for the cluster, and with
+# a per-broker timeout of 1 s a dead cluster of up to three silent (SIGSTOPped) brokers is
+# noticed within about 4 s, one of refused connections within about 1 s.
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = 1.0
+PROBE_GIVE_UP = 10.0
+# The probe's client refreshes metadata only when asked; its own periodic refresh is off.
+PROBE_METADATA_MAX_AGE_MS = 24 * 3600 * 1000
 
 
 class KafkaEventLog(Service):
@@ -46,8 +60,16 @@ class KafkaEventLog(Service):
         self._client_options = kafka_client_options(settings)
         self._producer: AIOKafkaProducer | None = None
         self._connector: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._last_connect_error: BaseException | None = None
+        self._unreachable: str | None = None
+        # Acknowledgements seen, as proof of a reachable broker while a probe is out.
+        self._acknowledged = 0
+        # Per record handed to the producer and not yet answered by Kafka: its caller's
+        # future and its size in the buffer. Its room is given back when Kafka answers (or
+        # when stop() gives up on it), never when its caller stops waiting.
+        self._in_flight: dict[asyncio.Future[Any], int] = {}
         self.buffer = Budget(settings.kafka_buffer_events, settings.kafka_buffer_bytes)
 
     @property
@@ -64,11 +86,13 @@ class KafkaEventLog(Service):
 
     @property
     def ready(self) -> bool:
-        """Whether the producer is connected and can take records."""
-        return self._connected.is_set()
+        """Whether the producer is connected and Kafka answers: records can be written."""
+        return self._connected.is_set() and self._unreachable is None
 
     @property
     def last_connect_error(self) -> str:
+        if self._unreachable is not None:
+            return self._unreachable
         return str(self._last_connect_error or "")
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -93,6 +117,7 @@ class KafkaEventLog(Service):
         )
 
     async def _start(self) -> None:
+        self._unreachable = None
         self._connector = asyncio.create_task(self._connect(), name="kafka-connect")
         # Give a reachable broker a moment so a fresh sidecar is ready when start() returns.
         await self.wait_ready(timeout=min(2.0, self._settings.kafka_delivery_timeout))
@@ -122,33 +147,94 @@ class KafkaEventLog(Service):
                 raise
             self._producer = producer
             self._connected.set()
+            self._prober = asyncio.create_task(self._probe_reachability(), name="kafka-probe")
             logger.info("Kafka producer connected to %s", self._settings.kafka_bootstrap)
             return
 
+    async def _probe_reachability(self) -> None:
+        client = AIOKafkaClient(
+            **self._client_options,
+            request_timeout_ms=int(PROBE_TIMEOUT * 1000),
+            metadata_max_age_ms=PROBE_METADATA_MAX_AGE_MS,
+        )
+        bootstrapped = False
+        try:
+            while True:
+                await asyncio.sleep(PROBE_INTERVAL)
+                acknowledged_before = self._acknowledged
+                try:
+                    if not bootstrapped:
+                        # Bounded inside: each bootstrap server gets PROBE_TIMEOUT per step.
+                        await client.bootstrap()
+                        bootstrapped = True
+                        answer = client.set_topics([self._topic])
+                    else:
+                        # Asks each known broker in turn, each bounded by PROBE_TIMEOUT.
+                        answer = client.force_metadata_update()
+                    # A shielded future: giving up on it here leaves the client consistent.
+                    async with asyncio.timeout(PROBE_GIVE_UP):
+                        answered = await answer
+                    problem = "" if answered else "no broker answered a metadata request"
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    problem = str(exc) or type(exc).__name__
+                if not problem:
+                    self._mark_reachable()
+                elif self._acknowledged == acknowledged_before:
+                    self._mark_unreachable(problem)
+        finally:
+            await client.close()
+
+    def _mark_reachable(self) -> None:
+        if self._unreachable is not None:
+            logger.info("Kafka at %s answers again", self._settings.kafka_bootstrap)
+            self._unreachable = None
+
+    def _mark_unreachable(self, problem: str) -> None:
+        if self._unreachable is None:
+            logger.warning(
+                "Kafka at %s is unreachable (%s); publishes answer UNAVAILABLE until it answers",
+                self._settings.kafka_bootstrap,
+                problem,
+            )
+        self._unreachable = f"no broker answers ({problem})"
+
     async def _stop(self) -> None:
-        if self._connector is not None:
-            self._connector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._connector
-            self._connector = None
+        await cancel_and_wait(self._connector)
+        await cancel_and_wait(self._prober)
+        self._connector = self._prober = None
         self._connected.clear()
         producer, self._producer = self._producer, None
         if producer is None:
             return
-        try:
-            async with asyncio.timeout(self._settings.kafka_delivery_timeout):
-                await producer.flush()
-        except TimeoutError:
-            # Only records whose callers already got UNAVAILABLE (or went away) can still be
-            # pending here: every acknowledged record is written. aiokafka's stop() would wait
-            # for them forever while the broker is down, so they are failed first.
-            logger.error(  # noqa: TRY400 - a timeout, not an error with a useful traceback
-                "Kafka did not acknowledge the last pending records within %gs; dropping "
-                "them (their callers were not told they succeeded)",
+        # stop() flushes first; an idempotent producer retries a dead broker for ever, so the
+        # wait is bounded. Every acknowledged record is written by then: only records whose
+        # callers already got UNAVAILABLE (or went away) can still be pending.
+        stopping = asyncio.create_task(producer.stop(), name="kafka-producer-stop")
+        done, _ = await asyncio.wait([stopping], timeout=self._settings.kafka_delivery_timeout)
+        if not done:
+            logger.error(
+                "Kafka did not acknowledge the last %d pending records within %gs; giving "
+                "up on them (their callers were not told they succeeded)",
+                len(self._in_flight),
                 self._settings.kafka_delivery_timeout,
             )
-            await _abandon_pending_records(producer)
-        await producer.stop()
+            await cancel_and_wait(stopping)
+        elif (error := stopping.exception()) is not None:
+            logger.warning("the Kafka producer stopped with an error: %s", error)
+        self._give_up_in_flight()
+
+    def _give_up_in_flight(self) -> None:
+        """Answer every caller still waiting for Kafka with UNAVAILABLE, and free their room."""
+        in_flight, self._in_flight = self._in_flight, {}
+        for outcome, size in in_flight.items():
+            self.buffer.release(1, size)
+            if not outcome.done():
+                outcome.set_exception(
+                    UnavailableError(
+                        "the sidecar stopped before Kafka acknowledged the event; it may or "
+                        "may not be written, and retrying with the same id is safe"
+                    )
+                )
 
     def _require_producer(self) -> AIOKafkaProducer:
         if self._producer is None or not self._connected.is_set():
@@ -156,12 +242,20 @@ class KafkaEventLog(Service):
             raise UnavailableError(
                 f"Kafka at {self._settings.kafka_bootstrap} is not connected{reason}"
             )
+        if self._unreachable is not None:
+            raise UnavailableError(
+                f"Kafka at {self._settings.kafka_bootstrap} is unreachable: {self._unreachable}"
+            )
         return self._producer
 
-    async def _send_reserved(self, producer: AIOKafkaProducer, record: KafkaRecord) -> Any:
-        """Hand a record, whose buffer room is reserved, to the producer. The room is given
-        back when Kafka answers for the record (not when the caller gives up), so a stalled
-        broker cannot grow memory without bound."""
+    async def _send_reserved(
+        self, producer: AIOKafkaProducer, record: KafkaRecord
+    ) -> asyncio.Future[Any]:
+        """Hand a record, whose buffer room is reserved, to the producer; returns the future
+        its caller waits on. The room is given back when Kafka answers for the record, not
+        when the caller gives up: cancelling the returned future leaves aiokafka's own one
+        (and so the record, which stays queued) alone, so a stalled broker and impatient
+        callers cannot grow memory past the bound."""
         size = record.size
         try:
             delivery = await producer.send(
@@ -170,8 +264,29 @@ class KafkaEventLog(Service):
         except BaseException:
             self.buffer.release(1, size)
             raise
-        delivery.add_done_callback(lambda _: self.buffer.release(1, size))
-        return delivery
+        outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._in_flight[outcome] = size
+        delivery.add_done_callback(lambda answered: self._answered(outcome, answered))
+        return outcome
+
+    def _answered(self, outcome: asyncio.Future[Any], delivery: asyncio.Future[Any]) -> None:
+        """Kafka answered for a record: free its room and tell its caller, if still there."""
+        if delivery.cancelled():
+            error: BaseException | None = UnavailableError("the Kafka write was abandoned")
+        else:
+            error = delivery.exception()  # Read even when nobody waits: never "unretrieved".
+        size = self._in_flight.pop(outcome, None)
+        if size is None:
+            return  # stop() gave up on it and answered its caller already.
+        self.buffer.release(1, size)
+        if error is None:
+            self._acknowledged += 1
+        if outcome.done():
+            return  # The caller gave up.
+        if error is None:
+            outcome.set_result(delivery.result())
+        else:
+            outcome.set_exception(error)
 
     async def append(self, record: KafkaRecord) -> RecordPosition:
         """Write one record and wait for the broker's acknowledgement."""
@@ -214,6 +329,8 @@ class KafkaEventLog(Service):
         for result in results:
             if isinstance(result, KafkaError):
                 outcomes.append(self._translate(result))
+            elif isinstance(result, DualstreamError):
+                outcomes.append(result)
             elif isinstance(result, BaseException):
                 raise result
             else:
@@ -232,23 +349,3 @@ class KafkaEventLog(Service):
                 "event.data", f"Kafka rejected the record as too large: {exc}"
             )
         return UnavailableError(f"Kafka did not acknowledge the event: {exc}")
-
-
-async def _abandon_pending_records(producer: AIOKafkaProducer) -> None:
-    """Fail every record still waiting for Kafka, so that ``stop()`` returns.
-
-    aiokafka has no public way to do this (its ``stop()`` flushes without a bound), so this
-    reaches into its sender and accumulator; the aiokafka version is pinned in pyproject.toml
-    and the shutdown tests run against a stopped broker to catch a change.
-    """
-    await producer._sender.close()
-    accumulator = producer._message_accumulator
-    batches = [b for queued in accumulator._batches.values() for b in queued]
-    batches += list(accumulator._pending_batches)
-    futures = [b.future for b in batches] + [f for b in batches for f, _ in b._msg_futures]
-    futures += [b._drain_waiter for b in batches]
-    accumulator.fail_all(KafkaTimeoutError("the sidecar stopped before Kafka acknowledged"))
-    for future in futures:
-        # Nobody awaits these any more; reading the exception keeps asyncio from reporting it.
-        if future.done() and not future.cancelled():
-            future.exception()

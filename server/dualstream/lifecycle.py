@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 
 class Service:
@@ -57,3 +57,22 @@ class Service:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
+    """Cancel ``task`` and wait until it has finished.
+
+    The child's own CancelledError is expected and absorbed; a cancellation of the task that
+    called this is not: ``contextlib.suppress(CancelledError)`` around the await would absorb
+    both, and a stop() that was itself cancelled would carry on as if nothing happened. A task
+    that had already finished is left as it is: whoever supervised it dealt with its outcome.
+    """
+    if task is None or task.done():
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise

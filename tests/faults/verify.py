@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import logging
+import traceback
 
 from tests.faults.load import Outcome
 from tests.kafka_records import read_all
@@ -34,3 +36,20 @@ async def check_acknowledged_exactly_once_in_order(
         "records_in_kafka": len(records),
         "acknowledged_found_once": len(acknowledged) - len(missing) - len(duplicated),
     }
+
+
+def assert_no_traceback_in_records(records: list[logging.LogRecord]) -> None:
+    """No log record carries an exception: the sidecar expected every failure it met."""
+    with_traceback = [r for r in records if r.exc_info or "Traceback" in r.getMessage()]
+    assert not with_traceback, "the sidecar logged a traceback:\n" + "\n".join(
+        f"{r.name} {r.levelname}: {r.getMessage()}\n"
+        + "".join(traceback.format_exception(*r.exc_info) if r.exc_info else [])
+        for r in with_traceback[:3]
+    )
+
+
+def assert_no_traceback_in_text(text: str, where: str) -> None:
+    """A sidecar process's log holds no traceback."""
+    position = text.find("Traceback")
+    excerpt = text[max(0, position - 500) : position + 3000]
+    assert position < 0, f"{where} holds a traceback:\n{excerpt}"

@@ -229,7 +229,7 @@ class Sidecar(Service):
     async def _stop(self) -> None:
         logger.info("dualstream draining: no new calls, in-flight calls may finish")
         await self._stop_parts()
-        logger.info("dualstream stopped; the producer is flushed")
+        logger.info("dualstream stopped")
 
     async def _stop_parts(self) -> None:
         """Stop whatever started, in reverse order; also undoes a start that failed half-way."""

@@ -121,6 +121,19 @@ class _Calls:
             span.end()
 
 
+async def _end_call(context: _Context, failure: _StatusError) -> None:
+    """End the call with ``failure``'s status; always raises.
+
+    When the caller is already gone (it cancelled, or its deadline passed) no status can reach
+    it, and grpc.aio logs the failed write of one as an error with a traceback, racing its own
+    bookkeeping of the cancellation. The call then ends as the cancelled call it is.
+    """
+    remaining = context.time_remaining()
+    if context.cancelled() or (remaining is not None and remaining <= 0):
+        raise asyncio.CancelledError
+    await context.abort(failure.code, failure.details)
+
+
 @dataclass(frozen=True, slots=True)
 class MalformedRequest:
     """A request protobuf could not parse; ``field`` is the path of the field at fault."""
@@ -200,7 +213,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
                 event = convert.event_from_proto(request.event, "event")
                 return convert.publish_response(await self._publisher.publish(event))
         except _StatusError as failure:
-            await context.abort(failure.code, failure.details)
+            await _end_call(context, failure)
             raise  # Unreachable: abort raises. Keeps the type checker honest.
 
     async def PublishBatch(
@@ -219,7 +232,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
                     results=[convert.batch_result(outcome) for outcome in outcomes]
                 )
         except _StatusError as failure:
-            await context.abort(failure.code, failure.details)
+            await _end_call(context, failure)
             raise
 
     async def Subscribe(  # type: ignore[override]  # Bytes: the handler's serializer is none.
@@ -273,7 +286,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
                     if not self._streams_by_peer[peer]:
                         del self._streams_by_peer[peer]
         except _StatusError as failure:
-            await context.abort(failure.code, failure.details)
+            await _end_call(context, failure)
 
     def _count_delivery(self, delivery: Delivery) -> None:
         counter = self._replayed_deliveries if delivery.replayed else self._live_deliveries

@@ -48,6 +48,8 @@ class Budget:
                 self.release(events, size)  # Admitted just as the caller gave up.
             elif entry in self._waiters:
                 self._waiters.remove(entry)
+                # It may have been the head that kept smaller requests behind it waiting.
+                self._admit_waiters()
             if isinstance(exc, TimeoutError):
                 raise ResourceExhaustedError(
                     f"Kafka is not keeping up: {self.events} events ({self.bytes} bytes) "
@@ -59,6 +61,10 @@ class Budget:
         """Give room back and admit waiters in order; safe from a future's done-callback."""
         self.events -= events
         self.bytes -= size
+        self._admit_waiters()
+
+    def _admit_waiters(self) -> None:
+        """Admit waiters from the head of the queue for as long as the head fits."""
         while self._waiters:
             want_events, want_size, waiter = self._waiters[0]
             if waiter.done():

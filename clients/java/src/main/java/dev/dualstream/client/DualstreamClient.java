@@ -210,7 +210,11 @@ public final class DualstreamClient implements AutoCloseable {
     return stream;
   }
 
-  /** Sends the events not settled yet and settles those the sidecar answered. */
+  /**
+   * Sends the events not settled yet and settles those the sidecar answered. When a retry fails as
+   * a whole, the events an earlier attempt settled keep their results and the others carry the
+   * failure: the caller learns what was published rather than only the last error.
+   */
   private CompletableFuture<BatchItemResult[]> publishUnsettled(
       List<dev.dualstream.v1.Event> wire, BatchItemResult[] results, Deadline callDeadline) {
     List<Integer> pending = unavailableIndexes(results);
@@ -220,8 +224,18 @@ public final class DualstreamClient implements AutoCloseable {
     }
     return caller
         .unary(EventServiceMethods.PUBLISH_BATCH, request.build(), callDeadline)
-        .thenApply(
-            (PublishBatchResponse response) -> {
+        .handle(
+            (PublishBatchResponse response, Throwable failure) -> {
+              if (failure != null) {
+                DualstreamException error = Errors.translate(failure);
+                if (pending.size() == results.length) {
+                  throw error; // Nothing answered yet: the batch failed as a whole.
+                }
+                for (int index : pending) {
+                  results[index] = BatchItemResult.failure(wire.get(index).getId(), error);
+                }
+                return results;
+              }
               if (response.getResultsCount() != pending.size()) {
                 throw Errors.forCode(
                     Status.Code.INTERNAL,

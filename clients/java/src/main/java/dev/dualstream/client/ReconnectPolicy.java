@@ -15,14 +15,23 @@ import java.util.Optional;
  *     last error; empty to keep trying for as long as the subscription is open
  */
 public record ReconnectPolicy(Backoff backoff, Optional<Duration> giveUpAfter) {
-  /** Reconnect 100 ms to 5 s apart, for as long as the subscription is open. */
+  /**
+   * Reconnect 100 ms to 5 s apart, and fail the subscription once the stream has stayed broken for
+   * 5 minutes (as every dualstream client does).
+   */
   public static final ReconnectPolicy DEFAULT =
       new ReconnectPolicy(
-          new Backoff(Duration.ofMillis(100), Duration.ofSeconds(5)), Optional.empty());
+          new Backoff(Duration.ofMillis(100), Duration.ofSeconds(5)),
+          Optional.of(Duration.ofMinutes(5)));
 
   /** Never reconnect: a broken stream fails the subscription at once. */
   public static final ReconnectPolicy NEVER =
       new ReconnectPolicy(DEFAULT.backoff(), Optional.of(Duration.ZERO));
+
+  /** Reconnect with {@code backoff} for as long as the subscription is open. */
+  public static ReconnectPolicy forever(Backoff backoff) {
+    return new ReconnectPolicy(backoff, Optional.empty());
+  }
 
   public ReconnectPolicy {
     Objects.requireNonNull(backoff, "backoff");

@@ -61,7 +61,6 @@ final class ResumingStream implements AutoCloseable {
   private long brokenSinceNanos;
   private boolean waitingToReconnect;
   private long reconnectAtNanos;
-  private DualstreamException lastError;
   private DualstreamException failure;
 
   ResumingStream(
@@ -105,11 +104,12 @@ final class ResumingStream implements AutoCloseable {
 
   /**
    * Starts the first call and waits for the sidecar's {@code subscribed}: from then on every
-   * matching event is delivered. A broken attempt is retried as the reconnect policy says until
-   * {@code timeout}.
+   * matching event is delivered. Its failures are not retried: a wrong target, token or request is
+   * reported at once.
    *
-   * @throws DualstreamException the call failed (UNAUTHENTICATED, INVALID_ARGUMENT, ...) or the
-   *     timeout passed ({@link DeadlineExceededException}); the stream is then closed
+   * @throws DualstreamException the call failed (UNAVAILABLE, UNAUTHENTICATED, INVALID_ARGUMENT,
+   *     ...) or the timeout passed first ({@link DeadlineExceededException}); the stream is then
+   *     closed
    */
   void awaitLive(Duration timeout) throws InterruptedException {
     long deadline = System.nanoTime() + timeout.toNanos();
@@ -122,9 +122,8 @@ final class ResumingStream implements AutoCloseable {
           throw Errors.forCode(Status.Code.CANCELLED, "the subscription was closed", null);
         }
         if (!step(deadline)) {
-          String last = lastError == null ? "" : "; last error: " + lastError.getMessage();
           throw new DeadlineExceededException(
-              "the sidecar did not confirm the subscription within " + timeout + last, lastError);
+              "the sidecar did not confirm the subscription within " + timeout, null);
         }
       }
     } catch (DualstreamException | InterruptedException e) {
@@ -243,7 +242,6 @@ final class ResumingStream implements AutoCloseable {
     everLive = true;
     failedAttempts = 0;
     brokenSinceNanos = 0;
-    lastError = null;
   }
 
   private void onEnded(Throwable callFailure) {
@@ -256,7 +254,6 @@ final class ResumingStream implements AutoCloseable {
         callFailure == null
             ? new UnavailableException("the sidecar ended the stream", null)
             : Errors.translate(callFailure);
-    lastError = error;
     long now = System.nanoTime();
     if (failedAttempts == 0) {
       brokenSinceNanos = now;
@@ -267,7 +264,9 @@ final class ResumingStream implements AutoCloseable {
             .giveUpAfter()
             .map(limit -> now - brokenSinceNanos >= limit.toNanos())
             .orElse(false);
-    if (!isResumable(error) || gaveUp) {
+    // Before the stream was ever live there is nothing to resume: the first call's failure is
+    // the caller's to see (no sidecar there, a wrong token).
+    if (!everLive || !request.autoResume() || !isResumable(error) || gaveUp) {
       failure = error;
       onClose.accept(this);
       return;

@@ -34,6 +34,7 @@ public final class SubscriptionRequest {
   private final SlowConsumerPolicy policy;
   private final boolean includeData;
   private final int maxNotificationsPerMessage;
+  private final boolean autoResume;
 
   private SubscriptionRequest(Builder builder) {
     this.sources = List.copyOf(builder.sources);
@@ -44,6 +45,8 @@ public final class SubscriptionRequest {
     this.policy = builder.policy;
     this.includeData = builder.includeData;
     this.maxNotificationsPerMessage = builder.maxNotificationsPerMessage;
+    this.autoResume =
+        builder.autoResume != null ? builder.autoResume : policy != SlowConsumerPolicy.CLOSE;
   }
 
   public static Builder builder() {
@@ -85,6 +88,11 @@ public final class SubscriptionRequest {
     return maxNotificationsPerMessage;
   }
 
+  /** Whether a broken stream is resumed by the client (see {@link ReconnectPolicy}). */
+  public boolean autoResume() {
+    return autoResume;
+  }
+
   /** Builds a {@link SubscriptionRequest}. */
   public static final class Builder {
     private final List<Source> sources = new ArrayList<>();
@@ -95,6 +103,7 @@ public final class SubscriptionRequest {
     private SlowConsumerPolicy policy = SlowConsumerPolicy.GAP;
     private boolean includeData;
     private int maxNotificationsPerMessage = 1;
+    private Boolean autoResume;
 
     private Builder() {}
 
@@ -164,6 +173,17 @@ public final class SubscriptionRequest {
         throw new IllegalArgumentException("maxNotificationsPerMessage must be at least 1");
       }
       this.maxNotificationsPerMessage = count;
+      return this;
+    }
+
+    /**
+     * Whether the client resumes the stream when it breaks. On by default, except with {@link
+     * SlowConsumerPolicy#CLOSE}: that policy asks to be told when the stream cannot keep up, so a
+     * stream that ends is reported ({@code UNAVAILABLE} for a Redis outage) unless resuming is
+     * asked for here.
+     */
+    public Builder autoResume(boolean value) {
+      this.autoResume = value;
       return this;
     }
 

@@ -169,6 +169,56 @@ class PublishRetryTest {
   }
 
   @Test
+  void aBatchWhoseRetryFailsAsAWholeKeepsWhatWasAcknowledged() {
+    AtomicInteger calls = new AtomicInteger();
+    sidecar.publishBatch =
+        (request, response) -> {
+          if (calls.incrementAndGet() > 1) {
+            response.onError(Status.UNAVAILABLE.withDescription("gone").asRuntimeException());
+            return;
+          }
+          PublishBatchResponse.Builder results = PublishBatchResponse.newBuilder();
+          for (Event event : request.getEventsList()) {
+            PublishBatchResult.Builder result =
+                PublishBatchResult.newBuilder().setId(event.getId());
+            if (event.getSourceId().equals("b")) {
+              result.setError(Error.newBuilder().setCode(14).setMessage("no ack"));
+            } else {
+              result.setPublished(PublishResponse.newBuilder().setId(event.getId()));
+            }
+            results.addResults(result);
+          }
+          response.onNext(results.build());
+          response.onCompleted();
+        };
+    List<BatchItemResult> results =
+        client.publishBatch(
+            List.of(
+                EventInput.builder("t", "user", "a").id("a1").build(),
+                EventInput.builder("t", "user", "b").id("b1").build()));
+    assertEquals(QUICK.maxAttempts(), calls.get());
+    assertTrue(results.get(0).isPublished());
+    DualstreamException error = results.get(1).error().orElseThrow();
+    assertTrue(error instanceof UnavailableException);
+    assertEquals("gone", error.details());
+    assertEquals("b1", results.get(1).id());
+  }
+
+  @Test
+  void aBatchThatFailsAsAWholeFromTheStartThrows() {
+    AtomicInteger calls = new AtomicInteger();
+    sidecar.publishBatch =
+        (request, response) -> {
+          calls.incrementAndGet();
+          response.onError(Status.UNAVAILABLE.withDescription("kafka down").asRuntimeException());
+        };
+    assertThrows(
+        UnavailableException.class,
+        () -> client.publishBatch(List.of(EventInput.of("t", "user", "a", new byte[0]))));
+    assertEquals(QUICK.maxAttempts(), calls.get());
+  }
+
+  @Test
   void aBatchWhoseRetriesRunOutReportsTheEventsStillUnavailable() {
     sidecar.publishBatch =
         (request, response) -> {

@@ -153,31 +153,51 @@ class ResumeTest {
   }
 
   @Test
-  void anUnavailableSidecarIsRetriedUntilItConfirms() {
+  void theFirstSubscribeIsNotRetried() {
     script(
         List.of(
             response -> response.onError(Status.UNAVAILABLE.asRuntimeException()),
-            response -> response.onError(Status.UNAVAILABLE.asRuntimeException()),
             response -> response.onNext(subscribed("c0"))));
-    try (Subscription subscription = client.subscribe(USERS)) {
-      assertEquals("c0", subscription.cursor());
-      assertEquals(0, subscription.reconnects(), "not live before: nothing was resumed");
-    }
-    assertEquals(3, requests.size());
+    assertThrows(UnavailableException.class, () -> client.subscribe(USERS));
+    assertEquals(1, requests.size());
   }
 
   @Test
-  void subscribeGivesUpAtTheDeadline() throws Exception {
-    script(List.of(response -> response.onError(Status.UNAVAILABLE.asRuntimeException())));
+  void subscribeGivesUpWhenTheSidecarDoesNotConfirmInTime() throws Exception {
+    script(List.of(response -> {})); // Accepts the call, never confirms it.
     try (DualstreamClient impatient =
         DualstreamClient.builder(sidecar.target())
             .reconnectPolicy(QUICK)
-            .deadline(Duration.ofSeconds(5)) // Long enough for attempts to fail first.
+            .deadline(Duration.ofMillis(500))
             .build()) {
-      DeadlineExceededException failure =
-          assertThrows(DeadlineExceededException.class, () -> impatient.subscribe(USERS));
-      assertTrue(failure.getMessage().contains("UNAVAILABLE"), failure.getMessage());
+      assertThrows(DeadlineExceededException.class, () -> impatient.subscribe(USERS));
     }
+  }
+
+  @Test
+  void withPolicyCloseABrokenStreamIsReportedUnlessResumingIsAskedFor() {
+    List<Script> breakOnce =
+        List.of(
+            response -> {
+              response.onNext(subscribed("c0"));
+              response.onError(Status.UNAVAILABLE.withDescription("redis").asRuntimeException());
+            },
+            response -> {
+              response.onNext(subscribed("c0"));
+              response.onNext(notification("e1", 1, "c1"));
+            });
+    SubscriptionRequest.Builder close =
+        SubscriptionRequest.builder().allOf("user").policy(SlowConsumerPolicy.CLOSE);
+    script(breakOnce);
+    try (Subscription subscription = client.subscribe(close.build())) {
+      assertThrows(UnavailableException.class, subscription::next);
+    }
+    assertEquals(1, requests.size());
+    script(breakOnce);
+    try (Subscription subscription = client.subscribe(close.autoResume(true).build())) {
+      assertEquals("e1", ((Notification) next(subscription)).id());
+    }
+    assertEquals(3, requests.size());
   }
 
   @Test

@@ -122,7 +122,9 @@ public final class DualstreamClient implements AutoCloseable {
   /**
    * Publishes several events in one call. Events without an id get a UUIDv7 first. Events that
    * Kafka did not acknowledge with {@code UNAVAILABLE} are sent again (alone, with the same ids) as
-   * the {@link RetryPolicy} allows; the results keep the request's order.
+   * the {@link RetryPolicy} allows; the results keep the request's order. If such a retry fails as
+   * a whole, the events already acknowledged keep their results and the rest carry that failure;
+   * only a batch of which nothing was acknowledged fails with an exception.
    */
   public CompletableFuture<List<BatchItemResult>> publishBatchAsync(List<EventInput> events) {
     List<dev.dualstream.v1.Event> wire = new ArrayList<>(events.size());

@@ -439,7 +439,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"jaeger: {exc}")
     print(f"trace {spans[0].trace_id} ({len(spans)} spans): service: span [kind] duration")
     print(format_tree(spans))
-    print(f"open it in a Jaeger UI: {args.ui_url or args.query_url}/trace/{spans[0].trace_id}")
+    ui = args.ui_url or args.query_url
+    print(f"in a Jaeger UI: {ui}/trace/{spans[0].trace_id}")
+    if not args.ui_url:
+        print(
+            "  (this Jaeger is built from its Go module, without the UI's assets: run a Jaeger "
+            "UI against it, or read the trace as JSON at "
+            f"{args.query_url}/api/v3/traces/{spans[0].trace_id})"
+        )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import uvloop
 
-from dualstream.transport.deliveries import length_delimited
+from dualstream.protowire import length_delimited
 from dualstream.v1 import event_service_pb2 as pb
 
 _RESPONSE = pb.PublishResponse(id="x", topic="events", partition=0, offset=0, notified=True)

@@ -25,6 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from dualstream.settings import Settings
+from dualstream.telemetry import get_tracer
 from dualstream.transport.server import Sidecar
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
@@ -288,7 +289,13 @@ async def test_failures_carry_error_type(
     span_exporter: InMemorySpanExporter,
     source_type: str,
 ) -> None:
-    settings = make_settings(kafka.bootstrap, private_redis.url, topic, redis_breaker_failures=1)
+    settings = make_settings(
+        kafka.bootstrap,
+        private_redis.url,
+        topic,
+        redis_breaker_failures=1,
+        redis_probe_interval=600.0,  # The second publish is skipped, never a probe.
+    )
     event = pb.Event(type="t", source_type=source_type, source_id="a")
     async with serving(settings, tracer) as stub:
         await asyncio.to_thread(private_redis.kill)
@@ -349,3 +356,21 @@ async def test_each_notification_of_a_batch_carries_its_own_delivery_span(
     assert batches >= 1
     assert [n.id for n in received] == [r.id for r in published.results]
     assert {span_id_of(n.traceparent) for n in received} == set(deliveries)
+
+
+async def test_without_an_exporter_no_span_is_built_and_the_callers_context_travels(
+    settings: Settings, source_type: str
+) -> None:
+    source = pb.Source(source_type=source_type, source_id="c")
+    caller = caller_traceparent(sampled=True)
+    async with serving(settings, get_tracer(None)) as stub:
+        live = stub.Subscribe(pb.SubscribeRequest(sources=[source]))
+        await first_of(live, "subscribed")
+        await stub.Publish(
+            pb.PublishRequest(event=pb.Event(type="t", source_type=source_type, source_id="c")),
+            metadata=(("traceparent", caller),),
+        )
+        notification = (await first_of(live, "notification")).notification
+        live.cancel()
+    # The record and the notification carry the caller's own context, unchanged.
+    assert notification.traceparent == caller

@@ -74,19 +74,20 @@ def build_tracer_provider(settings: TelemetrySettings, version: str) -> TracerPr
     exporter: SpanExporter
     if settings.exporter == "otlp":
         # Imported here so a sidecar that never exports does not load the gRPC exporter.
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from dualstream.otlp import OtlpSpanExporter
 
-        exporter = OTLPSpanExporter()
+        exporter = OtlpSpanExporter()
     else:
         exporter = ConsoleSpanExporter()
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 
-def trace_headers() -> dict[str, str]:
-    """The current span's W3C ``traceparent`` (and ``tracestate``), empty when not tracing."""
+def trace_headers(span: Span | None = None) -> dict[str, str]:
+    """The W3C ``traceparent`` (and ``tracestate``) of ``span``, else of the current span;
+    empty when there is none."""
     carrier: dict[str, str] = {}
-    _W3C.inject(carrier)
+    _W3C.inject(carrier, context=trace.set_span_in_context(span) if span is not None else None)
     return carrier
 
 
@@ -244,6 +245,8 @@ class DeliveryTracer:
 
 
 def mark_failed(span: Span, exc: BaseException) -> None:
-    """``error.type`` and an ERROR status on ``span`` for ``exc``."""
-    span.set_attribute(ERROR_TYPE, error_type(exc))
-    span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+    """``error.type`` and an ERROR status on ``span`` for ``exc`` (its traceback, if any, is
+    in the log: a span event for it would cost every failing call a formatted stack)."""
+    if span.is_recording():
+        span.set_attribute(ERROR_TYPE, error_type(exc))
+        span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))

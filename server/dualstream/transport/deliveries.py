@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from dualstream.notifications import Notification
+from dualstream.protowire import length_delimited
 from dualstream.streams import Delivery
 from dualstream.transport import convert
 from dualstream.v1 import event_service_pb2 as pb
@@ -28,7 +29,6 @@ _REPLAYED = 9
 _EVENT = 10
 _TRACEPARENT = 11
 _TRACESTATE = 12
-_LENGTH_DELIMITED = 2
 _REPLAYED_TRUE = bytes([_REPLAYED << 3, 1])  # Field 9, varint 1.
 
 # A batch stops growing past this many bytes (a notification carrying its event's payload can
@@ -46,20 +46,6 @@ class TraceFields(Protocol):
 
     @property
     def tracestate(self) -> str: ...
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def length_delimited(field: int, body: bytes) -> bytes:
-    """A length-delimited field (a string, bytes or a message) on the wire."""
-    return _varint(field << 3 | _LENGTH_DELIMITED) + _varint(len(body)) + body
 
 
 def _string(field: int, text: str) -> bytes:

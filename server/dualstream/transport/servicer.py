@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
     RPC_METHOD,
@@ -91,16 +92,11 @@ class _Calls:
             attributes=self._attributes[method],
         )
         code = grpc.StatusCode.OK
+        # Current for the publish path's spans and trace headers; attached by hand (use_span
+        # would also record errors, which is done below by the conventions' rules instead).
+        token = None if streaming else otel_context.attach(trace.set_span_in_context(span))
         try:
-            if streaming:
-                yield span
-            else:
-                # Errors are recorded below, as the conventions say (a caller's mistake is
-                # no error of the server's), not by use_span.
-                with trace.use_span(
-                    span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-                ):
-                    yield span
+            yield span
         except DualstreamError as exc:
             code = status_code_for(exc)
             raise _StatusError(code, str(exc)) from exc
@@ -113,6 +109,8 @@ class _Calls:
             code = grpc.StatusCode.CANCELLED  # The client went away (or the server stops).
             raise
         finally:
+            if token is not None:
+                otel_context.detach(token)
             self._rpc.record(method, code.name, time.perf_counter() - started)
             span.set_attribute(RPC_RESPONSE_STATUS_CODE, code.name)
             if code.name in RpcCalls.SERVER_ERRORS:

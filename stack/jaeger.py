@@ -135,9 +135,10 @@ def _remove_tree(path: Path) -> None:
 
 
 class JaegerServer(ManagedProcess):
-    """Jaeger v2 with in-memory storage: OTLP gRPC on ``otlp_port``, the query API (HTTP) on
-    ``query_port``. Jaeger's own telemetry is off: traced, it exports spans about itself and
-    hangs on SIGTERM; its metrics endpoint would take a fixed port."""
+    """Jaeger v2 with in-memory storage: OTLP gRPC on ``otlp_port`` (and OTLP/HTTP on
+    ``otlp_http_port`` if given), the query API (HTTP) on ``query_port``. Jaeger's own
+    telemetry is off: traced, it exports spans about itself and hangs on SIGTERM; its metrics
+    endpoint would take a fixed port."""
 
     name = "jaeger"
     stop_grace = 10.0
@@ -148,12 +149,14 @@ class JaegerServer(ManagedProcess):
         otlp_port: int = 4317,
         query_port: int = 16686,
         *,
+        otlp_http_port: int | None = None,
         max_traces: int = 100_000,
         log_dir: Path | None = None,
         detach: bool = False,
     ) -> None:
         super().__init__(workdir, log_dir=log_dir, detach=detach)
         self.otlp_port = otlp_port
+        self.otlp_http_port = otlp_http_port
         self.query_port = query_port
         self.max_traces = max_traces
 
@@ -161,6 +164,13 @@ class JaegerServer(ManagedProcess):
     def otlp_endpoint(self) -> str:
         """What ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set to for an exporter to reach it."""
         return f"http://{LOOPBACK}:{self.otlp_port}"
+
+    @property
+    def otlp_http_endpoint(self) -> str:
+        """The same for ``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`` (needs ``otlp_http_port``)."""
+        if self.otlp_http_port is None:
+            raise StackError("this Jaeger was started without an OTLP/HTTP port")
+        return f"http://{LOOPBACK}:{self.otlp_http_port}"
 
     @property
     def query_url(self) -> str:
@@ -172,6 +182,9 @@ class JaegerServer(ManagedProcess):
 
     def config(self) -> dict[str, Any]:
         """The collector-style configuration (written as JSON, which YAML parsers read)."""
+        protocols: dict[str, Any] = {"grpc": {"endpoint": f"{LOOPBACK}:{self.otlp_port}"}}
+        if self.otlp_http_port is not None:
+            protocols["http"] = {"endpoint": f"{LOOPBACK}:{self.otlp_http_port}"}
         return {
             "service": {
                 "extensions": ["jaeger_storage", "jaeger_query"],
@@ -196,16 +209,15 @@ class JaegerServer(ManagedProcess):
                     "grpc": {"endpoint": f"{LOOPBACK}:0"},
                 },
             },
-            "receivers": {
-                "otlp": {"protocols": {"grpc": {"endpoint": f"{LOOPBACK}:{self.otlp_port}"}}}
-            },
+            "receivers": {"otlp": {"protocols": protocols}},
             # A short timeout: spans are visible to the query API about as soon as they arrive.
             "processors": {"batch": {"timeout": "200ms"}},
             "exporters": {"jaeger_storage_exporter": {"trace_storage": "memory_store"}},
         }
 
     def _ports(self) -> list[int]:
-        return [self.otlp_port, self.query_port]
+        http = [] if self.otlp_http_port is None else [self.otlp_http_port]
+        return [self.otlp_port, self.query_port, *http]
 
     def _prepare(self) -> None:
         self.config_path.write_text(json.dumps(self.config(), indent=2) + "\n")

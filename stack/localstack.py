@@ -1203,6 +1203,7 @@ def _dev_components(args: argparse.Namespace) -> list[_DevComponent]:
             STATE_DIR / "jaeger",
             args.jaeger_port,
             args.jaeger_query_port,
+            otlp_http_port=args.jaeger_http_port,
             log_dir=LOG_DIR,
             detach=True,
         )
@@ -1509,6 +1510,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--topic", default="events", help="the topic `up` creates")
     parser.add_argument("--jaeger-port", type=int, default=4317, help="Jaeger's OTLP gRPC port")
+    parser.add_argument(
+        "--jaeger-http-port", type=int, default=4318, help="Jaeger's OTLP/HTTP port"
+    )
     parser.add_argument(
         "--jaeger-query-port", type=int, default=16686, help="Jaeger's query API (HTTP) port"
     )

@@ -50,8 +50,10 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture(scope="session")
 def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JaegerServer]:
     """Jaeger v2 (memory storage): ``otlp_endpoint`` takes spans, ``query_url`` answers."""
-    otlp_port, query_port = free_ports(2)
-    with JaegerServer(tmp_path_factory.mktemp("jaeger"), otlp_port, query_port) as server:
+    otlp_port, query_port, http_port = free_ports(3)
+    with JaegerServer(
+        tmp_path_factory.mktemp("jaeger"), otlp_port, query_port, otlp_http_port=http_port
+    ) as server:
         yield server
 
 

@@ -77,6 +77,13 @@ def test_sampler_and_metrics_follow_otel_variables() -> None:
     assert pushed.metric_export_interval == 5.0
     assert pushed.exporter == "none"  # A metrics endpoint says nothing about traces.
     assert TelemetrySettings.load({"OTEL_METRICS_EXPORTER": "none"}).metrics_exporters == set()
+    http = TelemetrySettings.load(
+        {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc",
+        }
+    )
+    assert (http.traces_protocol, http.metrics_protocol) == ("http/protobuf", "grpc")
     disabled = TelemetrySettings.load({"OTEL_SDK_DISABLED": "true"})
     assert (disabled.tracing, disabled.metrics) == (False, False)
 
@@ -89,6 +96,7 @@ def test_sampler_and_metrics_follow_otel_variables() -> None:
         ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "x"}, "SAMPLER_ARG"),
         ({"OTEL_METRICS_EXPORTER": "statsd"}, "OTEL_METRICS_EXPORTER"),
         ({"OTEL_METRIC_EXPORT_INTERVAL": "0"}, "OTEL_METRIC_EXPORT_INTERVAL"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
     ],
 )
 def test_bad_otel_variables_are_named(env: dict[str, str], named: str) -> None:

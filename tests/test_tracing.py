@@ -52,9 +52,15 @@ def otlp_tracer(jaeger: JaegerServer, service: str) -> Iterator[Tracer]:
 
 @contextlib.asynccontextmanager
 async def sidecar_process(
-    tmp_path: Path, kafka: KafkaBroker, redis_server: RedisServer, topic: str, jaeger: JaegerServer
+    tmp_path: Path,
+    kafka: KafkaBroker,
+    redis_server: RedisServer,
+    topic: str,
+    jaeger: JaegerServer,
+    **environment: str,
 ) -> AsyncIterator[str]:
-    """``dualstream serve`` exporting spans to ``jaeger``; yields its address."""
+    """``dualstream serve`` exporting spans to ``jaeger`` (over OTLP/gRPC unless
+    ``environment`` says otherwise); yields its address."""
     process = SidecarProcess(
         tmp_path / "sidecar",
         free_port(),
@@ -65,6 +71,7 @@ async def sidecar_process(
             "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
             "OTEL_SERVICE_NAME": "dualstream",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
+            **environment,
         },
     )
     await asyncio.to_thread(process.start)
@@ -244,6 +251,35 @@ def check_the_attributes(
         assert delivery.attributes["messaging.message.id"] == published.id
         assert delivery.attributes["messaging.kafka.offset"] == published.offset
     assert not any("order-7" in span.name for span in spans)
+
+
+async def test_spans_go_over_otlp_http_when_the_protocol_variable_says_so(
+    tmp_path: Path,
+    kafka: KafkaBroker,
+    shared_redis: RedisServer,
+    jaeger: JaegerServer,
+    topic: str,
+    source_type: str,
+) -> None:
+    trace_id = "5e" * 16
+    async with (
+        sidecar_process(
+            tmp_path,
+            kafka,
+            shared_redis,
+            topic,
+            jaeger,
+            OTEL_EXPORTER_OTLP_ENDPOINT=jaeger.otlp_http_endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        ) as target,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        await pb_grpc.EventServiceStub(channel).Publish(
+            pb.PublishRequest(event=pb.Event(type="t", source_type=source_type, source_id="h")),
+            metadata=(("traceparent", f"00-{trace_id}-{'77' * 8}-01"),),
+        )
+        spans = await wait_for_spans(jaeger, trace_id, 3)
+    assert sorted(span.kind for span in spans) == ["CLIENT", "PRODUCER", "SERVER"]
 
 
 # ---- in memory ---------------------------------------------------------------------------------

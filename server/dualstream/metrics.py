@@ -422,9 +422,10 @@ class SidecarMetrics(Service):
             readers.append(_PrometheusReader(self._collect_histograms, registry=self._registry))
         for name in ("otlp", "console"):
             if name in exporters:
+                pusher = _push_exporter(name, self._telemetry.metrics_protocol)
                 readers.append(
                     PeriodicExportingMetricReader(
-                        _WithHistograms(_push_exporter(name), self._collect_histograms),
+                        _WithHistograms(pusher, self._collect_histograms),
                         export_interval_millis=self._telemetry.metric_export_interval * 1000,
                     )
                 )
@@ -471,10 +472,16 @@ def _callback(
     return lambda _: read()
 
 
-def _push_exporter(name: str) -> MetricExporter:
+def _push_exporter(name: str, protocol: str) -> MetricExporter:
     if name == "console":
         return ConsoleMetricExporter()
-    # Imported here so a sidecar that never pushes does not load the gRPC exporter.
+    # Imported here so a sidecar that never pushes does not load an OTLP exporter.
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter as HttpMetricExporter,
+        )
+
+        return HttpMetricExporter()
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
     return OTLPMetricExporter()

@@ -311,8 +311,9 @@ class TelemetrySettings:
     ``otlp`` or an ``OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT`` is set, every
     ``OTEL_METRIC_EXPORT_INTERVAL`` milliseconds (default 60000). ``none`` alone records none.
 
-    ``OTEL_SDK_DISABLED=true`` turns both off. The OTLP exporters read their own endpoint,
-    headers and protocol variables.
+    ``OTEL_EXPORTER_OTLP_(TRACES_|METRICS_)PROTOCOL`` picks ``grpc`` (the default) or
+    ``http/protobuf``. ``OTEL_SDK_DISABLED=true`` turns both off. The OTLP exporters read their
+    own endpoint, headers, TLS, compression and timeout variables.
     """
 
     service_name: str = "dualstream"
@@ -321,6 +322,8 @@ class TelemetrySettings:
     sampler_ratio: float = 1.0
     metrics_exporters: frozenset[str] = frozenset({"prometheus"})
     metric_export_interval: float = 60.0
+    traces_protocol: str = "grpc"
+    metrics_protocol: str = "grpc"
 
     @property
     def tracing(self) -> bool:
@@ -345,6 +348,8 @@ class TelemetrySettings:
             ratio,
             _metrics_exporters(environ),
             _milliseconds(environ, "OTEL_METRIC_EXPORT_INTERVAL", 60000.0),
+            _otlp_protocol(environ, "TRACES"),
+            _otlp_protocol(environ, "METRICS"),
         )
 
 
@@ -379,6 +384,16 @@ def _metrics_exporters(environ: Mapping[str, str]) -> frozenset[str]:
             f"use {', '.join(METRICS_EXPORTERS)}"
         )
     return frozenset(named - {"none"})
+
+
+def _otlp_protocol(environ: Mapping[str, str], signal: str) -> str:
+    for name in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = environ.get(name, "").strip().lower()
+        if protocol:
+            if protocol not in {"grpc", "http/protobuf"}:
+                raise ValueError(f"{name}={protocol!r}: use grpc or http/protobuf")
+            return protocol
+    return "grpc"
 
 
 def _trace_sampler(environ: Mapping[str, str]) -> tuple[str, float]:

@@ -72,7 +72,13 @@ def build_tracer_provider(settings: TelemetrySettings, version: str) -> TracerPr
         ),
     )
     exporter: SpanExporter
-    if settings.exporter == "otlp":
+    if settings.exporter == "otlp" and settings.traces_protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        exporter = HttpSpanExporter()
+    elif settings.exporter == "otlp":
         # Imported here so a sidecar that never exports does not load the gRPC exporter.
         from dualstream.otlp import OtlpSpanExporter
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -50,25 +51,37 @@ def otlp_tracer(jaeger: JaegerServer, service: str) -> Iterator[Tracer]:
         provider.shutdown()
 
 
+@dataclass(frozen=True)
+class Services:
+    """What a sidecar process of these tests is wired to."""
+
+    kafka: KafkaBroker
+    redis: RedisServer
+    jaeger: JaegerServer
+    topic: str
+
+
+@pytest.fixture
+def services(
+    kafka: KafkaBroker, shared_redis: RedisServer, jaeger: JaegerServer, topic: str
+) -> Services:
+    return Services(kafka, shared_redis, jaeger, topic)
+
+
 @contextlib.asynccontextmanager
 async def sidecar_process(
-    tmp_path: Path,
-    kafka: KafkaBroker,
-    redis_server: RedisServer,
-    topic: str,
-    jaeger: JaegerServer,
-    **environment: str,
+    tmp_path: Path, services: Services, **environment: str
 ) -> AsyncIterator[str]:
-    """``dualstream serve`` exporting spans to ``jaeger`` (over OTLP/gRPC unless
+    """``dualstream serve`` exporting spans to the Jaeger (over OTLP/gRPC unless
     ``environment`` says otherwise); yields its address."""
     process = SidecarProcess(
         tmp_path / "sidecar",
         free_port(),
-        kafka.bootstrap,
-        redis_server.url,
-        topic,
+        services.kafka.bootstrap,
+        services.redis.url,
+        services.topic,
         extra_env={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": services.jaeger.otlp_endpoint,
             "OTEL_SERVICE_NAME": "dualstream",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             **environment,
@@ -122,16 +135,12 @@ async def wait_for_spans(jaeger: JaegerServer, trace_id: str, count: int) -> lis
 
 
 async def test_one_trace_in_jaeger_from_the_caller_to_a_live_and_a_resumed_stream(
-    tmp_path: Path,
-    kafka: KafkaBroker,
-    shared_redis: RedisServer,
-    jaeger: JaegerServer,
-    topic: str,
-    source_type: str,
+    tmp_path: Path, services: Services, source_type: str
 ) -> None:
+    kafka, jaeger, topic = services.kafka, services.jaeger, services.topic
     source = pb.Source(source_type=source_type, source_id="order-7")
     async with (
-        sidecar_process(tmp_path, kafka, shared_redis, topic, jaeger) as target,
+        sidecar_process(tmp_path, services) as target,
         grpc.aio.insecure_channel(target) as channel,
     ):
         stub = pb_grpc.EventServiceStub(channel)
@@ -176,7 +185,7 @@ async def test_one_trace_in_jaeger_from_the_caller_to_a_live_and_a_resumed_strea
     assert not live_notification.replayed
     assert replayed_notification.replayed
     check_the_tree(spans, trace_id, topic, (live_notification, replayed_notification))
-    check_the_attributes(spans, topic, published, kafka, shared_redis)
+    check_the_attributes(spans, topic, published, kafka, services.redis)
 
 
 def check_the_tree(
@@ -254,22 +263,14 @@ def check_the_attributes(
 
 
 async def test_spans_go_over_otlp_http_when_the_protocol_variable_says_so(
-    tmp_path: Path,
-    kafka: KafkaBroker,
-    shared_redis: RedisServer,
-    jaeger: JaegerServer,
-    topic: str,
-    source_type: str,
+    tmp_path: Path, services: Services, source_type: str
 ) -> None:
     trace_id = "5e" * 16
     async with (
         sidecar_process(
             tmp_path,
-            kafka,
-            shared_redis,
-            topic,
-            jaeger,
-            OTEL_EXPORTER_OTLP_ENDPOINT=jaeger.otlp_http_endpoint,
+            services,
+            OTEL_EXPORTER_OTLP_ENDPOINT=services.jaeger.otlp_http_endpoint,
             OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
         ) as target,
         grpc.aio.insecure_channel(target) as channel,
@@ -278,7 +279,7 @@ async def test_spans_go_over_otlp_http_when_the_protocol_variable_says_so(
             pb.PublishRequest(event=pb.Event(type="t", source_type=source_type, source_id="h")),
             metadata=(("traceparent", f"00-{trace_id}-{'77' * 8}-01"),),
         )
-        spans = await wait_for_spans(jaeger, trace_id, 3)
+        spans = await wait_for_spans(services.jaeger, trace_id, 3)
     assert sorted(span.kind for span in spans) == ["CLIENT", "PRODUCER", "SERVER"]
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from dualstream.errors import UnavailableError
 from dualstream.lifecycle import Service
@@ -21,6 +22,18 @@ from dualstream.lifecycle import Service
 FETCH_MAX_BYTES = 4 * 1024 * 1024
 PARTITION_FETCH_MAX_BYTES = 1024 * 1024
 REPLAY_BATCH_RECORDS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """Retention deleted records a replay was to read: per partition, ``(first, log_start)``,
+    the offsets ``first <= offset < log_start`` are gone. The replay goes on from the log start."""
+
+    lost: Mapping[int, tuple[int, int]]
+
+    @property
+    def count(self) -> int:
+        return sum(log_start - first for first, log_start in self.lost.values())
 
 
 class KafkaReader(Service):
@@ -52,7 +65,9 @@ class KafkaReader(Service):
             **self._client_options,
             group_id=None,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # Every read seeks first. A position retention has deleted must not jump silently
+            # to the log start ("earliest" would): replay() reports it as Expired.
+            auto_offset_reset="none",
             fetch_max_bytes=FETCH_MAX_BYTES,
             max_partition_fetch_bytes=PARTITION_FETCH_MAX_BYTES,
             request_timeout_ms=10_000,
@@ -168,7 +183,8 @@ class KafkaReader(Service):
         self, start: Mapping[int, int], stop: Mapping[int, int]
     ) -> AsyncGenerator[Any, None]:
         """Yield every record with ``start[p] <= offset < stop[p]``, in offset order per
-        partition. Reads in bounded batches, no faster than the caller consumes."""
+        partition, and an ``Expired`` item where retention deleted some of them before they
+        were read. Reads in bounded batches, no faster than the caller consumes."""
         pending = {p: s for p, s in start.items() if s < stop.get(p, 0)}
         if not pending:
             return
@@ -179,11 +195,20 @@ class KafkaReader(Service):
                 for tp in partitions:
                     consumer.seek(tp, pending[tp.partition])
                 while pending:
-                    batches = await consumer.getmany(
-                        *[TopicPartition(self._topic, p) for p in pending],
-                        timeout_ms=1000,
-                        max_records=REPLAY_BATCH_RECORDS,
-                    )
+                    try:
+                        batches = await consumer.getmany(
+                            *[TopicPartition(self._topic, p) for p in pending],
+                            timeout_ms=1000,
+                            max_records=REPLAY_BATCH_RECORDS,
+                        )
+                    except OffsetOutOfRangeError as exc:
+                        expired = await self._skip_expired(consumer, pending, stop)
+                        if not expired.lost:
+                            raise UnavailableError(
+                                f"replay from Kafka failed: {exc!r} above the log start"
+                            ) from exc
+                        yield expired
+                        continue
                     for tp, records in batches.items():
                         for record in records:
                             if record.offset >= stop[tp.partition]:
@@ -200,6 +225,26 @@ class KafkaReader(Service):
                             pending.pop(partition, None)
             except KafkaError as exc:
                 raise UnavailableError(f"replay from Kafka failed: {exc!r}") from exc
+
+    async def _skip_expired(
+        self, consumer: AIOKafkaConsumer, pending: dict[int, int], stop: Mapping[int, int]
+    ) -> Expired:
+        """Move every pending partition whose position retention deleted to its log start
+        (dropping those left with nothing to read), and say what was lost."""
+        partitions = [TopicPartition(self._topic, p) for p in pending]
+        log_starts = await consumer.beginning_offsets(partitions)
+        lost: dict[int, tuple[int, int]] = {}
+        for tp in partitions:
+            position = await consumer.position(tp)
+            resume_at = min(log_starts[tp], stop[tp.partition])
+            if position >= resume_at:
+                continue
+            lost[tp.partition] = (position, resume_at)
+            if resume_at >= stop[tp.partition]:
+                pending.pop(tp.partition)
+            else:
+                consumer.seek(tp, resume_at)
+        return Expired(lost)
 
 
 class RecordFetcher:
@@ -228,6 +273,8 @@ class RecordFetcher:
                         return self._buffered.pop(key)
                     if any(found > offset for _, found in self._buffered):
                         raise UnavailableError(f"record {partition}@{offset} is gone from Kafka")
+        except OffsetOutOfRangeError as exc:
+            raise UnavailableError(f"record {partition}@{offset} is gone from Kafka") from exc
         except (KafkaError, TimeoutError) as exc:
             raise UnavailableError(f"could not read {partition}@{offset}: {exc!r}") from exc
 

@@ -23,7 +23,7 @@ from dualstream.cursor import Cursor
 from dualstream.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from dualstream.events import Event, Source
 from dualstream.hub import WILDCARD, Outage, Overflow, Restored, Subscription, SubscriptionHub
-from dualstream.kafka_reader import KafkaReader, RecordFetcher
+from dualstream.kafka_reader import Expired, KafkaReader, RecordFetcher
 from dualstream.notifications import Notification
 
 # The most deliveries one Deliveries item carries, whatever a client asks for.
@@ -39,6 +39,8 @@ class SlowConsumerPolicy(enum.Enum):
 class GapReason(enum.Enum):
     SLOW_CONSUMER = "slow_consumer"
     REDIS_OUTAGE = "redis_outage"
+    NOT_NOTIFIED = "not_notified"
+    EXPIRED = "expired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +271,9 @@ class _Stream:
         # whenever the garbage collector finalizes the generator.
         async with aclosing(self._reader.replay(dict(self._frontier), until)) as records:
             async for record in records:
+                if isinstance(record, Expired):
+                    yield self._expired(record)
+                    continue
                 self._frontier[record.partition] = record.offset + 1
                 notification = notification_from_record(record)
                 if notification is None or not self._selection.wants(
@@ -281,6 +286,14 @@ class _Stream:
         for partition, offset in until.items():
             self._frontier[partition] = max(self._frontier.get(partition, 0), offset)
         yield CaughtUp(replayed, self._cursor())
+
+    def _expired(self, expired: Expired) -> Gap:
+        """Retention deleted records before the stream replayed them: nothing can fill that,
+        whatever the policy, so the stream says how many and goes on from the log start."""
+        for partition, (_, log_start) in expired.lost.items():
+            self._frontier[partition] = max(self._frontier.get(partition, 0), log_start)
+        now = datetime.now(UTC)
+        return Gap(GapReason.EXPIRED, expired.count, self._cursor(), now, now)
 
     async def _live_backlog(self, first: Notification) -> AsyncGenerator[StreamItem, None]:
         """``first`` and the notifications queued behind it, delivered together."""

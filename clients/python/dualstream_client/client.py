@@ -211,7 +211,12 @@ class Notification:
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """Notifications were missed and not replayed; resume from ``cursor`` to get them."""
+    """Notifications were missed and not replayed; resume from ``cursor`` to get them.
+
+    ``reason`` is ``slow_consumer``, ``redis_outage``, ``not_notified`` (a publishing sidecar
+    could not notify them; ``cursor`` replays exactly those) or ``expired`` (Kafka's retention
+    deleted them: ``missed`` counts them, and nothing can replay them); a reason newer than
+    this client comes as its lower-case proto name."""
 
     reason: str
     missed: int

@@ -25,7 +25,13 @@ class UnavailableError(DualstreamError):
 
 
 class ResourceExhaustedError(DualstreamError):
-    """A bound was reached: a full buffer, too many streams, a subscriber too slow to keep up."""
+    """A bound was reached: a full buffer, too many streams, a subscriber too slow to keep up,
+    the sidecar past capacity. ``retry_after``, when set, is how many seconds a caller should
+    wait before it retries."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class DeadlineExceededError(DualstreamError):

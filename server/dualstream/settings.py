@@ -114,6 +114,11 @@ class Settings:
     max_concurrent_rpcs: int = _setting(
         2000, "most concurrent Publish and PublishBatch calls; more are answered RESOURCE_EXHAUSTED"
     )
+    max_queue_delay: float = _setting(
+        0.25,
+        "how long calls may wait in gRPC's queue for the sidecar to take them; past it, "
+        "publishes are refused (RESOURCE_EXHAUSTED with a retry hint) until the queue is short",
+    )
     auth_token: str = _setting(
         "", "if set, every call but health needs metadata `authorization: Bearer <token>`"
     )
@@ -139,6 +144,7 @@ class Settings:
             "redis_probe_interval",
             "max_streams_per_client",
             "max_concurrent_rpcs",
+            "max_queue_delay",
             "kafka_delivery_timeout",
             "redis_timeout",
             "max_payload_bytes",

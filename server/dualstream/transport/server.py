@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from dualstream.settings import Settings
 from dualstream.status import SidecarStatus, sidecar_status
 from dualstream.streams import StreamService
 from dualstream.transport.access import TokenAuthInterceptor
+from dualstream.transport.admission import Admission, QueueProbe
 from dualstream.transport.servicer import SERVICE_NAME, EventServicer, tolerant_parser
 from dualstream.v1 import event_service_pb2 as pb
 
@@ -36,6 +39,9 @@ logger = logging.getLogger(__name__)
 HEALTH_POLL_SECONDS = 0.5
 # Sized for the 1 MiB default payload limit with room for framing and batches.
 MESSAGE_SIZE_HEADROOM = 1024 * 1024
+# Calls gRPC holds for the sidecar to take before it cancels them: room for bursts of
+# thousands, bounded all the same.
+MAX_PENDING_CALLS = 10_000
 
 
 def build_publisher(
@@ -83,13 +89,16 @@ class Sidecar(Service):
         self.hub = build_hub(settings)
         self.reader = KafkaReader(kafka_client_options(settings), settings.kafka_topic)
         self.draining = False
+        self.admission = Admission(settings.max_concurrent_rpcs, settings.max_queue_delay)
+        self._probe: QueueProbe | None = None
+        self._private_dir: str | None = None
         self._servicer = EventServicer(
             self.publisher,
             StreamService(self.hub, self.reader),
             tracer,
             status=self.status,
             max_streams_per_client=settings.max_streams_per_client,
-            max_concurrent_calls=settings.max_concurrent_rpcs,
+            admission=self.admission,
             metrics=self.metrics,
             listen=settings.listen,
         )
@@ -138,6 +147,10 @@ class Sidecar(Service):
                 # Off unless several workers share the port on purpose: a second sidecar
                 # started on a taken port by mistake must fail, not split the traffic.
                 ("grpc.so_reuseport", int(self.settings.workers > 1)),
+                # gRPC cancels calls (a bare CANCELLED) once this many wait to be taken; the
+                # sidecar refuses publishes itself long before (see transport/admission.py).
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
             ],
         )
         server.add_generic_rpc_handlers((self._event_service_handler(),))
@@ -151,8 +164,19 @@ class Sidecar(Service):
             server,
         )
         self.port = self._bind(server)
+        # The admission probe's own way in: a socket in a directory only this process uses,
+        # so it reaches this process even when several workers share the public port.
+        self._private_dir = tempfile.mkdtemp(prefix="dualstream-")
+        probe_target = f"unix:{self._private_dir}/probe.sock"
+        server.add_insecure_port(probe_target)
         await server.start()
         self._server = server
+        self._probe = QueueProbe(
+            self.admission,
+            probe_target,
+            (("authorization", f"Bearer {token}"),) if token else (),
+        )
+        self._probe.start()
         await self._report_health()
         self._health_watch = asyncio.create_task(self._watch_health(), name="health-watch")
 
@@ -240,11 +264,17 @@ class Sidecar(Service):
                 await self._health_watch
             self._health_watch = None
         await self._health.enter_graceful_shutdown()
+        if self._probe is not None:
+            await self._probe.stop()
+            self._probe = None
         # Streams end first (clients reconnect elsewhere); publishes get the grace period.
         await self.hub.stop()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
             self._server = None
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._private_dir = None
         await self.reader.stop()
         await self.publisher.stop()
         await self.metrics.stop()

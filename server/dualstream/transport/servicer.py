@@ -36,8 +36,9 @@ from dualstream.telemetry import (
     server_attributes,
 )
 from dualstream.transport import convert
+from dualstream.transport.admission import Admission
 from dualstream.transport.deliveries import DeliveryEncoder
-from dualstream.transport.status import status_code_for
+from dualstream.transport.status import Trailers, retry_trailers, status_code_for, trailers_for
 from dualstream.transport.wire import find_invalid_field
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
@@ -45,15 +46,18 @@ from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 SERVICE_NAME = "dualstream.v1.EventService"
 _Context = grpc.aio.ServicerContext[Any, Any]
+_REFUSED_PUBLISH = pb.PublishResponse()
+_REFUSED_BATCH = pb.PublishBatchResponse()
 
 
 class _StatusError(Exception):
     """Carries the status a handler must end with out of the span's scope."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, trailers: Trailers = ()) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        self.trailers = trailers
 
 
 class _Calls:
@@ -62,7 +66,7 @@ class _Calls:
 
     def __init__(self, tracer: Tracer, rpc: RpcCalls, listen: str) -> None:
         self._tracer = tracer
-        self._rpc = rpc
+        self.rpc = rpc
         self._attributes = {
             method: {
                 RPC_SYSTEM_NAME: "grpc",
@@ -99,7 +103,7 @@ class _Calls:
             yield span
         except DualstreamError as exc:
             code = status_code_for(exc)
-            raise _StatusError(code, str(exc)) from exc
+            raise _StatusError(code, str(exc), trailers_for(exc, code)) from exc
         except Exception as exc:
             logger.exception("%s failed unexpectedly", method)
             span.record_exception(exc)
@@ -111,7 +115,7 @@ class _Calls:
         finally:
             if token is not None:
                 otel_context.detach(token)
-            self._rpc.record(method, code.name, time.perf_counter() - started)
+            self.rpc.record(method, code.name, time.perf_counter() - started)
             span.set_attribute(RPC_RESPONSE_STATUS_CODE, code.name)
             if code.name in RpcCalls.SERVER_ERRORS:
                 span.set_attribute(ERROR_TYPE, code.name)
@@ -129,7 +133,7 @@ async def _end_call(context: _Context, failure: _StatusError) -> None:
     remaining = context.time_remaining()
     if context.cancelled() or (remaining is not None and remaining <= 0):
         raise asyncio.CancelledError
-    await context.abort(failure.code, failure.details)
+    await context.abort(failure.code, failure.details, failure.trailers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +170,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
         *,
         status: Callable[[], SidecarStatus],
         max_streams_per_client: int,
-        max_concurrent_calls: int,
+        admission: Admission,
         metrics: SidecarMetrics | None = None,
         listen: str = "",
     ) -> None:
@@ -184,26 +188,39 @@ class EventServicer(pb_grpc.EventServiceServicer):
         self._max_streams_per_client = max_streams_per_client
         self._streams_by_peer: collections.Counter[str] = collections.Counter()
         self._encoder = DeliveryEncoder()
-        # Our own bound on calls in progress: grpc.aio's maximum_concurrent_rpcs is not
-        # reliable (it can stop counting, and overload then shows up as CANCELLED).
-        self._max_calls = max_concurrent_calls
-        self._calls = 0
+        # Our own bound on publish calls (grpc.aio's maximum_concurrent_rpcs is not reliable:
+        # it can stop counting), and refusal past capacity.
+        self._admission = admission
+        # Refusals' messages and trailers by (reason, retry hint): built once each.
+        self._refusals: dict[tuple[bool, int], tuple[str, Trailers]] = {}
 
-    @contextmanager
-    def _admitted(self) -> Iterator[None]:
-        if self._calls >= self._max_calls:
-            raise ResourceExhaustedError(
-                f"the sidecar is already handling {self._calls} calls, its limit; retry later"
+    def _refuse(self, method: str, context: _Context) -> None:
+        """End a call the sidecar has no room for, as cheaply as a call can end: no span, no
+        exception, RESOURCE_EXHAUSTED with a retry hint (see ``transport/admission.py``)."""
+        admission = self._admission
+        retry_ms = round(admission.retry_after * 100) * 10  # Hints in steps of 10 ms.
+        key = (admission.shedding, retry_ms)
+        refusal = self._refusals.get(key)
+        if refusal is None:
+            reason = (
+                "calls are queueing for it"
+                if admission.shedding
+                else f"{admission.max_calls} publish calls are in progress, its limit"
             )
-        self._calls += 1
-        try:
-            yield
-        finally:
-            self._calls -= 1
+            message = f"the sidecar is past capacity ({reason}); retry in {retry_ms} ms"
+            trailers = retry_trailers(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_ms / 1000)
+            refusal = self._refusals[key] = (message, trailers)
+        context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        context.set_details(refusal[0])
+        context.set_trailing_metadata(refusal[1])
+        self._call.rpc.record(method, "RESOURCE_EXHAUSTED", 0.0)
 
     async def Publish(self, request: pb.PublishRequest, context: _Context) -> pb.PublishResponse:
+        if not self._admission.try_admit():
+            self._refuse("Publish", context)
+            return _REFUSED_PUBLISH  # Not sent: the status is not OK.
         try:
-            with self._call("Publish", context), self._admitted():
+            with self._call("Publish", context):
                 if isinstance(request, MalformedRequest):
                     raise request.error()
                 if not request.HasField("event"):
@@ -213,12 +230,17 @@ class EventServicer(pb_grpc.EventServiceServicer):
         except _StatusError as failure:
             await _end_call(context, failure)
             raise  # Unreachable: abort raises. Keeps the type checker honest.
+        finally:
+            self._admission.release()
 
     async def PublishBatch(
         self, request: pb.PublishBatchRequest, context: _Context
     ) -> pb.PublishBatchResponse:
+        if not self._admission.try_admit():
+            self._refuse("PublishBatch", context)
+            return _REFUSED_BATCH
         try:
-            with self._call("PublishBatch", context), self._admitted():
+            with self._call("PublishBatch", context):
                 if isinstance(request, MalformedRequest):
                     raise request.error()
                 events = [
@@ -232,6 +254,8 @@ class EventServicer(pb_grpc.EventServiceServicer):
         except _StatusError as failure:
             await _end_call(context, failure)
             raise
+        finally:
+            self._admission.release()
 
     async def Subscribe(  # type: ignore[override]  # Bytes: the handler's serializer is none.
         self, request: pb.SubscribeRequest, context: _Context

@@ -1,0 +1,187 @@
+"""Past capacity, publishes are refused at once with RESOURCE_EXHAUSTED and a retry hint.
+
+Refusal turns on while calls queue too long for the sidecar to take them (unit tests of the
+rule, and a real sidecar whose loop is held up while a burst arrives); a call refused, for
+that or because too many are in progress (a real sidecar whose Kafka is stopped, so the calls
+in progress stay in progress), ends with RESOURCE_EXHAUSTED carrying ``grpc-retry-pushback-ms``
+and a ``google.rpc.RetryInfo`` detail, and none ends CANCELLED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from dualstream.transport.admission import (
+    MAX_RETRY_AFTER,
+    MIN_BACKLOG,
+    MIN_RETRY_AFTER,
+    Admission,
+)
+from dualstream.transport.server import Sidecar
+from dualstream.transport.status import retry_trailers
+from dualstream.v1 import event_service_pb2 as pb
+from dualstream.v1 import event_service_pb2_grpc as pb_grpc
+from stack.localstack import KafkaBroker, RedisServer
+from tests.conftest import eventually, make_settings, target_of
+
+
+def test_a_backlog_that_waits_too_long_turns_part_of_the_calls_away() -> None:
+    admission = Admission(max_calls=1000, max_queue_delay=0.1)
+    assert admission.try_admit()
+    admission.observe(0.15, MIN_BACKLOG, finished=False)  # A probe still waiting.
+    assert admission.shedding
+    taken = sum(admission.try_admit() for _ in range(1000))
+    assert taken == pytest.approx(750, abs=1), "a quarter turned away, spread evenly"
+    for _ in range(30):
+        admission.observe(0.5, 500, finished=True)
+    assert sum(admission.try_admit() for _ in range(1000)) < 5
+    admission.observe(0.08, 500, finished=True)  # Shorter, but not short: no change.
+    admission.observe(0.01, 0, finished=False)  # A probe still on its way says nothing yet.
+    share = admission.share
+    admission.observe(0.01, 0, finished=True)
+    assert admission.share > share
+    for _ in range(40):
+        admission.observe(0.01, 0, finished=True)
+    assert not admission.shedding
+    assert all(admission.try_admit() for _ in range(100))
+
+
+def test_a_slow_machine_with_no_backlog_refuses_nothing() -> None:
+    admission = Admission(max_calls=1000, max_queue_delay=0.1)
+    for _ in range(10):
+        admission.observe(5.0, MIN_BACKLOG - 1, finished=True)
+    assert not admission.shedding
+    assert admission.try_admit()
+
+
+def test_calls_in_progress_are_capped() -> None:
+    admission = Admission(max_calls=3, max_queue_delay=0.1)
+    assert [admission.try_admit() for _ in range(4)] == [True, True, True, False]
+    admission.release()
+    assert admission.try_admit()
+
+
+def test_the_retry_hint_follows_the_delay_within_bounds() -> None:
+    admission = Admission(max_calls=10, max_queue_delay=0.05)
+    assert admission.retry_after == MIN_RETRY_AFTER
+    admission.observe(0.4, 0, finished=True)
+    assert admission.retry_after == pytest.approx(0.8)
+    admission.observe(60, 0, finished=True)
+    assert admission.retry_after == MAX_RETRY_AFTER
+
+
+def test_retry_trailers_carry_pushback_and_retry_info() -> None:
+    trailers = dict(retry_trailers(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", 0.25))
+    assert trailers["grpc-retry-pushback-ms"] == "250"
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    assert (status.code, status.message) == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "busy")
+    info = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info)
+    assert info.retry_delay.ToMilliseconds() == 250
+
+
+async def _publish(stub: Any, source_id: str) -> grpc.aio.AioRpcError | None:
+    """Publish over the raw stub (a grpc.aio one; its typing is the sync API's), so the
+    trailers of a failed call can be read."""
+    event = pb.Event(type="t", source_type="admission", source_id=source_id)
+    try:
+        await stub.Publish(pb.PublishRequest(event=event), timeout=60)
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    return None
+
+
+async def test_calls_beyond_the_limit_are_refused_with_a_retry_hint(
+    private_kafka: KafkaBroker, shared_redis: RedisServer, tracer: Any
+) -> None:
+    settings = make_settings(
+        private_kafka.bootstrap, shared_redis.url, "events", max_concurrent_rpcs=4,
+        kafka_delivery_timeout=60.0,
+    )  # fmt: skip
+    async with (
+        Sidecar(settings, tracer) as sidecar,
+        grpc.aio.insecure_channel(target_of(sidecar)) as channel,
+    ):
+        assert await sidecar.publisher.event_log.wait_ready(30)
+        stub = pb_grpc.EventServiceStub(channel)
+        assert await _publish(stub, "warm") is None
+        private_kafka.pause()  # Acknowledgements stop: the calls below stay in progress.
+        try:
+            held = [asyncio.create_task(_publish(stub, f"held{i}")) for i in range(4)]
+
+            async def all_held() -> bool:
+                return sidecar.admission.in_progress == 4
+
+            await eventually(all_held, timeout=30)
+            refused = await asyncio.gather(*(_publish(stub, f"more{i}") for i in range(20)))
+        finally:
+            private_kafka.resume()
+        assert [await task for task in held] == [None] * 4, "held calls succeed once Kafka is back"
+    for error in refused:
+        assert error is not None, "a call past the limit was served"
+        _assert_refused_with_retry_hint(error.code(), error.trailing_metadata())
+
+
+def _assert_refused_with_retry_hint(code: grpc.StatusCode, metadata: Any) -> None:
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    trailers: dict[str, Any] = dict(metadata or ())
+    assert int(trailers["grpc-retry-pushback-ms"]) > 0
+    details = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    info = error_details_pb2.RetryInfo()
+    assert details.details[0].Unpack(info)
+    assert info.retry_delay.ToMilliseconds() == int(trailers["grpc-retry-pushback-ms"])
+
+
+def _burst_while_the_loop_is_held(target: str, calls: int) -> list[Any]:
+    """Start ``calls`` publishes from a thread (a sync client) while this thread, and so the
+    sidecar's event loop, is held up: they all wait in gRPC's queue when it resumes."""
+    fired = threading.Event()
+    futures: list[Any] = []
+
+    def fire() -> None:
+        channel = grpc.insecure_channel(target)
+        stub: Any = pb_grpc.EventServiceStub(channel)
+        event = pb.Event(type="t", source_type="admission", source_id="burst")
+        futures.extend(
+            stub.Publish.future(pb.PublishRequest(event=event), timeout=60) for _ in range(calls)
+        )
+        fired.set()
+
+    thread = threading.Thread(target=fire)
+    thread.start()
+    assert fired.wait(60)
+    time.sleep(0.5)  # Holding the loop up is the point.
+    thread.join()
+    return futures
+
+
+async def test_a_burst_that_queues_too_long_is_partly_refused_with_retry_hints_never_cancelled(
+    settings: Any, tracer: Any
+) -> None:
+    async with Sidecar(replace(settings, max_queue_delay=0.02), tracer) as sidecar:
+        assert await sidecar.publisher.event_log.wait_ready(30)
+        futures = _burst_while_the_loop_is_held(target_of(sidecar), 2000)
+        outcomes = await asyncio.gather(*(asyncio.to_thread(_outcome, f) for f in futures))
+    codes = [code for code, _ in outcomes]
+    assert grpc.StatusCode.CANCELLED not in codes
+    assert codes.count(grpc.StatusCode.OK) > 0
+    refused = [(code, trailers) for code, trailers in outcomes if code != grpc.StatusCode.OK]
+    assert refused, "2,000 calls queued behind a held-up loop were all served"
+    for code, trailers in refused:
+        _assert_refused_with_retry_hint(code, trailers)
+
+
+def _outcome(future: Any) -> tuple[grpc.StatusCode, Any]:
+    try:
+        future.result()
+    except grpc.RpcError as exc:
+        return exc.code(), exc.trailing_metadata()
+    return grpc.StatusCode.OK, ()

@@ -120,7 +120,15 @@ async def test_calls_beyond_the_limit_are_refused_with_a_retry_hint(
             async def all_held() -> bool:
                 return sidecar.admission.in_progress == 4
 
-            await eventually(all_held, timeout=30)
+            try:
+                await eventually(all_held, timeout=30)
+            except TimeoutError:
+                admission = sidecar.admission
+                raise AssertionError(
+                    f"in progress {admission.in_progress}, refused {admission.refused}, "
+                    f"arrivals {admission.arrivals}, share {admission.share}, "
+                    f"held {[t.done() and t.result() for t in held]}"
+                ) from None
             refused = await asyncio.gather(*(_publish(stub, f"more{i}") for i in range(20)))
         finally:
             private_kafka.resume()

@@ -61,6 +61,7 @@ class KafkaEventLog(Service):
         self._producer: AIOKafkaProducer | None = None
         self._connector: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._probe_client: AIOKafkaClient | None = None
         self._connected = asyncio.Event()
         self._last_connect_error: BaseException | None = None
         self._unreachable: str | None = None
@@ -146,43 +147,46 @@ class KafkaEventLog(Service):
                 await producer.stop()
                 raise
             self._producer = producer
+            # The probe's first answer comes before "connected": from then on the sidecar has
+            # all it keeps for the Kafka leg (its tasks and connections).
+            self._probe_client = AIOKafkaClient(
+                **self._client_options,
+                request_timeout_ms=int(PROBE_TIMEOUT * 1000),
+                metadata_max_age_ms=PROBE_METADATA_MAX_AGE_MS,
+            )
+            await self._probe(self._probe_client)
             self._connected.set()
-            self._prober = asyncio.create_task(self._probe_reachability(), name="kafka-probe")
+            self._prober = asyncio.create_task(self._keep_probing(), name="kafka-probe")
             logger.info("Kafka producer connected to %s", self._settings.kafka_bootstrap)
             return
 
-    async def _probe_reachability(self) -> None:
-        client = AIOKafkaClient(
-            **self._client_options,
-            request_timeout_ms=int(PROBE_TIMEOUT * 1000),
-            metadata_max_age_ms=PROBE_METADATA_MAX_AGE_MS,
-        )
-        bootstrapped = False
+    async def _keep_probing(self) -> None:
+        assert self._probe_client is not None
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            await self._probe(self._probe_client)
+
+    async def _probe(self, client: AIOKafkaClient) -> None:
+        """Ask Kafka for the topic's metadata and mark it reachable or not by the answer."""
+        acknowledged_before = self._acknowledged
         try:
-            while True:
-                await asyncio.sleep(PROBE_INTERVAL)
-                acknowledged_before = self._acknowledged
-                try:
-                    if not bootstrapped:
-                        # Bounded inside: each bootstrap server gets PROBE_TIMEOUT per step.
-                        await client.bootstrap()
-                        bootstrapped = True
-                        answer = client.set_topics([self._topic])
-                    else:
-                        # Asks each known broker in turn, each bounded by PROBE_TIMEOUT.
-                        answer = client.force_metadata_update()
-                    # A shielded future: giving up on it here leaves the client consistent.
-                    async with asyncio.timeout(PROBE_GIVE_UP):
-                        answered = await answer
-                    problem = "" if answered else "no broker answered a metadata request"
-                except (KafkaError, OSError, TimeoutError) as exc:
-                    problem = str(exc) or type(exc).__name__
-                if not problem:
-                    self._mark_reachable()
-                elif self._acknowledged == acknowledged_before:
-                    self._mark_unreachable(problem)
-        finally:
-            await client.close()
+            if client.cluster.brokers():
+                # Asks each known broker in turn, each bounded by PROBE_TIMEOUT.
+                answer = client.force_metadata_update()
+            else:
+                # Bounded inside: each bootstrap server gets PROBE_TIMEOUT per step.
+                await client.bootstrap()
+                answer = client.set_topics([self._topic])
+            # A shielded future: giving up on it here leaves the client consistent.
+            async with asyncio.timeout(PROBE_GIVE_UP):
+                answered = await answer
+            problem = "" if answered else "no broker answered a metadata request"
+        except (KafkaError, OSError, TimeoutError) as exc:
+            problem = str(exc) or type(exc).__name__
+        if not problem:
+            self._mark_reachable()
+        elif self._acknowledged == acknowledged_before:
+            self._mark_unreachable(problem)
 
     def _mark_reachable(self) -> None:
         if self._unreachable is not None:
@@ -202,6 +206,9 @@ class KafkaEventLog(Service):
         await cancel_and_wait(self._connector)
         await cancel_and_wait(self._prober)
         self._connector = self._prober = None
+        probe_client, self._probe_client = self._probe_client, None
+        if probe_client is not None:
+            await probe_client.close()
         self._connected.clear()
         producer, self._producer = self._producer, None
         if producer is None:

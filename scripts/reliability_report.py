@@ -25,6 +25,22 @@ PROPERTIES = [
         "stream; time until the hub notices; GetStatus; 20 publishes with a 5 s bound each.",
     ),
     (
+        "redis_refuses_subscriber_requirepass",
+        "2b. Redis refuses the subscriber: a password appears",
+        "`test_redis_refusing_the_subscriber_for_a_while_does_not_wedge_the_hub[requirepass]` — "
+        "a stream open; `CONFIG SET requirepass x`, `CLIENT KILL TYPE pubsub`; every reconnect "
+        'hears NOAUTH for 5 s; `CONFIG SET requirepass ""`; the stream gets its gap and goes on '
+        "live, a new stream subscribes, GetStatus is SERVING.",
+    ),
+    (
+        "redis_refuses_subscriber_acl_channels",
+        "2c. Redis refuses the subscriber: channel permissions revoked",
+        "`test_redis_refusing_the_subscriber_for_a_while_does_not_wedge_the_hub[acl-channels]` — "
+        "`ACL SETUSER default resetchannels` (Redis kills the subscriber; every SUBSCRIBE then "
+        "answers NOPERM, an error reply on a working connection) for 5 s; `allchannels`; as "
+        "above.",
+    ),
+    (
         "kafka_leader_killed",
         "3. Kafka partition leader killed, brokers bounced",
         "`tests/faults/test_kafka_faults.py::test_partition_leader_killed_and_brokers_bounced_under_load`"
@@ -113,6 +129,14 @@ def main() -> None:
         "never reads under 1,000 events/s; 10,000 subscribe/cancel cycles return `PUBSUB NUMSUB`",
         "and `NUMPAT` to baseline with no leaked tasks) and `tests/test_access.py` (deadlines",
         "mid-stream free the stream and its Redis subscription).",
+        "",
+        "8. Streams leaving and joining one channel at once: `tests/test_subscribe.py::",
+        "test_subscribe_and_unsubscribe_racing_on_one_channel_miss_nothing` runs 10,000",
+        "interleavings against real Redis (one stream leaving before or after Redis confirmed it,",
+        "another joining, publishes in between) and every message published once the new stream",
+        "is live reaches it. `tests/test_hub_connection.py` replays the exact race against a",
+        "scripted peer (an answer to a SUBSCRIBE sent before an UNSUBSCRIBE must not make the",
+        "channel live), and every kind of bad answer on the hub's connection.",
         "",
     ]
     target = REPO / "docs" / "reliability.md"

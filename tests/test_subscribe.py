@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from typing import Any
 
 import grpc
 import pytest
 import redis.asyncio as redis
 
+from dualstream.connections import RedisAddress
 from dualstream.events import Source
-from dualstream.hub import Overflow
+from dualstream.hub import HubSettings, Overflow, SubscriptionHub
 from dualstream.notifications import Notification
 from dualstream.transport.server import Sidecar
 from dualstream.v1 import event_service_pb2 as pb
@@ -212,3 +215,51 @@ async def test_concurrent_publishes_of_one_source_are_notified_in_offset_order(
             offsets = [n.offset for n in received]
             assert offsets == sorted(offsets)
             assert {n.id for n in received} == {p.id for p in published}
+
+
+@pytest.mark.timeout(900)
+async def test_subscribe_and_unsubscribe_racing_on_one_channel_miss_nothing(
+    shared_redis: RedisServer, redis_client: redis.Redis, source_type: str
+) -> None:
+    """10,000 interleavings of one stream leaving a channel (before or after Redis confirmed
+    it, so its UNSUBSCRIBE may cross its own SUBSCRIBE's answer) and another joining it, with
+    publishes in between: every message published once the new stream is live reaches it."""
+    hub = SubscriptionHub(
+        HubSettings(redis=RedisAddress.from_url(shared_redis.url), subscribe_timeout=30)
+    )
+    schedule = random.Random(9)
+    channel = f"events:{source_type}:x"
+    raced = 0
+    async with hub:
+        routes = hub.validate([Source(source_type, "x")], [])
+        for cycle in range(10_000):
+            leaving = asyncio.create_task(hub.subscribe(routes))
+            if schedule.random() < 0.2:
+                await leaving  # Now and then it leaves once live.
+            for _ in range(schedule.randrange(4)):
+                await asyncio.sleep(0)
+            if leaving.done():
+                leaving.result().close()
+            else:
+                raced += 1
+                leaving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await leaving
+            if schedule.random() < 0.5:
+                await redis_client.publish(channel, _probe(source_type, -1 - cycle))
+            for _ in range(schedule.randrange(4)):
+                await asyncio.sleep(0)
+            joining = await hub.subscribe(routes)
+            await redis_client.publish(channel, _probe(source_type, cycle))
+            async with asyncio.timeout(10):
+                while True:  # Messages published before it went live may come first.
+                    received = await joining.next()
+                    if isinstance(received, Notification) and received.offset == cycle:
+                        break
+            joining.close()
+    assert raced > 1000  # Enough of the cycles left before Redis answered the SUBSCRIBE.
+    print(f"\n10,000 interleavings, {raced} left before Redis confirmed them; 0 misses")
+
+
+def _probe(source_type: str, offset: int) -> bytes:
+    return Notification(f"p{offset}", "t", source_type, "x", "topic", 0, offset).to_json()

@@ -6,16 +6,23 @@ unsubscribed when the last one leaves; each message is parsed once and offered t
 on it without ever waiting for one.
 
 The connection is health-checked with PING: a Redis that closes, restarts or silently stops
-answering is noticed within ``ping_interval + ping_timeout``; the hub tells every stream
-(``Outage``), reconnects with jittered backoff, subscribes everything again, and tells each
-stream when all of its routes are live again (``Restored``).
+answering is noticed within ``ping_interval + ping_timeout``. Whatever ends a connection (a
+closed socket, silence, an error reply such as NOAUTH, NOPERM or LOADING, a reply that is not
+RESP2) counts the same: the hub logs it once, tells every stream (``Outage``), reconnects with
+jittered backoff, subscribes everything again, and tells each stream when all of its routes
+are live again (``Restored``). Nothing that happens on a connection ends the hub's runner; if
+it ever ended anyway (a bug), the hub says so: it reports itself disconnected, ends every
+stream with UNAVAILABLE and refuses new ones.
+
+A route is live once Redis has answered the newest (P)SUBSCRIBE sent for it on the current
+connection with nothing sent for it after that: a confirmation of an older SUBSCRIBE, whose
+route was unsubscribed since and subscribed again, proves nothing about the new one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import random
 from collections.abc import Sequence
@@ -36,14 +43,20 @@ from dualstream.events import (
     check_source,
     check_source_type,
 )
-from dualstream.lifecycle import Service
+from dualstream.lifecycle import Service, cancel_and_wait
 from dualstream.notifications import Notification, channel_for
-from dualstream.resp import Reply, encode_command, read_reply
+from dualstream.resp import Reply, RespError, RespProtocolError, encode_command, read_reply
 
 logger = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_INITIAL = 0.05
 RECONNECT_BACKOFF_MAX = 2.0
+# A connection that served this long was healthy: the next reconnect starts from the initial
+# backoff. One that fails sooner (an error reply right after connecting) keeps backing off.
+STABLE_CONNECTION_SECONDS = 10.0
+# How a connection is expected to fail; anything else is a bug, logged with its traceback
+# (and still only costs a reconnect).
+CONNECTION_FAILURES = (OSError, EOFError, TimeoutError, RespError, RespProtocolError)
 WILDCARD = "*"
 
 
@@ -234,9 +247,6 @@ class Subscription:
 class _RouteState:
     members: set[Subscription] = field(default_factory=set)
     live: asyncio.Event = field(default_factory=asyncio.Event)
-    # Subscribe replies still to come for this route on the current connection; the route is
-    # live once the reply to the newest (P)SUBSCRIBE has arrived.
-    replies_due: int = 0
 
 
 class SubscriptionHub(Service):
@@ -244,11 +254,18 @@ class SubscriptionHub(Service):
         self._settings = settings
         self._address = settings.redis
         self._routes: dict[Route, _RouteState] = {}
+        # Per route, the commands sent for it on the current connection whose replies have
+        # not come yet, oldest first: True for (P)SUBSCRIBE, False for (P)UNSUBSCRIBE. Kept
+        # after a route is released, until Redis has answered its UNSUBSCRIBE.
+        self._unanswered: dict[Route, collections.deque[bool]] = {}
         self._streams: set[Subscription] = set()
         self._writer: asyncio.StreamWriter | None = None
         self._runner: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._ever_connected = False
+        self._trouble_logged = False
+        # Why the hub stopped working for good (its runner ended: a bug); None while it works.
+        self.failure: str | None = None
         # Connections made again after one was lost (for metrics).
         self.reconnects = 0
 
@@ -270,18 +287,32 @@ class SubscriptionHub(Service):
         return self._connected.is_set()
 
     async def _start(self) -> None:
+        self.failure = None
         self._runner = asyncio.create_task(self._run(), name="hub-redis-reader")
+        self._runner.add_done_callback(self._runner_ended)
 
     async def _stop(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+        await cancel_and_wait(self._runner)
+        self._runner = None
+        self._fail_streams(ShuttingDownError("the sidecar is shutting down"))
+
+    def _fail_streams(self, error: Exception) -> None:
         for subscription in list(self._streams):
-            subscription.fail(ShuttingDownError("the sidecar is shutting down"))
+            subscription.fail(error)
         self._streams.clear()
         self._routes.clear()
+        self._unanswered.clear()
+
+    def _runner_ended(self, runner: asyncio.Task[None]) -> None:
+        """The runner never ends while the hub serves; if it does, say so everywhere."""
+        if runner.cancelled():
+            return  # stop() ended it.
+        error = runner.exception()
+        self.failure = f"the subscription hub stopped working ({error!r}); restart the sidecar"
+        logger.error("%s", self.failure, exc_info=error)
+        self._writer = None
+        self._connected.clear()
+        self._fail_streams(UnavailableError(self.failure))
 
     def validate(self, sources: Sequence[Source], types: Sequence[str]) -> tuple[Route, ...]:
         """Check a stream's selectors and return its routes, each once."""
@@ -308,6 +339,8 @@ class SubscriptionHub(Service):
         """Join ``routes``; returns once Redis confirmed all of them live."""
         if not self.started:
             raise ShuttingDownError("the subscription hub is not running")
+        if self.failure is not None:
+            raise UnavailableError(self.failure)
         if len(self._streams) >= self._settings.max_streams:
             raise ResourceExhaustedError(
                 f"the sidecar already serves {len(self._streams)} streams, its limit"
@@ -350,49 +383,63 @@ class SubscriptionHub(Service):
             if not state.members:
                 del self._routes[route]
                 emptied.append(route)
-        if self._writer is not None:
-            for group in _by_kind(emptied):
-                self._writer.write(
-                    encode_command(group[0].unsubscribe_command, *(r.name for r in group))
-                )
+        self._send(emptied, subscribe=False)
 
     def _send_subscribe(self, routes: list[Route]) -> None:
+        self._send(routes, subscribe=True)
+
+    def _send(self, routes: list[Route], *, subscribe: bool) -> None:
+        """Send (P)SUBSCRIBE or (P)UNSUBSCRIBE for ``routes`` and remember each is unanswered.
+        Without a connection nothing is sent: a reconnect subscribes the routes held then."""
         if self._writer is None or not routes:
-            return  # The reconnect subscribes every route the hub then holds.
+            return
         for group in _by_kind(routes):
             for route in group:
-                self._routes[route].replies_due += 1
-            self._writer.write(encode_command(group[0].subscribe_command, *(r.name for r in group)))
+                self._unanswered.setdefault(route, collections.deque()).append(subscribe)
+            command = group[0].subscribe_command if subscribe else group[0].unsubscribe_command
+            self._writer.write(encode_command(command, *(r.name for r in group)))
 
     async def _run(self) -> None:
+        """Keep a subscriber connection, for ever: nothing a connection does ends this loop."""
+        loop = asyncio.get_running_loop()
         backoff = RECONNECT_BACKOFF_INITIAL
         while True:
             try:
                 async with asyncio.timeout(self._settings.ping_timeout + 1.0):
                     reader, writer = await self._address.open()
-            except (OSError, TimeoutError) as exc:
-                if backoff == RECONNECT_BACKOFF_INITIAL:  # Once per outage, not per attempt.
-                    logger.warning("Redis subscriber connection failed (%s); retrying", exc)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX)
-                continue
-            backoff = RECONNECT_BACKOFF_INITIAL
-            try:
-                await self._serve_connection(reader, writer)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-                logger.warning(
-                    "Redis subscriber connection lost (%s); reconnecting",
-                    exc.__class__.__name__ if not str(exc) else exc,
-                )
-            finally:
-                self._on_disconnect(writer)
+            except Exception as exc:
+                self._log_trouble("Redis subscriber connection failed", exc)
+            else:
+                served_since = loop.time()
+                try:
+                    await self._serve_connection(reader, writer)
+                except Exception as exc:
+                    self._log_trouble("Redis subscriber connection lost", exc)
+                finally:
+                    self._on_disconnect(writer)
+                if loop.time() - served_since >= STABLE_CONNECTION_SECONDS:
+                    backoff = RECONNECT_BACKOFF_INITIAL
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX)
+
+    def _log_trouble(self, what: str, exc: Exception) -> None:
+        """Log once per outage (not per attempt); a failure of an unexpected kind is a bug and
+        gets its traceback."""
+        if not isinstance(exc, CONNECTION_FAILURES):
+            logger.error("%s: unexpected %r; reconnecting", what, exc, exc_info=exc)
+            self._trouble_logged = True
+            return
+        if self._trouble_logged:
+            return
+        self._trouble_logged = True
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        logger.warning("%s (%s); reconnecting with backoff", what, detail)
 
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self._writer = writer
-        for state in self._routes.values():
-            state.replies_due = 0
+        self._unanswered.clear()
         self._send_subscribe(list(self._routes))
         # A stopped Redis still accepts connections (the kernel does), so the connection only
         # counts once Redis answered on it.
@@ -406,16 +453,18 @@ class SubscriptionHub(Service):
                 ):
                     reply = await read_reply(reader)
                 if not self._connected.is_set():
-                    self._connected.set()
-                    if self._ever_connected:
-                        self.reconnects += 1
-                    self._ever_connected = True
-                    logger.info("Redis subscriber connected to %s", self._address.location)
+                    self._on_connected()
                 self._dispatch(reply)
         finally:
-            pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pinger
+            await cancel_and_wait(pinger)
+
+    def _on_connected(self) -> None:
+        self._connected.set()
+        if self._ever_connected:
+            self.reconnects += 1
+        self._ever_connected = True
+        self._trouble_logged = False
+        logger.info("Redis subscriber connected to %s", self._address.location)
 
     async def _ping(self, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -426,30 +475,43 @@ class SubscriptionHub(Service):
         self._writer = None
         self._connected.clear()
         writer.close()
+        self._unanswered.clear()
         outage = Outage(_now())
         for state in self._routes.values():
             state.live.clear()
-            state.replies_due = 0
         for subscription in self._streams:
             subscription.signal(outage)
 
     def _dispatch(self, reply: Reply) -> None:
-        if not isinstance(reply, list) or not reply or not isinstance(reply[0], bytes):
-            return  # +PONG while nothing is subscribed.
+        if not isinstance(reply, list):
+            if reply == "PONG":
+                return  # PING while nothing is subscribed.
+            raise RespProtocolError(f"a reply no command asked for: {reply!r}")
+        if not reply or not isinstance(reply[0], bytes):
+            raise RespProtocolError(f"a reply no command asked for: {reply!r}")
         kind = reply[0]
         if kind == b"message" and len(reply) == 3:
             self._deliver(Route(_text(reply[1]), pattern=False), reply[2])
         elif kind == b"pmessage" and len(reply) == 4:
             self._deliver(Route(_text(reply[1]), pattern=True), reply[3])
-        elif kind in (b"subscribe", b"psubscribe") and len(reply) == 3:
-            self._confirm(Route(_text(reply[1]), pattern=kind == b"psubscribe"))
+        elif kind in _ANSWERS and len(reply) == 3:
+            subscribe, pattern = _ANSWERS[kind]
+            self._answered(Route(_text(reply[1]), pattern), subscribe)
+        elif kind != b"pong":
+            raise RespProtocolError(f"a reply no command asked for: {reply!r}")
 
-    def _confirm(self, route: Route) -> None:
+    def _answered(self, route: Route, subscribe: bool) -> None:
+        """Redis answered the oldest unanswered command for ``route``; the route is live when
+        that was a (P)SUBSCRIBE and nothing was sent for it since."""
+        unanswered = self._unanswered.get(route)
+        if not unanswered or unanswered[0] is not subscribe:
+            raise RespProtocolError(f"an answer to a command not sent for {route.name!r}")
+        unanswered.popleft()
+        if unanswered:
+            return  # A later command for the route is still unanswered: not live yet.
+        del self._unanswered[route]
         state = self._routes.get(route)
-        if state is None or state.replies_due == 0:
-            return
-        state.replies_due -= 1
-        if state.replies_due:
+        if not subscribe or state is None:
             return
         state.live.set()
         restored = Restored(_now())
@@ -470,6 +532,15 @@ class SubscriptionHub(Service):
             return
         for subscription in tuple(state.members):
             subscription.offer(notification)
+
+
+# The answers to (P)(UN)SUBSCRIBE: whether it answers a subscribe, and for a pattern.
+_ANSWERS = {
+    b"subscribe": (True, False),
+    b"psubscribe": (True, True),
+    b"unsubscribe": (False, False),
+    b"punsubscribe": (False, True),
+}
 
 
 def _by_kind(routes: list[Route]) -> list[list[Route]]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from dualstream.connections import RedisAddress
 from dualstream.lifecycle import Service
 from dualstream.notifications import Notification, channel_for
-from dualstream.resp import RespError, encode_command, read_reply
+from dualstream.resp import RespError, RespProtocolError, encode_command, read_reply
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class _Link:
         try:
             async with asyncio.timeout(connect_timeout):
                 reader, self._writer = await address.open()
-        except (OSError, RespError, TimeoutError) as exc:
+        except Exception as exc:  # Refused, timed out, TLS, AUTH, an error reply: all alike.
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else "timed out"
             self.lose(f"could not connect to Redis at {address.location}: {detail}")
             return
@@ -116,8 +116,14 @@ class _Link:
             self.lose(f"Redis refused PUBLISH: {exc}")
         except (OSError, EOFError) as exc:
             self.lose(f"the connection to Redis was lost ({type(exc).__name__}: {exc})")
-        except (IndexError, ValueError):
-            self.lose("Redis sent a reply nobody asked for, or one that is not RESP")
+        except IndexError:
+            self.lose("Redis sent a reply nobody asked for")
+        except RespProtocolError as exc:
+            self.lose(f"Redis sent something that is not a RESP2 reply: {exc}")
+        except Exception as exc:
+            # A bug, not Redis: say so with its traceback, and still only lose the link.
+            logger.exception("the Redis notification link failed unexpectedly")
+            self.lose(f"unexpected {exc!r}")
 
     def lose(self, reason: str) -> None:
         """Close the connection (or stop making it) and fail every call still waiting on it."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +262,34 @@ async def test_concurrent_calls_are_capped(
     refused = [o for o in outcomes if isinstance(o, BaseException)]
     assert refused, "50 concurrent calls never hit a limit of 2"
     assert all(isinstance(o, ResourceExhaustedError) for o in refused), refused[:3]
+
+
+async def test_on_a_unix_socket_callers_do_not_share_one_per_client_cap(
+    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tracer: Any, source_type: str
+) -> None:
+    """gRPC names every caller on a unix socket ``unix:``: keyed on that, two processes of a
+    pod shared one cap. There the per-client cap does not apply; max_streams still does."""
+    directory = Path(tempfile.mkdtemp(prefix="ds-grpc-"))  # A socket path fits 108 bytes.
+    target = f"unix:{directory / 'dualstream.sock'}"
+    settings = make_settings(
+        kafka.bootstrap, shared_redis.url, topic,
+        listen=target, max_streams_per_client=1, max_streams=4,
+    )  # fmt: skip
+    try:
+        async with (
+            Sidecar(settings, tracer),
+            DualstreamClient(target) as one,
+            DualstreamClient(target) as another,
+        ):
+            streams = [
+                client.subscribe([(source_type, f"s{i}")])
+                for i, client in enumerate([one, one, another, another])
+            ]
+            for stream in streams:
+                await stream.wait_live()
+            with pytest.raises(ResourceExhaustedError, match="streams, its limit"):
+                await one.subscribe([(source_type, "more")]).wait_live()
+            for stream in streams:
+                stream.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -378,13 +378,19 @@ async def test_a_taken_port_fails_start_up_and_leaves_nothing_running(
 ) -> None:
     address: dict[str, object] = {setting: f"127.0.0.1:{taken_port_fixture}"}
     busy = replace(settings, **address)  # type: ignore[arg-type]
+    tasks_before = asyncio.all_tasks()
     sidecar = Sidecar(busy, tracer)
     with pytest.raises(ListenError, match=error):
         await sidecar.start()
     assert sidecar.admin is not None
     assert not sidecar.admin.started
+    assert not sidecar.publisher.started
     assert not sidecar.publisher.event_log.started
+    assert not sidecar.publisher.notifier.started
+    assert not sidecar.reader.started
     assert not sidecar.hub.started
+    # Nothing it started still runs: no producer, probe, hub or health task left behind.
+    assert asyncio.all_tasks() - tasks_before == set()
 
 
 def test_serve_with_a_taken_admin_port_exits_1_with_one_clear_line(taken_port_fixture: int) -> None:

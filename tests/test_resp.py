@@ -20,6 +20,7 @@ from dualstream.resp import (
     encode_command,
     read_reply,
 )
+from stack.localstack import free_port
 from tests.scripted_redis import ScriptedRedis, array, bulk
 
 # One of each RESP2 reply, as Redis sends them, and what each reads as.
@@ -173,3 +174,20 @@ async def test_the_notifier_gives_up_on_a_silent_redis_within_its_timeout() -> N
             await peer.command()  # PING, never answered.
             assert await asyncio.wait_for(sent, 30) is False
             assert "0.3s" in notifier.stats.last_error or "timed out" in notifier.stats.last_error
+
+
+async def test_the_breaker_counts_failed_calls_not_notifications() -> None:
+    """One failed batch of three is one failure of the Redis leg: with a breaker of three, it
+    takes three failed calls to open."""
+    nowhere = RedisAddress.from_url(f"redis://127.0.0.1:{free_port()}/0")  # Refused at once.
+    notifier = RedisNotifier(nowhere, 5.0, "events", breaker_failures=3, probe_interval=60)
+    async with notifier:
+        assert await notifier.notify_many([_notification(i) for i in range(3)]) == [False] * 3
+        assert not notifier.breaker_open
+        assert notifier.stats.failed == 3
+        await notifier.notify(_notification(3))
+        assert not notifier.breaker_open
+        await notifier.notify(_notification(4))
+        assert notifier.breaker_open
+        assert await notifier.notify(_notification(5)) is False  # Skipped, without a try.
+        assert notifier.stats.skipped == 1

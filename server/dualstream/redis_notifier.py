@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dualstream.connections import RedisAddress
-from dualstream.lifecycle import Service
+from dualstream.lifecycle import Service, cancel_and_wait
 from dualstream.notifications import Notification, channel_for
 from dualstream.resp import RespError, RespProtocolError, encode_command, read_reply
 
@@ -142,8 +142,7 @@ class _Link:
 
     async def close(self) -> None:
         self.lose("the notifier stopped")
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         if self._writer is not None:
             with contextlib.suppress(OSError):
                 await self._writer.wait_closed()
@@ -251,7 +250,8 @@ class RedisNotifier(Service):
                 "Redis notifications are failing (%s); events stay durable in Kafka", reason
             )
         stats.failed += count
-        stats.consecutive_failures += count
+        # Calls, not notifications: one failed batch is one failure of the Redis leg.
+        stats.consecutive_failures += 1
         stats.last_error = reason
         stats.last_error_type = error_type
         if self.breaker_open:

@@ -95,7 +95,9 @@ class Settings:
         0.25, "how long the Redis leg may take before the event is reported not notified"
     )
     redis_breaker_failures: int = _setting(
-        3, "consecutive Redis failures after which the Redis leg is skipped until a probe works"
+        3,
+        "consecutive failed Redis calls (a batch counts once) after which the Redis leg is "
+        "skipped until a probe works",
     )
     redis_probe_interval: float = _setting(
         1.0, "how often a skipped Redis leg probes whether Redis is back"
@@ -109,7 +111,9 @@ class Settings:
         1024, "notifications buffered per stream before it counts as too slow"
     )
     max_streams_per_client: int = _setting(
-        100, "most concurrent Subscribe streams per client connection"
+        100,
+        "most concurrent Subscribe streams per client TCP connection (not applied on a unix "
+        "socket, where callers cannot be told apart; max_streams bounds them)",
     )
     max_concurrent_rpcs: int = _setting(
         2000, "most concurrent Publish and PublishBatch calls; more are answered RESOURCE_EXHAUSTED"

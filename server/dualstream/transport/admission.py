@@ -29,6 +29,7 @@ import time
 
 import grpc
 
+from dualstream.lifecycle import cancel_and_wait
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 
@@ -120,15 +121,7 @@ class QueueProbe:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # Our own cancellation, not only the probe's.
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         admission = self._admission

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import signal
@@ -23,7 +22,7 @@ from dualstream.errors import ListenError
 from dualstream.hub import HubSettings, SubscriptionHub
 from dualstream.kafka_log import KafkaEventLog
 from dualstream.kafka_reader import KafkaReader
-from dualstream.lifecycle import Service
+from dualstream.lifecycle import Service, cancel_and_wait
 from dualstream.metrics import SidecarMetrics
 from dualstream.publisher import Publisher
 from dualstream.redis_notifier import RedisNotifier
@@ -258,11 +257,8 @@ class Sidecar(Service):
     async def _stop_parts(self) -> None:
         """Stop whatever started, in reverse order; also undoes a start that failed half-way."""
         self.draining = True  # /readyz and GetStatus say NOT_SERVING from here on.
-        if self._health_watch is not None:
-            self._health_watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_watch
-            self._health_watch = None
+        await cancel_and_wait(self._health_watch)
+        self._health_watch = None
         await self._health.enter_graceful_shutdown()
         if self._probe is not None:
             await self._probe.stop()

@@ -136,6 +136,17 @@ async def _end_call(context: _Context, failure: _StatusError) -> None:
     await context.abort(failure.code, failure.details, failure.trailers)
 
 
+def client_connection(peer: str) -> str:
+    """The client a Subscribe counts against for ``max_streams_per_client``: its TCP
+    connection, which gRPC names by the client's address and port (``ipv4:10.0.0.7:51234``).
+
+    On a unix socket gRPC names every caller alike (``unix:``), so no client can be told from
+    another; "" then: the per-client cap does not apply there, and ``max_streams`` bounds the
+    callers together (they are the pod's own processes, where the socket is the k8s example's).
+    """
+    return peer if peer.startswith(("ipv4:", "ipv6:")) else ""
+
+
 @dataclass(frozen=True, slots=True)
 class MalformedRequest:
     """A request protobuf could not parse; ``field`` is the path of the field at fault."""
@@ -267,8 +278,8 @@ class EventServicer(pb_grpc.EventServiceServicer):
                 if isinstance(request, MalformedRequest):
                     raise request.error()
                 stream_request = convert.stream_request_from_proto(request)
-                peer = context.peer()
-                if self._streams_by_peer[peer] >= self._max_streams_per_client:
+                peer = client_connection(context.peer())
+                if peer and self._streams_by_peer[peer] >= self._max_streams_per_client:
                     raise ResourceExhaustedError(
                         f"this client already has {self._max_streams_per_client} streams open, "
                         "its limit"

@@ -19,6 +19,7 @@ from dualstream_client import (
     Gap,
     Notification,
     StreamMessage,
+    parse_source,
 )
 
 
@@ -30,10 +31,10 @@ def _version() -> str:
 
 
 def _source(text: str) -> tuple[str, str]:
-    source_type, sep, source_id = text.partition(":")
-    if not sep or not source_type or not source_id:
-        raise argparse.ArgumentTypeError(f"{text!r}: write a source as TYPE:ID, e.g. user:octocat")
-    return source_type, source_id
+    try:
+        return parse_source(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _attribute(text: str) -> tuple[str, str]:

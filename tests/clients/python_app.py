@@ -19,6 +19,7 @@ from dualstream_client import (
     Notification,
     Retry,
     StreamMessage,
+    parse_source,
 )
 
 # The contract asks for at least a minute of retries per event: the tests restart the sidecar
@@ -27,10 +28,10 @@ PUBLISH_RETRY = Retry(max_attempts=1 << 20, initial_backoff=0.1, max_backoff=1.0
 
 
 def _source(text: str) -> tuple[str, str]:
-    source_type, separator, source_id = text.partition(":")
-    if not separator or not source_type or not source_id:
-        raise argparse.ArgumentTypeError(f"{text!r}: write a source as TYPE:ID")
-    return source_type, source_id
+    try:
+        return parse_source(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from dualstream_client.client import (
     StreamMessage,
     Subscription,
     new_event_id,
+    parse_source,
 )
 from dualstream_client.errors import (
     DualstreamClientError,
@@ -45,4 +46,5 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "new_event_id",
+    "parse_source",
 ]

@@ -46,6 +46,15 @@ def new_event_id() -> str:
     return str(uuid.UUID(int=value))
 
 
+def parse_source(text: str) -> tuple[str, str]:
+    """A source as command lines write it, ``TYPE:ID`` (``user:octocat``; ``ID`` may be ``*``
+    or contain more colons), as the ``(source_type, source_id)`` pair ``subscribe`` takes."""
+    source_type, separator, source_id = text.partition(":")
+    if not separator or not source_type or not source_id:
+        raise ValueError(f"{text!r}: write a source as TYPE:ID, e.g. user:octocat")
+    return source_type, source_id
+
+
 @dataclass(frozen=True, slots=True)
 class Retry:
     """How ``publish`` and ``publish_batch`` retry on ``UNAVAILABLE``.

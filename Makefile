@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PY) -m stack.localstack
 
-.PHONY: help install system-deps kafka-jars proto proto-check buf-check lint typecheck unit test test-clients test-go test-ts test-java faults bench bench-smoke up down status demo clean
+.PHONY: help install system-deps kafka-jars proto proto-check buf-check lint typecheck unit test test-clients test-go test-ts test-java faults bench bench-smoke up down status demo clean deploy-tools image deploy-check
 
 help:
 	@echo "make demo       install everything, start Kafka + Redis + the sidecar, show events flowing"
@@ -16,6 +16,8 @@ help:
 	@echo "make bench      the benchmark: writes bench/results/<date>.{json,md,png}"
 	@echo "make faults     the fault-injection suite; rewrites docs/reliability.md"
 	@echo "make proto      regenerate every language's code from protos/ (Go, TypeScript, Java, Python)"
+	@echo "make image      build the container image without Docker (mmdebstrap base + buildah)"
+	@echo "make deploy-check  hadolint, the image built and run, k8s/ rendered and validated"
 
 install: system-deps $(VENV)/.installed kafka-jars jaeger
 
@@ -51,6 +53,7 @@ buf-check:
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
@@ -58,7 +61,7 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -q tests/test_events.py tests/test_settings.py
 
-test: install proto-check buf-check lint typecheck
+test: install deploy-tools proto-check buf-check lint typecheck
 	$(VENV)/bin/pytest -q -ra
 	@$(MAKE) --no-print-directory test-clients
 
@@ -85,6 +88,21 @@ test-ts: $(VENV)/.installed
 test-java: $(VENV)/.installed
 	@bash clients/java/scripts/format.sh --check
 	$(WITH_STACK) mvn -B -ntp -f clients/java/pom.xml install
+
+# What the image and manifest checks need: mmdebstrap, buildah, podman and runc from apt;
+# kustomize and kubeconform built from pinned Go modules into the cache.
+deploy-tools:
+	@bash scripts/install-image-tools.sh
+	@bash scripts/k8s-tools.sh >/dev/null
+
+# The image, built as CI builds it (README, "Run it in Kubernetes"); TAG=... to name it.
+image:
+	@bash scripts/image.sh build $(TAG)
+
+# hadolint, the image built and run against a real Kafka and Redis, k8s/ validated.
+deploy-check: install deploy-tools
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/pytest -q -ra tests/test_image.py tests/test_k8s.py
 
 bench: install
 	$(PY) -m bench.run

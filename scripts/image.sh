@@ -64,13 +64,19 @@ ensure_base() {
   if ! buildah_ inspect --type image "$base_image" >/dev/null 2>&1; then
     echo "importing the base into the image storage as $base_image"
     container=$(buildah_ from scratch)
-    mountpoint=$(buildah_ mount "$container")
-    tar -xf "$base_tar" -C "$mountpoint"
-    buildah_ umount "$container" >/dev/null
-    buildah_ config \
-      --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-      --env LANG=C.UTF-8 --cmd '["python3"]' "$container"
-    buildah_ commit --quiet --rm "$container" "$base_image" >/dev/null
+    if ! {
+      mountpoint=$(buildah_ mount "$container") \
+        && tar -xf "$base_tar" -C "$mountpoint" \
+        && buildah_ umount "$container" >/dev/null \
+        && buildah_ config \
+          --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+          --env LANG=C.UTF-8 --cmd '["python3"]' "$container" \
+        && buildah_ commit --quiet --rm "$container" "$base_image" >/dev/null
+    }; then
+      buildah_ rm "$container" >/dev/null 2>&1 || true
+      echo "importing the base failed" >&2
+      exit 1
+    fi
   fi
 }
 

@@ -345,6 +345,12 @@ async def test_readyz_follows_kafka(
         assert (await get(sidecar.admin_port or 0, "/healthz")).status == 200
         await asyncio.to_thread(private_kafka.start)
         await eventually(status_is(sidecar, 200, b"ready: SERVING"), timeout=60)
+        # A broker that goes away unreadies the sidecar, and its return readies it again.
+        await asyncio.to_thread(private_kafka.stop)
+        await eventually(status_is(sidecar, 503, b"not ready: NOT_SERVING (Kafka"), timeout=60)
+        assert (await get(sidecar.admin_port or 0, "/healthz")).status == 200
+        await asyncio.to_thread(private_kafka.start)
+        await eventually(status_is(sidecar, 200, b"ready: SERVING"), timeout=60)
 
 
 async def test_redis_down_is_degraded_and_still_ready(

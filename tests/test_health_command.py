@@ -59,6 +59,8 @@ async def test_a_unix_socket_target_is_checked(
     )
     async with Sidecar(settings, tracer) as sidecar:
         assert await sidecar.publisher.event_log.wait_ready(30)
+        # Group-writable: an app container sharing the pod's fsGroup can connect.
+        assert socket_path.stat().st_mode & 0o777 == 0o660
         status, output = await health("--target", f"unix:{socket_path}", "--admin", "")
     assert status == 0, output
     assert output == f"healthy: gRPC unix:{socket_path} SERVING\n"

@@ -86,11 +86,20 @@ def test_the_image_runs_a_fixed_user_and_keeps_the_api_on_loopback(
     assert image_config["Healthcheck"]["Test"][:3] == ["CMD", "dualstream", "health"]
 
 
-async def wait_healthy(target: str, admin: str, timeout: float = 120.0) -> list[Verdict]:
+async def wait_healthy(
+    container: str, target: str, admin: str, timeout: float = 120.0
+) -> list[Verdict]:
+    """Both checks healthy; a container that exits meanwhile fails at once, with its logs."""
     verdicts: list[Verdict] = []
     async with asyncio.timeout(timeout):
         while not verdicts or not all(v.healthy for v in verdicts):
             await asyncio.sleep(0.5)
+            state = await asyncio.to_thread(
+                podman, "inspect", "--format", "{{.State.Status}}", container
+            )
+            if state.strip() != "running":
+                logged = await asyncio.to_thread(image_tool, "podman", "logs", container)
+                pytest.fail(f"the container is {state.strip()}:\n{logged.stdout}{logged.stderr}")
             verdicts = [await check_grpc_health(target, 5.0), await check_readyz(admin, 5.0)]
     return verdicts
 
@@ -147,13 +156,20 @@ async def test_the_image_serves_publishes_and_drains_on_sigterm(
         *mounts, *environment, image,
     )  # fmt: skip
     try:
-        verdicts = await wait_healthy(target, admin)
+        verdicts = await wait_healthy(container, target, admin)
         assert [v.text.split()[-1] for v in verdicts] == ["SERVING", "SERVING"]
         assert process_uid(container) == IMAGE_UID
         # The image's own HEALTHCHECK command, run inside the container.
         healthcheck = image_config["Healthcheck"]["Test"][1:]
         report = await asyncio.to_thread(podman, "exec", container, *healthcheck)
         assert report.startswith("healthy: "), report
+        if transport == "unix":
+            # Another user in the socket's group (an app container in the pod's fsGroup).
+            report = await asyncio.to_thread(
+                podman, "exec", "--user", f"20000:{IMAGE_UID}", container,
+                "dualstream", "health", "--admin", "",
+            )  # fmt: skip
+            assert report.startswith("healthy: gRPC unix:/run/dualstream/sock SERVING"), report
 
         channel = f"events:{source_type}:image"
         async with (
@@ -176,9 +192,10 @@ async def test_the_image_serves_publishes_and_drains_on_sigterm(
         logged = await asyncio.to_thread(image_tool, "podman", "logs", container)
         logs = logged.stdout + logged.stderr  # the sidecar logs to stderr
         assert exit_status.strip() == "0", logs
-        messages = [
-            json.loads(line)["message"] for line in logs.splitlines() if line.startswith("{")
-        ]
-        assert "dualstream stopped; the producer is flushed" in messages, logs
+        records = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+        messages = [record["message"] for record in records]
+        assert messages[-1] == "dualstream stopped", logs
+        assert "dualstream draining: no new calls, in-flight calls may finish" in messages
+        assert not [r for r in records if r["level"] in ("error", "critical")], logs
     finally:
         image_tool("podman", "rm", "--force", "--time", "0", container)

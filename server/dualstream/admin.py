@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from dualstream.errors import ListenError
 from dualstream.lifecycle import Service
+from dualstream.probes import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
 from dualstream.settings import split_host_port
 from dualstream.status import ServingState, SidecarStatus
 from dualstream.text import one_line
@@ -43,7 +44,7 @@ LINGER_SECONDS = 1.0
 
 
 def no_metrics() -> str:
-    """An empty exposition (valid: no samples), until the metrics of issue 11 are plugged in."""
+    """An empty exposition (valid: no samples), for a listener that is given no metrics."""
     return ""
 
 
@@ -230,9 +231,9 @@ class AdminServer(Service):
 
     def _answer(self, request: _Request) -> _Response:
         handlers: dict[str, Callable[[], _Response]] = {
-            "/healthz": _alive,
-            "/readyz": self._readiness,
-            "/metrics": self._exposition,
+            LIVENESS_PATH: _alive,
+            READINESS_PATH: self._readiness,
+            METRICS_PATH: self._exposition,
         }
         handler = handlers.get(request.path)
         if handler is None:

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dualstream.probes import READINESS_PATH
 from dualstream.settings import Settings, split_host_port
 from dualstream.text import one_line
 
@@ -52,14 +53,15 @@ def default_targets(settings: Settings) -> tuple[str, str]:
 
 
 async def check_readyz(address: str, timeout: float) -> Verdict:
-    """GET ``/readyz`` on the admin listener: healthy on 200, with the sidecar's own line."""
+    """GET /readyz on the admin listener: healthy on 200, with the sidecar's own line."""
     label = f"admin {address}"
     try:
         host, port = split_host_port(address)
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
             try:
-                writer.write(f"GET /readyz HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
+                request = f"GET {READINESS_PATH} HTTP/1.1\r\nHost: {address}\r\n\r\n"
+                writer.write(request.encode())
                 await writer.drain()
                 # The listener closes after its one answer, so EOF ends it.
                 answer = b""

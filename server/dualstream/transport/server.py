@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
+import os
 import signal
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ MESSAGE_SIZE_HEADROOM = 1024 * 1024
 # Calls gRPC holds for the sidecar to take before it cancels them: room for bursts of
 # thousands, bounded all the same.
 MAX_PENDING_CALLS = 10_000
+UNIX_SOCKET_MODE = 0o660
 
 
 def build_publisher(
@@ -90,7 +91,6 @@ class Sidecar(Service):
         self.draining = False
         self.admission = Admission(settings.max_concurrent_rpcs, settings.max_queue_delay)
         self._probe: QueueProbe | None = None
-        self._private_dir: str | None = None
         self._servicer = EventServicer(
             self.publisher,
             StreamService(self.hub, self.reader),
@@ -163,10 +163,10 @@ class Sidecar(Service):
             server,
         )
         self.port = self._bind(server)
-        # The admission probe's own way in: a socket in a directory only this process uses,
-        # so it reaches this process even when several workers share the public port.
-        self._private_dir = tempfile.mkdtemp(prefix="dualstream-")
-        probe_target = f"unix:{self._private_dir}/probe.sock"
+        # The admission probe's own way in: a socket only this process listens on, so it
+        # reaches this process even when several workers share the public port. An abstract
+        # one (Linux): it writes no file, so a read-only root filesystem is no obstacle.
+        probe_target = f"unix-abstract:dualstream-probe-{os.getpid()}-{uuid.uuid4().hex}"
         server.add_insecure_port(probe_target)
         await server.start()
         self._server = server
@@ -176,6 +176,10 @@ class Sidecar(Service):
             (("authorization", f"Bearer {token}"),) if token else (),
         )
         self._probe.start()
+        if self.settings.listen.startswith("unix:"):
+            # In a pod, the app container connects as another user that shares the pod's
+            # fsGroup (the group of the socket's emptyDir): connecting takes write permission.
+            os.chmod(self.settings.listen.removeprefix("unix:"), UNIX_SOCKET_MODE)
         await self._report_health()
         self._health_watch = asyncio.create_task(self._watch_health(), name="health-watch")
 
@@ -268,9 +272,6 @@ class Sidecar(Service):
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
             self._server = None
-        if self._private_dir is not None:
-            shutil.rmtree(self._private_dir, ignore_errors=True)
-            self._private_dir = None
         await self.reader.stop()
         await self.publisher.stop()
         await self.metrics.stop()

@@ -15,18 +15,4 @@ if ((${#missing_packages[@]} == 0)); then
   echo "image tools: all present (mmdebstrap, buildah, podman, runc)"
   exit 0
 fi
-if [ "$(id -u)" -eq 0 ]; then
-  as_root=()
-elif command -v sudo >/dev/null 2>&1; then
-  as_root=(sudo)
-else
-  echo "need root (or sudo) to apt-get install ${missing_packages[*]}" >&2
-  exit 1
-fi
-echo "installing Debian packages: ${missing_packages[*]}"
-# Other people's apt may hold the lock for a while on a shared machine: wait for it.
-"${as_root[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
-"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
-  "${missing_packages[@]}" >/dev/null
-echo "installed: ${missing_packages[*]}"
+bash "$(dirname "$0")/apt-install.sh" "${missing_packages[@]}"

@@ -13,25 +13,15 @@ command -v redis-cli >/dev/null 2>&1 || missing_packages+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing_packages+=(openssl)
 
 if ((${#missing_packages[@]})); then
-  if [ "$(id -u)" -eq 0 ]; then
-    as_root=()
-  elif command -v sudo >/dev/null 2>&1; then
-    as_root=(sudo)
-  else
-    echo "need root (or sudo) to apt-get install ${missing_packages[*]}" >&2
-    exit 1
-  fi
-  echo "installing Debian packages: ${missing_packages[*]}"
-  "${as_root[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
-  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing_packages[@]}" >/dev/null
+  bash "$(dirname "$0")/apt-install.sh" "${missing_packages[@]}"
   # Debian enables a redis-server service on 6379 where systemd runs; `make up` needs that
   # port for its own Redis, and the tests start theirs on free ports.
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
+    as_root=()
+    [ "$(id -u)" -eq 0 ] || as_root=(sudo)
     "${as_root[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
     echo "disabled the redis-server system service (the stack runs its own Redis)"
   fi
-  echo "installed: ${missing_packages[*]}"
 fi
 
 problems=()

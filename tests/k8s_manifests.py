@@ -34,29 +34,19 @@ _REMOTE_DEFINITIONS = "/api/_definitions.json#"
 @cache
 def k8s_tools() -> Path:
     """The directory holding kustomize and kubeconform (built on first use)."""
-    built = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / "k8s-tools.sh")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
-    if built.returncode != 0:
-        raise RuntimeError(f"scripts/k8s-tools.sh failed:\n{built.stderr}")
-    return Path(built.stdout.strip().splitlines()[-1])
+    built = _output_of(["bash", str(REPO_ROOT / "scripts" / "k8s-tools.sh")], timeout=900)
+    return Path(built.strip().splitlines()[-1])
 
 
 def render(kustomization: Path) -> str:
-    built = subprocess.run(
-        [str(k8s_tools() / "kustomize"), "build", str(kustomization)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    if built.returncode != 0:
-        raise RuntimeError(f"kustomize build {kustomization} failed:\n{built.stderr}")
-    return built.stdout
+    return _output_of([str(k8s_tools() / "kustomize"), "build", str(kustomization)])
+
+
+def _output_of(command: list[str], timeout: float = 120) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
+    return done.stdout
 
 
 def documents(rendered: str) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ from dualstream.events import (
     check_source,
     check_source_type,
 )
+from dualstream.holes import HoleNotice, NoticeFilter, holes_channel
 from dualstream.lifecycle import Service, cancel_and_wait
 from dualstream.notifications import Notification, channel_for
 from dualstream.resp import Reply, RespError, RespProtocolError, encode_command, read_reply
@@ -111,7 +112,7 @@ class Restored:
     at: datetime
 
 
-StreamSignal = Overflow | Outage | Restored
+StreamSignal = Overflow | Outage | Restored | HoleNotice
 
 
 def _now() -> datetime:
@@ -186,6 +187,11 @@ class Subscription:
         self._in_outage = isinstance(signal, Outage)
         self._put(signal)
 
+    def tell(self, notice: HoleNotice) -> None:
+        """Queue a hole notice; like a signal, it is never dropped for the queue's bound."""
+        if not self._closed:
+            self._put(notice)
+
     def fail(self, error: BaseException) -> None:
         """End the stream with ``error`` after what is queued."""
         if not self._closed:
@@ -258,6 +264,9 @@ class SubscriptionHub(Service):
         # not come yet, oldest first: True for (P)SUBSCRIBE, False for (P)UNSUBSCRIBE. Kept
         # after a route is released, until Redis has answered its UNSUBSCRIBE.
         self._unanswered: dict[Route, collections.deque[bool]] = {}
+        # Every stream also follows the holes channel (see dualstream.holes).
+        self._holes_route = Route(holes_channel(settings.channel_prefix), pattern=False)
+        self._notices = NoticeFilter()
         self._streams: set[Subscription] = set()
         self._writer: asyncio.StreamWriter | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -345,6 +354,7 @@ class SubscriptionHub(Service):
             raise ResourceExhaustedError(
                 f"the sidecar already serves {len(self._streams)} streams, its limit"
             )
+        routes = (*routes, self._holes_route)
         subscription = Subscription(self, routes, self._settings.stream_queue_size)
         self._streams.add(subscription)
         fresh: list[Route] = []
@@ -524,6 +534,12 @@ class SubscriptionHub(Service):
     def _deliver(self, route: Route, payload: Reply) -> None:
         state = self._routes.get(route)
         if state is None or not isinstance(payload, bytes):
+            return
+        if route == self._holes_route:
+            notice = self._notices.fresh(payload)
+            if notice is not None:
+                for subscription in tuple(state.members):
+                    subscription.tell(notice)
             return
         try:
             notification = Notification.from_json(payload)

@@ -67,7 +67,11 @@ class Notification:
     @classmethod
     def from_json(cls, raw: bytes | str) -> Notification:
         """Parse a notification; raises ``ValueError`` for anything that is not one."""
-        body = json.loads(raw)
+        return cls.from_mapping(json.loads(raw))
+
+    @classmethod
+    def from_mapping(cls, body: object) -> Notification:
+        """A notification from parsed JSON; raises ``ValueError`` for anything that is not one."""
         if not isinstance(body, dict):
             raise ValueError("a notification is a JSON object")
         try:

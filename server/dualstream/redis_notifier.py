@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dualstream.connections import RedisAddress
+from dualstream.holes import HoleReporter
 from dualstream.lifecycle import Service, cancel_and_wait
 from dualstream.notifications import Notification, channel_for
 from dualstream.resp import RespError, RespProtocolError, encode_command, read_reply
@@ -165,6 +166,10 @@ class RedisNotifier(Service):
         self._next_probe = 0.0
         self._link: _Link | None = None
         self.stats = NotifierStats()
+        # What could not be sent is announced once Redis works again (see dualstream.holes).
+        self.holes = HoleReporter(
+            address, channel_prefix, probe_interval, on_announced=self._redis_answered
+        )
 
     @property
     def address(self) -> RedisAddress:
@@ -190,10 +195,12 @@ class RedisNotifier(Service):
         return False
 
     async def _start(self) -> None:
-        """Nothing to do: the connection is made on first use, so the sidecar starts (and
-        publishes) without Redis."""
+        """The connection is made on first use, so the sidecar starts (and publishes) without
+        Redis."""
+        await self.holes.start()
 
     async def _stop(self) -> None:
+        await self.holes.stop()
         link, self._link = self._link, None
         if link is not None:
             await link.close()
@@ -218,7 +225,14 @@ class RedisNotifier(Service):
         return (await self.notify_many([notification]))[0]
 
     async def notify_many(self, notifications: Sequence[Notification]) -> list[bool]:
-        """Publish notifications in one pipeline; all succeed or all count as failed."""
+        """Publish notifications in one pipeline; all succeed or all count as failed, and
+        failed ones are recorded to be announced later (``holes``)."""
+        outcomes = await self._publish_many(notifications)
+        if notifications and not outcomes[0]:
+            self.holes.add(notifications)
+        return outcomes
+
+    async def _publish_many(self, notifications: Sequence[Notification]) -> list[bool]:
         if not notifications:
             return []
         if not self.started:
@@ -257,6 +271,13 @@ class RedisNotifier(Service):
         if self.breaker_open:
             self._next_probe = asyncio.get_running_loop().time() + self._probe_interval
         return [False] * count
+
+    def _redis_answered(self) -> None:
+        """Redis took the hole reporter's notice: the breaker closes now rather than at its
+        next probe, so that what it would skip meanwhile is not one more notice."""
+        if self.stats.consecutive_failures:
+            logger.info("Redis answers again (a hole notice got through)")
+            self.stats.consecutive_failures = 0
 
     def _succeeded(self, count: int) -> None:
         stats = self.stats

@@ -19,9 +19,10 @@ from typing import Any
 from urllib.parse import unquote
 
 from dualstream.cloudevents import from_record
-from dualstream.cursor import Cursor
+from dualstream.cursor import Cursor, OffsetRange, normalize_holes
 from dualstream.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from dualstream.events import Event, Source
+from dualstream.holes import HoleNotice
 from dualstream.hub import WILDCARD, Outage, Overflow, Restored, Subscription, SubscriptionHub
 from dualstream.kafka_reader import Expired, KafkaReader, RecordFetcher
 from dualstream.notifications import Notification
@@ -186,9 +187,12 @@ class _Stream:
         self._selection = _Selection.of(request)
         self._frontier: dict[int, int] = {}
         self._seam: dict[int, int] = {}
+        # Ranges below the frontier still to replay (from a v2 cursor, or announced holes
+        # being filled); part of every cursor until replayed.
+        self._holes: list[OffsetRange] = []
 
     def _cursor(self) -> str:
-        return Cursor(self._reader.topic, self._frontier).encode()
+        return Cursor(self._reader.topic, self._frontier, tuple(self._holes)).encode()
 
     async def _starting_point(
         self, resume: Cursor | None, live_at: Mapping[int, int]
@@ -209,8 +213,10 @@ class _Stream:
     ) -> AsyncGenerator[StreamItem, None]:
         live_at = await self._reader.end_offsets()
         self._frontier = await self._starting_point(resume, live_at)
+        if resume is not None:
+            self._holes = list(resume.holes)
         yield Subscribed(routes, self._cursor())
-        if self._frontier != live_at:
+        if self._frontier != live_at or self._holes:
             async with aclosing(self._replay(live_at)) as replayed:
                 async for item in replayed:
                     yield item
@@ -246,6 +252,62 @@ class _Stream:
                     async for out in handled:
                         yield out
                 outage_since = None
+            elif isinstance(received, HoleNotice):
+                async with aclosing(self._handle_holes(received)) as handled:
+                    async for out in handled:
+                        yield out
+
+    async def _handle_holes(self, notice: HoleNotice) -> AsyncGenerator[StreamItem, None]:
+        """A publishing sidecar could not notify these events. Those at or past the seam were
+        not covered by a replay from Kafka; if any is the stream's, the policy decides:
+        REPLAY reads them from Kafka, GAP sends a gap whose cursor replays exactly them (and,
+        as a cursor always does, what follows the frontier), CLOSE ends the stream with it."""
+        if notice.topic != self._reader.topic:
+            return
+        seam = self._seam
+        if notice.events:
+            wanted = [
+                n
+                for n in notice.events
+                if n.offset >= seam.get(n.partition, 0)
+                and self._selection.wants(n.source_type, n.source_id, n.type)
+            ]
+            spans = [OffsetRange(n.partition, n.offset, n.offset + 1) for n in wanted]
+            missed = len(wanted)
+        else:
+            clipped = (
+                OffsetRange(r.partition, max(r.start, seam.get(r.partition, 0)), r.end)
+                for r in notice.ranges
+            )
+            spans = [r for r in clipped if r.start < r.end]
+            missed = 0  # Unknown: a coarse range holds other sources' events too.
+        if not spans:
+            return
+        frontier = self._frontier
+        behind = normalize_holes(
+            OffsetRange(r.partition, r.start, min(r.end, frontier.get(r.partition, 0)))
+            for r in spans
+        )
+        ahead: dict[int, int] = {}  # Not passed yet: the frontier covers them.
+        for r in spans:
+            if r.end > frontier.get(r.partition, 0):
+                ahead[r.partition] = max(ahead.get(r.partition, 0), r.end)
+        policy = self._request.policy
+        if policy is SlowConsumerPolicy.REPLAY:
+            self._holes = list(normalize_holes([*self._holes, *behind]))
+            async with aclosing(self._replay(ahead)) as replayed:
+                async for item in replayed:
+                    yield item
+            for partition, end in ahead.items():
+                self._seam[partition] = max(self._seam.get(partition, 0), end)
+            return
+        cursor = Cursor(self._reader.topic, frontier, behind).encode()
+        if policy is SlowConsumerPolicy.CLOSE:
+            raise UnavailableError(
+                f"a publishing sidecar could not notify {missed or 'some'} events of this "
+                f"stream (its Redis leg failed); resume from cursor {cursor}"
+            )
+        yield Gap(GapReason.NOT_NOTIFIED, missed, cursor, notice.since, datetime.now(UTC))
 
     async def _handle_gap(
         self, reason: GapReason, missed: int, since: datetime
@@ -266,32 +328,74 @@ class _Stream:
         self._seam = dict(live_at)
 
     async def _replay(self, until: Mapping[int, int]) -> AsyncGenerator[StreamItem, None]:
+        """The holes still to replay, then ``[frontier, until)``; ends with ``CaughtUp``."""
         replayed = 0
+        async with aclosing(self._replay_holes()) as items:
+            async for item in items:
+                replayed += isinstance(item, Delivery)
+                yield item
         # aclosing: a stream cancelled mid-replay must close the replay's consumer now, not
         # whenever the garbage collector finalizes the generator.
         async with aclosing(self._reader.replay(dict(self._frontier), until)) as records:
             async for record in records:
                 if isinstance(record, Expired):
+                    for partition, (_, log_start) in record.lost.items():
+                        self._frontier[partition] = max(self._frontier[partition], log_start)
                     yield self._expired(record)
                     continue
                 self._frontier[record.partition] = record.offset + 1
-                notification = notification_from_record(record)
-                if notification is None or not self._selection.wants(
-                    notification.source_type, notification.source_id, notification.type
-                ):
-                    continue
-                event = from_record(record.value, record.headers) if self._fetcher else None
-                replayed += 1
-                yield Delivery(notification, self._cursor(), replayed=True, event=event)
+                delivery = self._replayed(record)
+                if delivery is not None:
+                    replayed += 1
+                    yield delivery
         for partition, offset in until.items():
             self._frontier[partition] = max(self._frontier.get(partition, 0), offset)
         yield CaughtUp(replayed, self._cursor())
 
+    async def _replay_holes(self) -> AsyncGenerator[StreamItem, None]:
+        """Replay the holes one range at a time, in order; each cursor names what is left."""
+        while self._holes:
+            hole = self._holes[0]
+            replay = self._reader.replay({hole.partition: hole.start}, {hole.partition: hole.end})
+            async with aclosing(replay) as records:
+                async for record in records:
+                    if isinstance(record, Expired):
+                        _, log_start = record.lost[hole.partition]
+                        self._holes_done_below(hole, log_start)
+                        yield self._expired(record)
+                        continue
+                    self._holes_done_below(hole, record.offset + 1)
+                    delivery = self._replayed(record)
+                    if delivery is not None:
+                        yield delivery
+            self._holes_done_below(hole, hole.end)  # Compaction can leave the end unread.
+
+    def _holes_done_below(self, hole: OffsetRange, offset: int) -> None:
+        """``hole`` (the first) is replayed below ``offset``."""
+        if not self._holes or self._holes[0].partition != hole.partition:
+            return
+        first = self._holes[0]
+        if first.end != hole.end:
+            return
+        if offset >= first.end:
+            del self._holes[0]
+        elif offset > first.start:
+            self._holes[0] = OffsetRange(first.partition, offset, first.end)
+
+    def _replayed(self, record: Any) -> Delivery | None:
+        """The delivery of a record read back from Kafka, if the stream wants it."""
+        notification = notification_from_record(record)
+        if notification is None or not self._selection.wants(
+            notification.source_type, notification.source_id, notification.type
+        ):
+            return None
+        event = from_record(record.value, record.headers) if self._fetcher else None
+        return Delivery(notification, self._cursor(), replayed=True, event=event)
+
     def _expired(self, expired: Expired) -> Gap:
         """Retention deleted records before the stream replayed them: nothing can fill that,
-        whatever the policy, so the stream says how many and goes on from the log start."""
-        for partition, (_, log_start) in expired.lost.items():
-            self._frontier[partition] = max(self._frontier.get(partition, 0), log_start)
+        whatever the policy, so the stream says how many (the cursor has moved on past
+        them) and goes on from the log start."""
         now = datetime.now(UTC)
         return Gap(GapReason.EXPIRED, expired.count, self._cursor(), now, now)
 

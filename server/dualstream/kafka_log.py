@@ -41,11 +41,12 @@ logger = logging.getLogger(__name__)
 RECORD_OVERHEAD_BYTES = 64 * 1024
 CONNECT_BACKOFF_INITIAL = 0.2
 CONNECT_BACKOFF_MAX = 5.0
-# A metadata request per second on one kept-open connection: cheap for the cluster, and with
-# a per-broker timeout of 1 s a dead cluster of up to three silent (SIGSTOPped) brokers is
-# noticed within about 4 s, one of refused connections within about 1 s.
+# A metadata request per second on one kept-open connection: cheap for the cluster. A broker
+# that refuses connections (killed) is noticed within about a second; a silent one (SIGSTOP, a
+# black hole) costs the probe PROBE_TIMEOUT each, so one is noticed within about 3 s. The
+# timeout is generous because a false alarm fails publishes at once (unless acks are flowing).
 PROBE_INTERVAL = 1.0
-PROBE_TIMEOUT = 1.0
+PROBE_TIMEOUT = 2.0
 PROBE_GIVE_UP = 10.0
 # The probe's client refreshes metadata only when asked; its own periodic refresh is off.
 PROBE_METADATA_MAX_AGE_MS = 24 * 3600 * 1000
@@ -65,6 +66,8 @@ class KafkaEventLog(Service):
         self._connected = asyncio.Event()
         self._last_connect_error: BaseException | None = None
         self._unreachable: str | None = None
+        # Set while connected and reachable: what ``ready`` says, for ``wait_ready``.
+        self._ready = asyncio.Event()
         # Acknowledgements seen, as proof of a reachable broker while a probe is out.
         self._acknowledged = 0
         # Per record handed to the producer and not yet answered by Kafka: its caller's
@@ -88,7 +91,13 @@ class KafkaEventLog(Service):
     @property
     def ready(self) -> bool:
         """Whether the producer is connected and Kafka answers: records can be written."""
-        return self._connected.is_set() and self._unreachable is None
+        return self._ready.is_set()
+
+    def _update_ready(self) -> None:
+        if self._connected.is_set() and self._unreachable is None:
+            self._ready.set()
+        else:
+            self._ready.clear()
 
     @property
     def last_connect_error(self) -> str:
@@ -97,9 +106,10 @@ class KafkaEventLog(Service):
         return str(self._last_connect_error or "")
 
     async def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the log to be ready; whether it is."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._connected.wait()
+                await self._ready.wait()
         return self.ready
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -156,6 +166,7 @@ class KafkaEventLog(Service):
             )
             await self._probe(self._probe_client)
             self._connected.set()
+            self._update_ready()
             self._prober = asyncio.create_task(self._keep_probing(), name="kafka-probe")
             logger.info("Kafka producer connected to %s", self._settings.kafka_bootstrap)
             return
@@ -192,6 +203,7 @@ class KafkaEventLog(Service):
         if self._unreachable is not None:
             logger.info("Kafka at %s answers again", self._settings.kafka_bootstrap)
             self._unreachable = None
+            self._update_ready()
 
     def _mark_unreachable(self, problem: str) -> None:
         if self._unreachable is None:
@@ -201,6 +213,7 @@ class KafkaEventLog(Service):
                 problem,
             )
         self._unreachable = f"no broker answers ({problem})"
+        self._update_ready()
 
     async def _stop(self) -> None:
         await cancel_and_wait(self._connector)
@@ -210,6 +223,7 @@ class KafkaEventLog(Service):
         if probe_client is not None:
             await probe_client.close()
         self._connected.clear()
+        self._update_ready()
         producer, self._producer = self._producer, None
         if producer is None:
             return

@@ -103,6 +103,12 @@ class ScriptedRedis:
         self._writers.append(writer)
         await self._peers.put(Peer(reader, writer))
 
+    async def serve_every_peer(self) -> None:
+        """Answer every connection made from now on like Redis, until cancelled."""
+        async with asyncio.TaskGroup() as serving:
+            while True:
+                serving.create_task((await self.peer(timeout=3600)).serve())
+
     async def peer(self, timeout: float = 10.0) -> Peer:
         async with asyncio.timeout(timeout):
             return await self._peers.get()

@@ -41,6 +41,16 @@ PROPERTIES = [
         "above.",
     ),
     (
+        "notification_holes",
+        "2d. Events not notified behind a live delivery",
+        "`tests/faults/test_notification_holes.py::"
+        "test_an_event_not_notified_behind_a_live_delivery_is_never_skipped` — two sidecars: one "
+        "publishes as an ACL user that loses `publish` for a while (its events are not "
+        "notified), the other delivers a later event live, moving every stream's frontier past "
+        "them; once Redis takes the first one's commands again it announces them: GAP, REPLAY "
+        "and CLOSE streams and a resumed one each get every event or a cursor that replays it.",
+    ),
+    (
         "kafka_leader_killed",
         "3. Kafka partition leader killed, brokers bounced",
         "`tests/faults/test_kafka_faults.py::test_partition_leader_killed_and_brokers_bounced_under_load`"

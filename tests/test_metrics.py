@@ -4,14 +4,26 @@ publishes, serves a stream and loses its (private) Redis."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import urllib.request
 from collections.abc import Mapping
 
 import pytest
+from opentelemetry.metrics import Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 from prometheus_client.parser import text_string_to_metric_families
 
-from dualstream.metrics import Count, Durations, Operation, SidecarMetrics
+from dualstream.logs import JsonFormatter
+from dualstream.metrics import Count, Durations, Operation, SidecarMetrics, _WithHistograms
 from dualstream.settings import TelemetrySettings
 from dualstream.transport.server import Sidecar
 from dualstream_client import DualstreamClient, EventInput, Gap, Notification
@@ -201,3 +213,63 @@ def test_series_are_plain_numbers() -> None:
     count.add(2)
     assert (count.value, count.attributes) == (3, {"a": "b"})
     assert isinstance(count.attributes, Mapping)
+
+
+class _Recording(MetricExporter):
+    """Keeps what a periodic reader pushes (standing in for an OTLP collector)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushed: list[MetricsData] = []
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: object
+    ) -> MetricExportResult:
+        self.pushed.append(metrics_data)
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: object) -> None:
+        pass
+
+
+def test_pushed_metrics_carry_the_histograms_too() -> None:
+    metrics = SidecarMetrics(TelemetrySettings())
+    metrics.redis_publish({"server.address": "r"}).succeeded(0.003)
+    metrics.rpc.record("Publish", "OK", 0.004)
+    recording = _Recording()
+    reader = PeriodicExportingMetricReader(
+        _WithHistograms(recording, metrics._collect_histograms), export_interval_millis=3_600_000
+    )
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("dualstream").create_observable_gauge(
+        "dualstream.streams.open", [lambda _: [Observation(2)]]
+    )
+    provider.force_flush()
+    provider.shutdown()
+    names = {
+        metric.name: metric
+        for data in recording.pushed
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    assert {"dualstream.streams.open", "db.client.operation.duration"} <= set(names)
+    [point] = names["rpc.server.call.duration"].data.data_points
+    assert point.count == 1  # type: ignore[union-attr]
+
+
+def test_json_logs_carry_the_current_span_ids() -> None:
+    provider = TracerProvider()
+    formatter = JsonFormatter()
+    record = logging.LogRecord("dualstream.x", logging.WARNING, __file__, 1, "hello", None, None)
+    outside = json.loads(formatter.format(record))
+    with provider.get_tracer("t").start_as_current_span("call") as span:
+        inside = json.loads(formatter.format(record))
+    context = span.get_span_context()
+    assert "trace_id" not in outside
+    assert inside["trace_id"] == f"{context.trace_id:032x}"
+    assert inside["span_id"] == f"{context.span_id:016x}"
+    assert inside["message"] == "hello"

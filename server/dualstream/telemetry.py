@@ -172,6 +172,9 @@ class DeliveryTracer:
     def __init__(self, tracer: Tracer, topic: str) -> None:
         self._tracer = tracer
         self._name = f"deliver {topic}"
+        # A parent-based sampler drops every span under an unsampled parent: for those events
+        # no span need be started at all, which matters when one event reaches 1,000 streams.
+        self._follows_parent = isinstance(getattr(tracer, "sampler", None), ParentBased)
         self._attributes: dict[str, str] = {
             MESSAGING_SYSTEM: "kafka",
             MESSAGING_OPERATION_NAME: "deliver",
@@ -216,6 +219,9 @@ class DeliveryTracer:
             yield None
             return
         parent_context, creation = parent
+        if self._follows_parent and not creation.trace_flags.sampled:
+            yield None
+            return
         links = [Link(creation)]
         if stream.is_valid:
             links.append(Link(stream))

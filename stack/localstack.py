@@ -1485,7 +1485,7 @@ def with_stack(command: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stack.localstack",
-        description="The local dev stack: Kafka, Redis and the sidecar on 127.0.0.1, "
+        description="The local dev stack: Kafka, Redis, Jaeger and the sidecar on 127.0.0.1, "
         f"with pid files and logs under {_relative(STATE_DIR)}/.",
     )
     commands: dict[str, Callable[[argparse.Namespace], None]] = {

@@ -69,7 +69,7 @@ def ensure_jaeger(version: str = JAEGER_VERSION) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if complete_marker.exists():  # Another process built it while we waited for the lock.
             return binary
-        go = _require_executable("go", "Jaeger is built from source with Go 1.25+")
+        go = _require_executable("go", "Jaeger is built from source with Go 1.24+")
         print(
             f"building Jaeger {version} ({JAEGER_COMMAND}) into {home}: a one-time build "
             "(8 to 25 minutes on 2 cores, idle to busy) ...",

@@ -19,7 +19,7 @@ help:
 	@echo "make image      build the container image without Docker (mmdebstrap base + buildah)"
 	@echo "make deploy-check  hadolint, the image built and run, k8s/ rendered and validated"
 
-install: system-deps $(VENV)/.installed kafka-jars jaeger
+install: system-deps $(VENV)/.installed kafka-jars jaeger-background
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -35,9 +35,13 @@ kafka-jars: $(VENV)/.installed
 	@$(STACK) fetch
 
 # Built from source with Go, once, into ${DUALSTREAM_CACHE:-~/.cache/dualstream}/jaeger-<version>.
-.PHONY: jaeger
+# `install` only starts the build, in the background: on a fresh machine it is the longest step,
+# and the tests that need Jaeger (they run last) and `make up` wait for it.
+.PHONY: jaeger jaeger-background
 jaeger: $(VENV)/.installed
 	@$(PY) -m stack.jaeger build
+jaeger-background: $(VENV)/.installed
+	@$(PY) -m stack.jaeger build --background
 
 proto: $(VENV)/.installed
 	@bash scripts/gen-protos.sh
@@ -114,7 +118,7 @@ faults: install
 	$(VENV)/bin/pytest -q -ra -m faults -s
 	@$(PY) scripts/reliability_report.py
 
-up: install
+up: install jaeger
 	@$(STACK) up
 
 down:

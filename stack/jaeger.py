@@ -40,6 +40,7 @@ from typing import Any
 
 from stack.localstack import (
     LOOPBACK,
+    REPO_ROOT,
     ManagedProcess,
     StackError,
     _require_executable,
@@ -53,20 +54,29 @@ JAEGER_MODULE = "github.com/jaegertracing/jaeger"
 JAEGER_COMMAND = f"{JAEGER_MODULE}/cmd/jaeger"
 
 
-def jaeger_binary(version: str = JAEGER_VERSION) -> Path:
-    return cache_dir() / f"jaeger-{version}" / "jaeger"
+def jaeger_home(version: str = JAEGER_VERSION) -> Path:
+    return cache_dir() / f"jaeger-{version}"
 
 
 def ensure_jaeger(version: str = JAEGER_VERSION) -> Path:
-    """The path of the ``jaeger`` binary, built from source the first time (minutes)."""
-    home = cache_dir() / f"jaeger-{version}"
+    """The path of the ``jaeger`` binary, built from source the first time (minutes); if
+    another process is building it, this waits for that build."""
+    home = jaeger_home(version)
     binary = home / "jaeger"
     complete_marker = home / "complete"
     if complete_marker.exists():
         return binary
     home.mkdir(parents=True, exist_ok=True)
     with (home / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"waiting for the Jaeger build another process runs (log: {home / 'build.log'})",
+                file=sys.stderr,
+                flush=True,
+            )
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if complete_marker.exists():  # Another process built it while we waited for the lock.
             return binary
         go = _require_executable("go", "Jaeger is built from source with Go 1.24+")
@@ -119,6 +129,30 @@ def ensure_jaeger(version: str = JAEGER_VERSION) -> Path:
             flush=True,
         )
     return binary
+
+
+def start_jaeger_build(version: str = JAEGER_VERSION) -> None:
+    """Build Jaeger in a process of its own, in the background, unless it is built; whoever
+    needs the binary later (``ensure_jaeger``) waits for that build. ``make test`` starts it
+    first, so the build (the longest step on a fresh machine) overlaps the rest of the suite."""
+    home = jaeger_home(version)
+    if (home / "complete").exists():
+        print(f"Jaeger {version}: {home / 'jaeger'}")
+        return
+    _require_executable("go", "Jaeger is built from source with Go 1.24+")
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "build.log").open("ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "stack.jaeger", "build"],
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C on make does not leave a half-built binary behind it
+            # (the build writes the binary under another name and renames it when complete).
+            start_new_session=True,
+        )
+    print(f"building Jaeger {version} in the background (log: {home / 'build.log'})")
 
 
 def _remove_tree(path: Path) -> None:
@@ -424,7 +458,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m stack.jaeger", description="Build Jaeger, or print a trace it holds."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help=f"build Jaeger {JAEGER_VERSION} into the cache, once")
+    build = commands.add_parser("build", help=f"build Jaeger {JAEGER_VERSION} into the cache, once")
+    build.add_argument(
+        "--background",
+        action="store_true",
+        help="start the build in a process of its own and return (a later build waits for it)",
+    )
     show = commands.add_parser("show", help="print the newest trace of a service as a tree")
     show.add_argument("--query-url", default=f"http://{LOOPBACK}:16686")
     show.add_argument("--ui-url", default="", help="a Jaeger UI to link to (default: query-url)")
@@ -435,6 +474,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     show.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     try:
+        if args.command == "build" and args.background:
+            start_jaeger_build()
+            return
         if args.command == "build":
             print(f"Jaeger {JAEGER_VERSION}: {ensure_jaeger()}")
             return

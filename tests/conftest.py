@@ -3,7 +3,7 @@
 One broker and one Redis serve the whole session; every test gets its own topic and channel
 names, so tests cannot see each other's events. Tests that kill or stop a service ask for a
 private one (``private_redis``, ``private_kafka``). A real Jaeger (``jaeger``) starts for the
-session on first use.
+session on first use; the tests that use it run last (see ``pytest_collection_modifyitems``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,19 @@ from stack.jaeger import JaegerServer
 from stack.localstack import KafkaBroker, RedisServer, create_topic, free_port, free_ports
 
 TEST_PARTITIONS = 6
+# How long the first test that uses Jaeger may wait for its build, which `make test` starts in
+# the background (25 minutes measured cold beside the suite, at a load average of 20-40).
+JAEGER_BUILD_WAIT = 3600
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that use Jaeger last, so that building it on a fresh machine overlaps
+    the rest of the suite; the first of them waits for the build, so it gets the time."""
+    uses_jaeger = [item for item in items if "jaeger" in getattr(item, "fixturenames", ())]
+    if not uses_jaeger:
+        return
+    items[:] = [item for item in items if item not in uses_jaeger] + uses_jaeger
+    uses_jaeger[0].add_marker(pytest.mark.timeout(JAEGER_BUILD_WAIT))
 
 
 @pytest.fixture(scope="session")

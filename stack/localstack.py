@@ -169,6 +169,35 @@ def port_open(port: int, host: str = LOOPBACK) -> bool:
     return False
 
 
+TCP_LISTEN = "0A"
+TCP_ESTABLISHED = "01"
+
+
+def tcp_socket_inodes(port: int, state: str) -> set[str]:
+    """Inodes of the TCP sockets whose local port is ``port``, in ``state`` (as
+    ``/proc/net/tcp`` writes it: ``TCP_LISTEN``, ``TCP_ESTABLISHED``); gRPC's sockets are
+    dual-stack, so both tables are read."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+                inodes.add(fields[9])
+    return inodes
+
+
+def process_socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets process ``pid`` holds open (empty once it is gone)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         with path.open("rb") as log:
@@ -1086,9 +1115,31 @@ class SidecarProcess(ManagedProcess):
             "--redis-url", self.redis_url, *self.extra_args,
         ]  # fmt: skip
 
+    @property
+    def workers(self) -> int:
+        """How many worker processes ``--workers`` in ``extra_args`` asks for (1 without)."""
+        args = self.extra_args
+        for index, arg in enumerate(args):
+            if arg == "--workers" and index + 1 < len(args):
+                return int(args[index + 1])
+            if arg.startswith("--workers="):
+                return int(arg.partition("=")[2])
+        return 1
+
+    def _every_worker_listens(self) -> bool:
+        """With several workers, whether each one listens on the port yet: the port answers
+        as soon as the first does, and connections made before the others listen all go to it."""
+        if self.workers == 1:
+            return True
+        pids = self.worker_pids()
+        listening = tcp_socket_inodes(self.port, TCP_LISTEN)
+        return len(pids) == self.workers and all(
+            process_socket_inodes(pid) & listening for pid in pids
+        )
+
     def _is_ready(self) -> bool:
         if self.unix_socket is None:
-            return port_open(self.port)
+            return port_open(self.port) and self._every_worker_listens()
         with (
             contextlib.suppress(OSError),
             socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe,

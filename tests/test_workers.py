@@ -14,36 +14,20 @@ import pytest
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 from dualstream_client import DualstreamClient
-from stack.localstack import KafkaBroker, RedisServer, SidecarProcess, free_port
+from stack.localstack import (
+    TCP_ESTABLISHED,
+    KafkaBroker,
+    RedisServer,
+    SidecarProcess,
+    free_port,
+    process_socket_inodes,
+    tcp_socket_inodes,
+)
 from tests.conftest import next_notification
-
-
-def _established_sockets(port: int) -> set[str]:
-    """Inodes of established TCP sockets whose local port is ``port`` (gRPC's sockets are
-    dual-stack, so they are listed as IPv6)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                inodes.add(fields[9])
-    return inodes
 
 
 def _alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
 
 
 @pytest.fixture
@@ -83,9 +67,9 @@ async def test_workers_share_the_port_and_stop_together(
             replies = [await stub.Publish(pb.PublishRequest(event=event)) for stub in stubs]
             assert all(reply.notified for reply in replies)
             # Every worker took connections, and the stream hears the events of both.
-            established = _established_sockets(port)
+            established = tcp_socket_inodes(port, TCP_ESTABLISHED)
             for worker in workers:
-                assert _socket_inodes(worker) & established, f"worker {worker} took no call"
+                assert process_socket_inodes(worker) & established, f"worker {worker} took no call"
             received = {(await next_notification(stream)).id for _ in replies}
             assert received == {reply.id for reply in replies}
             stream.close()

@@ -82,6 +82,15 @@ PROPERTIES = [
         "timeout and exits 0.",
     ),
     (
+        "retention_expired",
+        "4c. Retention deleted what a resume was to replay",
+        "`tests/faults/test_kafka_retention.py` — 10 events of one source; `DeleteRecords` moves "
+        "the partition's log start past the first 3, as retention would; resume from a cursor "
+        "before them with GAP, REPLAY and CLOSE (figures: GAP): a gap `EXPIRED` with the count "
+        "lost comes first, then the other 7 and `caught_up`; resuming from that gap's cursor "
+        "replays the 7 without another gap.",
+    ),
+    (
         "kafka_too_few_replicas",
         "4b. Too few in-sync replicas",
         "`test_too_few_in_sync_replicas_is_unavailable_never_ok` — stop 2 of 3 brokers "
@@ -147,6 +156,14 @@ def main() -> None:
         "is live reaches it. `tests/test_hub_connection.py` replays the exact race against a",
         "scripted peer (an answer to a SUBSCRIBE sent before an UNSUBSCRIBE must not make the",
         "channel live), and every kind of bad answer on the hub's connection.",
+        "",
+        "9. Notifications that fail, in any interleaving: `tests/test_seam_property.py::",
+        "test_no_stream_silently_skips_an_event_whose_notification_failed` runs hypothesis",
+        "scenarios for the GAP, REPLAY and CLOSE policies (two sidecars; one loses `publish`",
+        "through an ACL change and gets it back, the other keeps delivering live; streams open",
+        "live, resumed or lagging at any point) and checks that every stream delivers each event",
+        "of its sources that its starting cursor does not claim, or sends a gap (or ends with a",
+        "cursor) that replays it, with nothing twice.",
         "",
     ]
     target = REPO / "docs" / "reliability.md"

@@ -128,6 +128,8 @@ async def test_metrics_move_as_events_flow_and_redis_dies(
                 for outcome in ("sent", "failed", "skipped")
             }
             assert outcomes == {"sent": 3, "failed": 2, "skipped": 2}
+            holes = {"dualstream_hole_state": "recorded"}
+            assert value(down, "dualstream_notification_holes_total", **holes) == 4
             assert value(down, "dualstream_redis_breaker_open") == 1
             failed_publishes = [
                 labels
@@ -147,9 +149,11 @@ async def test_metrics_move_as_events_flow_and_redis_dies(
             async def recovered() -> bool:
                 samples = await scraped(sidecar)
                 outage = {"dualstream_gap_reason": "redis_outage"}
+                announced = {"dualstream_hole_state": "announced"}
                 return (
                     value(samples, "dualstream_hub_reconnects_total") == 1
                     and value(samples, "dualstream_stream_gaps_total", **outage) == 1
+                    and value(samples, "dualstream_notification_holes_total", **announced) == 4
                 )
 
             await eventually(recovered, timeout=60)

@@ -359,6 +359,21 @@ class SidecarMetrics(Service):
                 Observation(stats.skipped, {outcome: "skipped"}),
             ],
         )
+        holes, state = notifier.holes, "dualstream.hole.state"
+        self.observe(
+            "counter",
+            "dualstream.notification.holes",
+            "{event}",
+            "Events whose notification failed, as the hole reporter handled them: recorded, "
+            "kept only as part of an offset range (the record's bound), announced on the holes "
+            "channel, or never announced (still recorded when the sidecar stopped).",
+            lambda: [
+                Observation(holes.record.recorded, {state: "recorded"}),
+                Observation(holes.record.coarsened, {state: "coarsened"}),
+                Observation(holes.stats.events_announced, {state: "announced"}),
+                Observation(holes.stats.events_unannounced_at_stop, {state: "unannounced"}),
+            ],
+        )
         self.observe(
             "gauge",
             "dualstream.redis.breaker.open",

@@ -30,6 +30,8 @@ from dualstream.resp import RespError, RespProtocolError, encode_command, read_r
 
 logger = logging.getLogger(__name__)
 
+# Failed notifications are announced again at least this often until Redis takes them.
+HOLES_RETRY_INTERVAL = 1.0
 # Commands Redis has not read yet, beyond which the connection counts as stalled.
 MAX_UNSENT_BYTES = 8 * 1024 * 1024
 
@@ -168,7 +170,10 @@ class RedisNotifier(Service):
         self.stats = NotifierStats()
         # What could not be sent is announced once Redis works again (see dualstream.holes).
         self.holes = HoleReporter(
-            address, channel_prefix, probe_interval, on_announced=self._redis_answered
+            address,
+            channel_prefix,
+            min(probe_interval, HOLES_RETRY_INTERVAL),
+            on_announced=self._redis_answered,
         )
 
     @property

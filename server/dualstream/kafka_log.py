@@ -18,7 +18,6 @@ import contextlib
 import logging
 import random
 from collections.abc import Sequence
-from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.errors import (
@@ -32,6 +31,7 @@ from dualstream.cloudevents import KafkaRecord
 from dualstream.connections import explained_connect_error, kafka_client_options
 from dualstream.errors import DualstreamError, InvalidArgumentError, UnavailableError
 from dualstream.events import RecordPosition
+from dualstream.kafka_batches import Batch, BatchWriter
 from dualstream.lifecycle import Service, cancel_and_wait
 from dualstream.settings import Settings
 
@@ -70,10 +70,10 @@ class KafkaEventLog(Service):
         self._ready = asyncio.Event()
         # Acknowledgements seen, as proof of a reachable broker while a probe is out.
         self._acknowledged = 0
-        # Per record handed to the producer and not yet answered by Kafka: its caller's
-        # future and its size in the buffer. Its room is given back when Kafka answers (or
-        # when stop() gives up on it), never when its caller stops waiting.
-        self._in_flight: dict[asyncio.Future[Any], int] = {}
+        # Records go to Kafka in per-partition batches (kafka_batches.py). A record's room in
+        # the buffer is given back when Kafka answers for its batch (or when stop() gives up
+        # on it), never when its caller stops waiting.
+        self._writer: BatchWriter | None = None
         self.buffer = Budget(settings.kafka_buffer_events, settings.kafka_buffer_bytes)
 
     @property
@@ -87,6 +87,11 @@ class KafkaEventLog(Service):
     @property
     def client_id(self) -> str:
         return self._settings.kafka_client_id
+
+    @property
+    def waves(self) -> int:
+        """Waves of batches handed to the producer so far (see kafka_batches.py)."""
+        return self._writer.waves if self._writer is not None else 0
 
     @property
     def ready(self) -> bool:
@@ -118,7 +123,9 @@ class KafkaEventLog(Service):
             **self._client_options,
             acks="all",
             enable_idempotence=True,
-            linger_ms=settings.kafka_linger_ms,
+            # The sidecar's batches arrive complete, in waves that did any lingering there was
+            # to do (kafka_batches.py); the producer sends them as they come.
+            linger_ms=0,
             max_batch_size=settings.kafka_max_batch_bytes,
             max_request_size=settings.max_payload_bytes + RECORD_OVERHEAD_BYTES,
             compression_type=None
@@ -157,6 +164,12 @@ class KafkaEventLog(Service):
                 await producer.stop()
                 raise
             self._producer = producer
+            self._writer = BatchWriter(
+                producer,
+                self._topic,
+                max_hold=self._settings.kafka_linger_ms / 1000,
+                on_answer=self._batch_answered,
+            )
             # The probe's first answer comes before "connected": from then on the sidecar has
             # all it keeps for the Kafka leg (its tasks and connections).
             self._probe_client = AIOKafkaClient(
@@ -225,40 +238,41 @@ class KafkaEventLog(Service):
         self._connected.clear()
         self._update_ready()
         producer, self._producer = self._producer, None
-        if producer is None:
+        writer, self._writer = self._writer, None
+        if producer is None or writer is None:
             return
-        # stop() flushes first; an idempotent producer retries a dead broker for ever, so the
-        # wait is bounded. Every acknowledged record is written by then: only records whose
-        # callers already got UNAVAILABLE (or went away) can still be pending.
+        # Records still waiting for a wave go now; stop() flushes the producer. An idempotent
+        # producer retries a dead broker for ever, so the wait is bounded. Every acknowledged
+        # record is written by then: only records whose callers already got UNAVAILABLE (or
+        # went away) can still be pending.
+        writer.send_wave()
         stopping = asyncio.create_task(producer.stop(), name="kafka-producer-stop")
         done, _ = await asyncio.wait([stopping], timeout=self._settings.kafka_delivery_timeout)
         if not done:
             logger.error(
                 "Kafka did not acknowledge the last %d pending records within %gs; giving "
                 "up on them (their callers were not told they succeeded)",
-                len(self._in_flight),
+                writer.outstanding,
                 self._settings.kafka_delivery_timeout,
             )
             await cancel_and_wait(stopping)
         elif (error := stopping.exception()) is not None:
             logger.warning("the Kafka producer stopped with an error: %s", error)
-        self._give_up_in_flight()
+        # Answer every caller still waiting for Kafka with UNAVAILABLE, and free their room.
+        writer.give_up(
+            UnavailableError(
+                "the sidecar stopped before Kafka acknowledged the event; it may or may not "
+                "be written, and retrying with the same id is safe"
+            )
+        )
 
-    def _give_up_in_flight(self) -> None:
-        """Answer every caller still waiting for Kafka with UNAVAILABLE, and free their room."""
-        in_flight, self._in_flight = self._in_flight, {}
-        for outcome, size in in_flight.items():
-            self.buffer.release(1, size)
-            if not outcome.done():
-                outcome.set_exception(
-                    UnavailableError(
-                        "the sidecar stopped before Kafka acknowledged the event; it may or "
-                        "may not be written, and retrying with the same id is safe"
-                    )
-                )
+    def _batch_answered(self, batch: Batch, error: BaseException | None) -> None:
+        self.buffer.release(batch.records, batch.size)
+        if error is None:
+            self._acknowledged += batch.records
 
-    def _require_producer(self) -> AIOKafkaProducer:
-        if self._producer is None or not self._connected.is_set():
+    def _require_writer(self) -> BatchWriter:
+        if self._writer is None or not self._connected.is_set():
             reason = f": {self._last_connect_error}" if self._last_connect_error else ""
             raise UnavailableError(
                 f"Kafka at {self._settings.kafka_bootstrap} is not connected{reason}"
@@ -267,96 +281,66 @@ class KafkaEventLog(Service):
             raise UnavailableError(
                 f"Kafka at {self._settings.kafka_bootstrap} is unreachable: {self._unreachable}"
             )
-        return self._producer
+        return self._writer
 
-    async def _send_reserved(
-        self, producer: AIOKafkaProducer, record: KafkaRecord
-    ) -> asyncio.Future[Any]:
-        """Hand a record, whose buffer room is reserved, to the producer; returns the future
-        its caller waits on. The room is given back when Kafka answers for the record, not
-        when the caller gives up: cancelling the returned future leaves aiokafka's own one
-        (and so the record, which stays queued) alone, so a stalled broker and impatient
-        callers cannot grow memory past the bound."""
-        size = record.size
+    async def _write(self, records: Sequence[KafkaRecord]) -> list[tuple[Batch, int]]:
+        """Append records and wait until Kafka answered for all of them; each one's batch and
+        place in it. Raises only if the records could not be written at all."""
+        writer = self._require_writer()
+        # The whole call reserves its room first, so a full buffer never splits a batch call.
+        await self.buffer.acquire(
+            len(records), sum(record.size for record in records), self._settings.kafka_buffer_wait
+        )
         try:
-            delivery = await producer.send(
-                self._topic, value=record.value, key=record.key, headers=record.headers
-            )
+            if not writer.placement.refresh():
+                await writer.wait_for_partitions()
+            placed = writer.append(records)
         except BaseException:
-            self.buffer.release(1, size)
+            self.buffer.release(len(records), sum(record.size for record in records))
             raise
-        outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._in_flight[outcome] = size
-        delivery.add_done_callback(lambda answered: self._answered(outcome, answered))
-        return outcome
-
-    def _answered(self, outcome: asyncio.Future[Any], delivery: asyncio.Future[Any]) -> None:
-        """Kafka answered for a record: free its room and tell its caller, if still there."""
-        if delivery.cancelled():
-            error: BaseException | None = UnavailableError("the Kafka write was abandoned")
-        else:
-            error = delivery.exception()  # Read even when nobody waits: never "unretrieved".
-        size = self._in_flight.pop(outcome, None)
-        if size is None:
-            return  # stop() gave up on it and answered its caller already.
-        self.buffer.release(1, size)
-        if error is None:
-            self._acknowledged += 1
-        if outcome.done():
-            return  # The caller gave up.
-        if error is None:
-            outcome.set_result(delivery.result())
-        else:
-            outcome.set_exception(error)
+        # Waiting on the answers, not awaiting them: a caller that gives up (its timeout, its
+        # cancellation) leaves the batch, shared with other calls, alone.
+        await asyncio.wait({batch.answer for batch, _ in placed})
+        return placed
 
     async def append(self, record: KafkaRecord) -> RecordPosition:
         """Write one record and wait for the broker's acknowledgement."""
-        producer = self._require_producer()
         try:
             async with asyncio.timeout(self._settings.kafka_delivery_timeout):
-                await self.buffer.acquire(1, record.size, self._settings.kafka_buffer_wait)
-                delivery = await self._send_reserved(producer, record)
-                metadata = await delivery
+                ((batch, offset),) = await self._write((record,))
         except TimeoutError as exc:
             raise self._timed_out() from exc
         except KafkaError as exc:
             raise self._translate(exc) from exc
-        return RecordPosition(metadata.topic, metadata.partition, metadata.offset)
+        return self._position(batch, offset)
 
     async def append_many(self, records: Sequence[KafkaRecord]) -> list[RecordPosition | Exception]:
-        """Write records pipelined; each entry is the record's position or why it failed."""
-        producer = self._require_producer()
-        outcomes: list[RecordPosition | Exception] = []
+        """Write records; each entry is the record's position or why it failed."""
         try:
             async with asyncio.timeout(self._settings.kafka_delivery_timeout):
-                # The whole batch reserves its room first, so a full buffer never splits it.
-                sizes = [record.size for record in records]
-                await self.buffer.acquire(
-                    len(records), sum(sizes), self._settings.kafka_buffer_wait
-                )
-                deliveries = []
-                for index, record in enumerate(records):
-                    try:
-                        deliveries.append(await self._send_reserved(producer, record))
-                    except BaseException:
-                        # _send_reserved gave back this record's room; give back the rest.
-                        self.buffer.release(len(records) - index - 1, sum(sizes[index + 1 :]))
-                        raise
-                results = await asyncio.gather(*deliveries, return_exceptions=True)
+                placed = await self._write(records)
         except TimeoutError as exc:
             raise self._timed_out() from exc
         except KafkaError as exc:
             raise self._translate(exc) from exc
-        for result in results:
-            if isinstance(result, KafkaError):
-                outcomes.append(self._translate(result))
-            elif isinstance(result, DualstreamError):
-                outcomes.append(result)
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                outcomes.append(RecordPosition(result.topic, result.partition, result.offset))
+        outcomes: list[RecordPosition | Exception] = []
+        for batch, offset in placed:
+            try:
+                outcomes.append(self._position(batch, offset))
+            except DualstreamError as exc:
+                outcomes.append(exc)
         return outcomes
+
+    def _position(self, batch: Batch, offset: int) -> RecordPosition:
+        """Where a record of an answered batch is; raises why, if the batch was not written."""
+        error = batch.answer.exception()
+        if error is None:
+            return RecordPosition(self._topic, batch.partition, batch.answer.result() + offset)
+        if isinstance(error, KafkaError):
+            raise self._translate(error) from error
+        if isinstance(error, DualstreamError):
+            raise error
+        raise UnavailableError(f"Kafka did not acknowledge the event: {error}") from error
 
     def _timed_out(self) -> UnavailableError:
         return UnavailableError(

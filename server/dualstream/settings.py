@@ -37,7 +37,11 @@ class Settings:
     kafka_bootstrap: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated")
     kafka_topic: str = _setting("events", "Kafka topic every event is written to")
     kafka_client_id: str = _setting("dualstream", "Kafka client id")
-    kafka_linger_ms: int = _setting(0, "how long the producer waits to fill a batch")
+    kafka_linger_ms: int = _setting(
+        2,
+        "the longest a record waits for concurrent calls' records to share its produce request "
+        "(only while calls are concurrent: a lone call's record waits for nothing)",
+    )
     kafka_max_batch_bytes: int = _setting(65536, "producer batch size per partition, in bytes")
     kafka_delivery_timeout: float = _setting(
         10.0, "how long a Kafka write may take before the call answers UNAVAILABLE"

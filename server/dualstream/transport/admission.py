@@ -10,6 +10,7 @@ the sidecar measures that queue and refuses publishes while it is too long:
   every other call (first in, first out), so its round trip is how long a call arriving now
   waits before the sidecar takes it, and the calls the sidecar took meanwhile are the backlog
   that was ahead of it. A probe still waiting counts with its age and the calls taken so far.
+  Probes go every ``PROBE_INTERVAL`` while publishes arrive, not when none do.
 - While the wait is over ``max_queue_delay`` with at least ``MIN_BACKLOG`` calls ahead, the
   share of arriving Publish and PublishBatch calls the sidecar takes on falls by a quarter per
   probe; the others are refused on arrival: RESOURCE_EXHAUSTED with a retry hint, no span, no
@@ -127,7 +128,12 @@ class QueueProbe:
         admission = self._admission
         async with grpc.aio.insecure_channel(self._target) as channel:
             stub = pb_grpc.EventServiceStub(channel)
+            arrivals = admission.arrivals
             while True:
+                if admission.arrivals == arrivals and not admission.shedding:
+                    # No publish since the last probe: nothing to refuse, nothing to measure.
+                    await asyncio.sleep(PROBE_INTERVAL)
+                    continue
                 started, arrivals = time.monotonic(), admission.arrivals
                 call = asyncio.ensure_future(
                     stub.GetStatus(pb.GetStatusRequest(), metadata=self._metadata)

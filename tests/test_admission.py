@@ -2,7 +2,7 @@
 
 Refusal turns on while calls queue too long for the sidecar to take them (unit tests of the
 rule, and a real sidecar whose loop is held up while a burst arrives); a call refused, for
-that or because too many are in progress (a real sidecar whose Kafka is stopped, so the calls
+that or because too many are in progress (a real sidecar whose Redis is stopped, so the calls
 in progress stay in progress), ends with RESOURCE_EXHAUSTED carrying ``grpc-retry-pushback-ms``
 and a ``google.rpc.RetryInfo`` detail, and none ends CANCELLED.
 """
@@ -100,12 +100,13 @@ async def _publish(stub: Any, source_id: str) -> grpc.aio.AioRpcError | None:
 
 
 async def test_calls_beyond_the_limit_are_refused_with_a_retry_hint(
-    private_kafka: KafkaBroker, shared_redis: RedisServer, tracer: Any
+    kafka: KafkaBroker, private_redis: RedisServer, topic: str, tracer: Any
 ) -> None:
+    """Redis stopped: each publish, written to Kafka, waits for its notification, so the calls
+    stay in progress while more arrive."""
     settings = make_settings(
-        private_kafka.bootstrap, shared_redis.url, "events", max_concurrent_rpcs=4,
-        kafka_delivery_timeout=60.0,
-    )  # fmt: skip
+        kafka.bootstrap, private_redis.url, topic, max_concurrent_rpcs=4, redis_timeout=60.0
+    )
     async with (
         Sidecar(settings, tracer) as sidecar,
         grpc.aio.insecure_channel(target_of(sidecar)) as channel,
@@ -113,7 +114,7 @@ async def test_calls_beyond_the_limit_are_refused_with_a_retry_hint(
         assert await sidecar.publisher.event_log.wait_ready(30)
         stub = pb_grpc.EventServiceStub(channel)
         assert await _publish(stub, "warm") is None
-        private_kafka.pause()  # Acknowledgements stop: the calls below stay in progress.
+        private_redis.pause()
         try:
             held = [asyncio.create_task(_publish(stub, f"held{i}")) for i in range(4)]
 
@@ -131,8 +132,8 @@ async def test_calls_beyond_the_limit_are_refused_with_a_retry_hint(
                 ) from None
             refused = await asyncio.gather(*(_publish(stub, f"more{i}") for i in range(20)))
         finally:
-            private_kafka.resume()
-        assert [await task for task in held] == [None] * 4, "held calls succeed once Kafka is back"
+            private_redis.resume()
+        assert [await task for task in held] == [None] * 4, "held calls end well once Redis is"
     for error in refused:
         assert error is not None, "a call past the limit was served"
         _assert_refused_with_retry_hint(error.code(), error.trailing_metadata())

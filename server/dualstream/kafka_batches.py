@@ -9,11 +9,11 @@ offset, which Kafka returns, plus its place in the batch.
 
 The batches go to the producer together, as a wave, and the next wave goes once this one is
 answered (aiokafka sends one produce request per broker at a time anyway, so nothing is lost by
-waiting). What decides when is how full the wave would be: it goes as soon as half as many
-records wait as the last wave carried, or when the oldest has waited ``max_hold``. A lone call
-on a quiet sidecar waits for nothing (half of a wave of one is met by its own record); under
-load each wave carries about what the last one did, so concurrent calls share fewer, fuller
-produce requests, which costs the broker and the sidecar less per event.
+waiting). What decides when is how full the wave would be. The sidecar knows how many publish
+calls are in progress: each will write a record, or has; a wave goes once records wait from at
+least half of them, or when the oldest record has waited ``max_hold``. A lone call on a quiet
+sidecar waits for nothing (its own record is half of one call); under load, calls share fewer,
+fuller produce requests, which costs the broker and the sidecar less per event.
 """
 
 from __future__ import annotations
@@ -86,14 +86,21 @@ AnswerHook = Callable[[Batch, BaseException | None], None]
 class BatchWriter:
     """Appends records to per-partition batches and sends them in waves (see the module).
 
-    ``on_answer`` runs once per batch when Kafka answered it (``None``) or it failed, before
+    ``concurrency`` tells how many publish calls are in progress. ``on_answer`` runs once per
+    batch when Kafka answered it (``None``) or it failed, before
     the batch's waiters wake.
     """
 
     def __init__(
-        self, producer: AIOKafkaProducer, topic: str, max_hold: float, on_answer: AnswerHook
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        max_hold: float,
+        on_answer: AnswerHook,
+        concurrency: Callable[[], int] = lambda: 0,
     ) -> None:
         self._producer = producer
+        self._concurrency = concurrency
         self._topic = topic
         self._max_hold = max_hold
         self._on_answer = on_answer
@@ -103,7 +110,6 @@ class BatchWriter:
         self._sealed: list[Batch] = []  # Full batches waiting for the next wave.
         self._waiting_records = 0
         self._oldest_waiting = 0.0
-        self._last_wave_records = 0
         self._unanswered: set[Batch] = set()  # Handed to the producer, not yet answered.
         self._sending: asyncio.Task[None] | None = None
         self._wave_due: asyncio.Handle | None = None
@@ -160,7 +166,7 @@ class BatchWriter:
         if self._sending is not None or self._unanswered or not self._waiting_records:
             return
         waited = self._loop.time() - self._oldest_waiting
-        if self._waiting_records * 2 >= self._last_wave_records or waited >= self._max_hold:
+        if self._waiting_records * 2 >= self._concurrency() or waited >= self._max_hold:
             self.send_wave()
         else:
             self._wave_due = self._loop.call_later(self._max_hold - waited, self._consider_wave)
@@ -172,7 +178,7 @@ class BatchWriter:
             self._wave_due = None
         wave = [*self._sealed, *self._open.values()]
         self._sealed, self._open = [], {}
-        self._last_wave_records, self._waiting_records = self._waiting_records, 0
+        self._waiting_records = 0
         if not wave:
             return
         self.waves += 1

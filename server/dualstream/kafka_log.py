@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.errors import (
@@ -55,8 +55,10 @@ PROBE_METADATA_MAX_AGE_MS = 24 * 3600 * 1000
 class KafkaEventLog(Service):
     """Appends records to one topic and returns where Kafka stored them."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, concurrency: Callable[[], int] | None = None) -> None:
         self._settings = settings
+        # Publish calls in progress, as the transport counts them: how many records to expect.
+        self._concurrency = concurrency or (lambda: 0)
         self._topic = settings.kafka_topic
         self._client_options = kafka_client_options(settings)
         self._producer: AIOKafkaProducer | None = None
@@ -169,6 +171,7 @@ class KafkaEventLog(Service):
                 self._topic,
                 max_hold=self._settings.kafka_linger_ms / 1000,
                 on_answer=self._batch_answered,
+                concurrency=self._concurrency,
             )
             # The probe's first answer comes before "connected": from then on the sidecar has
             # all it keeps for the Kafka leg (its tasks and connections).

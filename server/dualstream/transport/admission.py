@@ -57,8 +57,10 @@ class Admission:
         # The share of arriving calls taken on (1: all); the credit spreads refusals evenly.
         self.share = 1.0
         self._credit = 0.0
-        # The latest estimate of how long a call waits before the sidecar takes it.
+        # The latest estimates of how long a call waits before the sidecar takes it, and of how
+        # many calls wait with it (those ahead of the last probe).
         self.queue_delay = 0.0
+        self.backlog = 0
 
     @property
     def shedding(self) -> bool:
@@ -82,6 +84,12 @@ class Admission:
         self.in_progress -= 1
 
     @property
+    def expected_calls(self) -> int:
+        """Publish calls in progress or about to be: those the sidecar took and has not
+        answered, and those that last waited in gRPC's queue to be taken."""
+        return self.in_progress + self.backlog
+
+    @property
     def retry_after(self) -> float:
         """A retry hint for a refused call: the current wait, doubled, within bounds."""
         return min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, 2 * self.queue_delay))
@@ -89,6 +97,8 @@ class Admission:
     def observe(self, queue_delay: float, calls_ahead: int, *, finished: bool) -> None:
         """A probe's wait so far (``finished``: its whole wait) and the calls taken meanwhile."""
         self.queue_delay = queue_delay
+        if finished:
+            self.backlog = calls_ahead
         if queue_delay > self.max_queue_delay and calls_ahead >= MIN_BACKLOG:
             if not self.shedding:
                 logger.warning(

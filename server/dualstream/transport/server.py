@@ -45,10 +45,13 @@ UNIX_SOCKET_MODE = 0o660
 
 
 def build_publisher(
-    settings: Settings, tracer: Tracer, metrics: SidecarMetrics | None = None
+    settings: Settings,
+    tracer: Tracer,
+    metrics: SidecarMetrics | None = None,
+    concurrency: Callable[[], int] | None = None,
 ) -> Publisher:
     return Publisher(
-        KafkaEventLog(settings),
+        KafkaEventLog(settings, concurrency=concurrency),
         RedisNotifier(
             RedisAddress.from_settings(settings),
             settings.redis_timeout,
@@ -85,11 +88,13 @@ class Sidecar(Service):
         stops them with itself, and the admin listener serves them on /metrics."""
         self.settings = settings
         self.metrics = metrics or SidecarMetrics()
-        self.publisher = build_publisher(settings, tracer, self.metrics)
+        self.admission = Admission(settings.max_concurrent_rpcs, settings.max_queue_delay)
+        self.publisher = build_publisher(
+            settings, tracer, self.metrics, concurrency=lambda: self.admission.expected_calls
+        )
         self.hub = build_hub(settings)
         self.reader = KafkaReader(kafka_client_options(settings), settings.kafka_topic)
         self.draining = False
-        self.admission = Admission(settings.max_concurrent_rpcs, settings.max_queue_delay)
         self._probe: QueueProbe | None = None
         self._servicer = EventServicer(
             self.publisher,

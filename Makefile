@@ -94,10 +94,14 @@ test-java: $(VENV)/.installed
 	$(WITH_STACK) mvn -B -ntp -f clients/java/pom.xml install
 
 # What the image and manifest checks need: mmdebstrap, buildah, podman and runc from apt;
-# kustomize and kubeconform built from pinned Go modules into the cache.
+# kustomize and kubeconform built from pinned Go modules into the cache; the image itself (the
+# test rebuilds it only if the sources changed since). The Go build and the image build run
+# side by side: on a fresh machine both mostly wait on downloads.
 deploy-tools:
 	@bash scripts/install-image-tools.sh
-	@bash scripts/k8s-tools.sh >/dev/null
+	@bash scripts/k8s-tools.sh >/dev/null & tools=$$!; \
+		bash scripts/image.sh build; built=$$?; \
+		wait $$tools && exit $$built
 
 # The image, built as CI builds it (README, "Run it in Kubernetes"); TAG=... to name it.
 image:

@@ -52,7 +52,8 @@ ensure_base() {
     # Packages downloaded once are kept in the cache and handed to apt again next time.
     mmdebstrap --quiet --format=tar --skip=download/empty \
       --setup-hook="mkdir -p \"\$1/var/cache/apt/archives\" && find '$IMAGE_CACHE/debs' -name '*.deb' -exec cp -t \"\$1/var/cache/apt/archives\" {} +" \
-      --customize-hook="find \"\$1/var/cache/apt/archives\" -name '*.deb' -exec cp -t '$IMAGE_CACHE/debs' {} + -delete" \
+      --customize-hook="find \"\$1/var/cache/apt/archives\" -name '*.deb' -exec cp -t '$IMAGE_CACHE/debs' {} +" \
+      --customize-hook="find \"\$1/var/cache/apt/archives\" -name '*.deb' -delete" \
       "${base_recipe[@]}" "$base_tar.partial"
     mv "$base_tar.partial" "$base_tar"
     echo "base made in $((SECONDS - started))s ($(du -h "$base_tar" | cut -f1))"
@@ -109,11 +110,12 @@ build() {
   started=$SECONDS
   bud=(buildah_ bud --quiet --isolation chroot --layers --format docker "${build_volumes[@]}"
     --build-arg BASE="$base_image")
-  # The dependencies stage gets a tag of its own, so that pruning what earlier builds left
-  # behind keeps it: it is reused until pyproject.toml changes.
+  # The dependencies stage gets a tag of its own, so pruning keeps it: it is reused until
+  # pyproject.toml changes. The layers of the last hour's builds stay too (an unchanged tree
+  # builds again in seconds); older ones are pruned, so the storage does not grow without end.
   "${bud[@]}" --target dependencies -t "$DEPENDENCIES_TAG" -f Dockerfile . >/dev/null
   "${bud[@]}" -t "$tag" -f Dockerfile . >/dev/null
-  buildah_ rmi --prune >/dev/null 2>&1 || true
+  podman "${STORAGE[@]}" image prune --force --filter until=1h >/dev/null 2>&1 || true
   echo "built $tag in $((SECONDS - started))s: $(buildah_ images --noheading --format '{{.Size}}' "$tag" | head -n1)"
 }
 

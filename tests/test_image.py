@@ -28,7 +28,7 @@ from stack.localstack import REPO_ROOT, KafkaBroker, RedisServer, free_port
 from tests.kafka_records import read_all
 from tests.test_publish import ChannelListener
 
-IMAGE = "localhost/dualstream:test"
+IMAGE = "localhost/dualstream:dev"  # scripts/image.sh's default: make test built it already
 IMAGE_UID = 10001
 BUILD_TIMEOUT = 1500.0
 pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 300)

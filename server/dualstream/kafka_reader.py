@@ -94,8 +94,10 @@ class KafkaReader(Service):
                 consumer = self.new_consumer()
                 try:
                     await consumer.start()
-                except BaseException:
+                except BaseException as exc:
                     await consumer.stop()
+                    if isinstance(exc, KafkaError):
+                        raise UnavailableError(f"Kafka could not be read: {exc!r}") from exc
                     raise
             reusable = False
             try:

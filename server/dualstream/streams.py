@@ -143,6 +143,10 @@ def notification_from_record(record: Any) -> Notification | None:
         return None
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class StreamService:
     """Runs Subscribe streams over the shared hub and the Kafka reader."""
 
@@ -295,9 +299,19 @@ class _Stream:
         policy = self._request.policy
         if policy is SlowConsumerPolicy.REPLAY:
             self._holes = list(normalize_holes([*self._holes, *behind]))
-            async with aclosing(self._replay(ahead)) as replayed:
-                async for item in replayed:
-                    yield item
+            filled = 0
+            try:
+                async with aclosing(self._replay(ahead)) as replayed:
+                    async for item in replayed:
+                        filled += isinstance(item, Delivery)
+                        yield item
+            except UnavailableError:
+                # Kafka cannot be read now. Ending the stream would leave its client with a
+                # cursor that claims the holes; a gap hands it one that names what is left.
+                cursor, self._holes = self._cursor(), []
+                left = max(0, missed - filled) if missed else 0
+                yield Gap(GapReason.NOT_NOTIFIED, left, cursor, notice.since, _utc_now())
+                return
             for partition, end in ahead.items():
                 self._seam[partition] = max(self._seam.get(partition, 0), end)
             return
@@ -307,7 +321,7 @@ class _Stream:
                 f"a publishing sidecar could not notify {missed or 'some'} events of this "
                 f"stream (its Redis leg failed); resume from cursor {cursor}"
             )
-        yield Gap(GapReason.NOT_NOTIFIED, missed, cursor, notice.since, datetime.now(UTC))
+        yield Gap(GapReason.NOT_NOTIFIED, missed, cursor, notice.since, _utc_now())
 
     async def _handle_gap(
         self, reason: GapReason, missed: int, since: datetime

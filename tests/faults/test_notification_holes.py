@@ -390,3 +390,39 @@ async def test_past_its_bound_the_record_keeps_ranges_and_streams_still_get_ever
     assert hole_ids <= set(replayed)
     assert sorted(ids_of(_messages(replay_received))) == sorted(r.id for r in published)
     assert coarsened == len([r for r in published if not r.notified])
+
+
+async def test_a_replay_stream_that_cannot_read_kafka_gaps_instead(
+    private_kafka: KafkaBroker, shared_redis: RedisServer, tracer: Any, source_type: str
+) -> None:
+    """The notice comes while Kafka is down: a REPLAY stream cannot fill the hole, and ending
+    the stream would leave its client a cursor that claims it; it sends a not_notified gap
+    whose cursor replays it instead, and goes on."""
+    sources = [(source_type, "x")]
+    async with publishing_user(shared_redis.url) as user:
+        p_settings = make_settings(private_kafka.bootstrap, user.url, "events", redis_timeout=5.0)
+        s_settings = make_settings(
+            private_kafka.bootstrap, shared_redis.url, "events", redis_timeout=5.0
+        )
+        async with (
+            Sidecar(p_settings, tracer) as p_sidecar,
+            Sidecar(s_settings, tracer) as s_sidecar,
+            DualstreamClient(target_of(p_sidecar), timeout=60) as p_client,
+            DualstreamClient(target_of(s_sidecar), timeout=60) as s_client,
+            s_client.subscribe(sources, policy="replay") as stream,
+        ):
+            await user.deny_publish()
+            hole = await p_client.publish(EventInput("t", source_type, "x", id="hole"))
+            later = await s_client.publish(EventInput("t", source_type, "x", id="later"))
+            assert (await next_notification(stream, timeout=30)).id == later.id
+            await asyncio.to_thread(private_kafka.stop)
+            await user.allow_publish()
+            gap = await asyncio.wait_for(anext(stream), 120)
+            assert isinstance(gap, Gap), gap
+            assert (gap.reason, gap.missed) == ("not_notified", 1)
+            assert cursor_replays(gap.cursor, "events", hole.partition, hole.offset)
+            assert not cursor_replays(gap.cursor, "events", later.partition, later.offset)
+            await asyncio.to_thread(private_kafka.start)
+            assert await s_sidecar.publisher.event_log.wait_ready(120)
+            replayed = ids_of(await resume_until_caught_up(s_client, sources, gap.cursor))
+    assert replayed == ["hole"]

@@ -66,6 +66,12 @@ PROPERTIES = [
         "delivery timeout); start it; the sidecar recovers.",
     ),
     (
+        "kafka_too_few_replicas",
+        "4b. Too few in-sync replicas",
+        "`test_too_few_in_sync_replicas_is_unavailable_never_ok` — stop 2 of 3 brokers "
+        "(`min.insync.replicas=2`); every publish answers UNAVAILABLE, never OK.",
+    ),
+    (
         "kafka_killed_health",
         "4c. Kafka killed: health tells, publishes fail fast",
         "`test_kafka_killed_health_tells_and_publish_fails_fast` — SIGKILL the only broker; time "
@@ -83,18 +89,12 @@ PROPERTIES = [
     ),
     (
         "retention_expired",
-        "4c. Retention deleted what a resume was to replay",
+        "4e. Retention deleted what a resume was to replay",
         "`tests/faults/test_kafka_retention.py` — 10 events of one source; `DeleteRecords` moves "
         "the partition's log start past the first 3, as retention would; resume from a cursor "
         "before them with GAP, REPLAY and CLOSE (figures: GAP): a gap `EXPIRED` with the count "
         "lost comes first, then the other 7 and `caught_up`; resuming from that gap's cursor "
         "replays the 7 without another gap.",
-    ),
-    (
-        "kafka_too_few_replicas",
-        "4b. Too few in-sync replicas",
-        "`test_too_few_in_sync_replicas_is_unavailable_never_ok` — stop 2 of 3 brokers "
-        "(`min.insync.replicas=2`); every publish answers UNAVAILABLE, never OK.",
     ),
     (
         "kafka_stalled",

@@ -32,6 +32,7 @@ import base64
 import contextlib
 import fcntl
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -142,20 +143,43 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION) -> Path:
 # ---- ports ----------------------------------------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that nothing listens on right now.
+# Servers get ports below the kernel's ephemeral range: a port the kernel hands out for port 0
+# can be handed again to any outgoing connection (a client of the very broker being started)
+# between the moment it is chosen and the moment the server binds it, which under load happens.
+_FIRST_SERVER_PORT = 15000
+_handed_out: set[int] = set()
 
-    All probe sockets stay open until every port is chosen, so the kernel cannot hand out the
-    same port twice. Another process may still grab one before our server binds it; on a test
-    machine that race is rare enough to ignore.
+
+def _ephemeral_range_start() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that nothing listens on right now, chosen at random
+    below the ephemeral range and never twice by this process.
+
+    All probe sockets stay open until every port is chosen. Another process of ours may still
+    pick the same port before our server binds it: one chance in thousands per pick.
     """
+    candidates = list(range(_FIRST_SERVER_PORT, _ephemeral_range_start()))
+    random.shuffle(candidates)
     with contextlib.ExitStack() as probes:
         ports: list[int] = []
-        for _ in range(count):
+        for port in candidates:
+            if port in _handed_out:
+                continue
             probe = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            probe.bind((LOOPBACK, 0))
-            ports.append(probe.getsockname()[1])
-        return ports
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            ports.append(port)
+            _handed_out.add(port)
+            if len(ports) == count:
+                return ports
+    raise StackError(f"no {count} free ports between {_FIRST_SERVER_PORT} and the ephemeral range")
 
 
 def free_port() -> int:

@@ -36,7 +36,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture
 def settings_for(kafka: KafkaBroker, topic: str) -> SettingsFor:
     def build(redis_url: str, **overrides: object) -> Settings:
-        return make_settings(kafka.bootstrap, redis_url, topic, **overrides)
+        # These tests are about connecting, not latency: the default 0.25 s bound on the Redis
+        # leg once timed a PUBLISH out under load and reported a working connection as failed.
+        return make_settings(
+            kafka.bootstrap, redis_url, topic, **{"redis_timeout": 5.0, **overrides}
+        )
 
     return build
 
@@ -109,7 +113,7 @@ async def test_hostname_checking(
     """A certificate that names another host is refused unless hostname checking is off."""
     pki = make_pki(tmp_path / "pki", server_names=["redis.internal"])
     with tls_server(tmp_path / "redis", pki) as server:
-        checked = settings_for(server.url, redis_timeout=5.0, **client_certificate(pki))
+        checked = settings_for(server.url, **client_certificate(pki))
         last_error = await publish_not_notified(checked, tracer, source_type)
         assert "mismatch" in last_error
         unchecked = settings_for(
@@ -122,7 +126,7 @@ async def test_hostname_checking(
 async def test_tls_without_a_client_certificate_is_not_notified(
     settings_for: SettingsFor, tls_redis: RedisServer, pki: Pki, source_type: str, tracer: Tracer
 ) -> None:
-    settings = settings_for(tls_redis.url, redis_ssl_ca_file=str(pki.ca), redis_timeout=5.0)
+    settings = settings_for(tls_redis.url, redis_ssl_ca_file=str(pki.ca))
     last_error = await publish_not_notified(settings, tracer, source_type)
     # The server's "certificate required" alert, or the reset that may overtake it.
     assert f"could not connect to Redis at 127.0.0.1:{tls_redis.port}" in last_error
@@ -152,9 +156,7 @@ async def test_a_wrong_acl_password_is_reported_and_not_notified(
     settings_for: SettingsFor, acl_redis: RedisServer, source_type: str, tracer: Tracer
 ) -> None:
     url = with_credentials(acl_redis.url, ACL_USER, "wrong")
-    last_error = await publish_not_notified(
-        settings_for(url, redis_timeout=5.0), tracer, source_type
-    )
+    last_error = await publish_not_notified(settings_for(url), tracer, source_type)
     assert f"refused the connection as {ACL_USER}: WRONGPASS" in last_error
 
 

@@ -22,6 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 from dualstream.transport.admission import (
     MAX_RETRY_AFTER,
     MIN_BACKLOG,
+    MIN_DELIVERY_RATE,
     MIN_RETRY_AFTER,
     Admission,
 )
@@ -194,3 +195,60 @@ def _outcome(future: Any) -> tuple[grpc.StatusCode, Any]:
     except grpc.RpcError as exc:
         return exc.code(), exc.trailing_metadata()
     return grpc.StatusCode.OK, ()
+
+
+async def test_the_gate_lets_everything_through_until_the_fan_out_holds_calls_up() -> None:
+    admission = Admission(max_calls=1000, max_queue_delay=0.25)
+    gate = admission.gate
+    admission.observe(0.001, 0, finished=True)  # The first probe measures from here on.
+    assert all(gate.try_pass() for _ in range(100_000))
+    admission.observe(0.001, 0, finished=True)
+    assert not gate.limited
+    # Calls wait 10 ms while the fan-out runs at over 4,000 messages a second: it is held.
+    await asyncio.sleep(0.05)
+    for _ in range(10_000):
+        gate.try_pass()
+    admission.observe(0.01, 0, finished=True)
+    assert gate.limited
+    assert MIN_DELIVERY_RATE <= gate.rate < 10_000 / 0.05
+    assert not admission.shedding, "the fan-out gives way before any publish is refused"
+
+
+async def test_a_held_fan_out_goes_at_its_rate_first_come_first_served() -> None:
+    gate = Admission(max_calls=1000, max_queue_delay=0.25).gate
+    gate.achieved = 8000 / 0.7
+    gate.slow_down()
+    assert gate.rate == pytest.approx(8000.0)  # Messages a second.
+    order: list[int] = []
+
+    async def stream(number: int) -> None:
+        for _ in range(20):
+            if not gate.try_pass():
+                await gate.wait()
+            order.append(number)
+            await asyncio.sleep(0)  # Its message being written.
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(*(stream(n) for n in range(20)))
+    elapsed = loop.time() - started
+    assert len(order) == 400
+    assert elapsed >= 400 / 8000 * 0.8, "the rate held"  # A lower bound: load only adds.
+    assert set(order[:20]) == set(range(20)), "every stream had its turn before any had two"
+
+
+async def test_publishes_are_refused_only_once_the_fan_out_is_at_its_floor() -> None:
+    admission = Admission(max_calls=1000, max_queue_delay=0.1)
+    gate = admission.gate
+    admission.observe(0.001, 0, finished=True)  # The first probe measures from here on.
+    for _ in range(100):
+        # A busy fan-out, and calls waiting far too long, again and again.
+        while gate.try_pass() and gate.passed % 1000:
+            pass
+        await asyncio.sleep(0.01)
+        admission.observe(0.5, MIN_BACKLOG, finished=True)
+        if admission.shedding:
+            break
+        assert gate.limited
+    assert admission.shedding
+    assert gate.rate == MIN_DELIVERY_RATE, "publishes were refused while the fan-out ran on"

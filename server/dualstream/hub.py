@@ -151,8 +151,11 @@ class Subscription:
         self._in_outage = False
         self._closed = False
         # The same PUBLISH reaches a stream twice, back to back, when a channel and a pattern
-        # of the stream both match it; remembering the last one delivers it once.
+        # of the stream both match it; remembering the last one delivers it once. A stream of
+        # one route cannot get it twice, and skips the check (offer runs once per stream).
         self._last_position: tuple[str, int, int] | None = None
+        self._twice_possible = len(routes) > 1
+        self._parked = False
 
     @property
     def in_outage(self) -> bool:
@@ -167,14 +170,18 @@ class Subscription:
         """Queue a notification without waiting; past the bound it is dropped and counted."""
         if self._closed:
             return
-        position = (notification.topic, notification.partition, notification.offset)
-        if position == self._last_position:
-            return
-        self._last_position = position
+        if self._twice_possible:
+            position = (notification.topic, notification.partition, notification.offset)
+            if position == self._last_position:
+                return
+            self._last_position = position
         if self._missed or self._queued_notifications >= self._queue_size:
             if not self._missed:
                 self._missed_since = _now()
             self._missed += 1
+            if not self._twice_possible:
+                self._parked = True
+                self._hub.park(self)
             return
         self._queued_notifications += 1
         self._put(notification)
@@ -206,6 +213,9 @@ class Subscription:
         """The next notification or signal; raises the error the stream was failed with."""
         while not self._items:
             if self._missed:
+                if self._parked:
+                    self._parked = False
+                    self._missed += self._hub.unpark(self)
                 return self._take_overflow()
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -253,6 +263,13 @@ class Subscription:
 class _RouteState:
     members: set[Subscription] = field(default_factory=set)
     live: asyncio.Event = field(default_factory=asyncio.Event)
+    # The members each notification is offered to: all but the parked ones, streams of this
+    # one route that are past their queue's bound. Those drop whatever comes until they have
+    # caught up anyway; they count it when they do (``notifications`` then, less their mark),
+    # so a thousand streams held back cost nothing per notification.
+    listening: set[Subscription] = field(default_factory=set)
+    parked: dict[Subscription, int] = field(default_factory=dict)
+    notifications: int = 0
 
 
 class SubscriptionHub(Service):
@@ -364,6 +381,7 @@ class SubscriptionHub(Service):
                 state = self._routes[route] = _RouteState()
                 fresh.append(route)
             state.members.add(subscription)
+            state.listening.add(subscription)
         self._send_subscribe(fresh)
         try:
             async with asyncio.timeout(self._settings.subscribe_timeout):
@@ -390,10 +408,27 @@ class SubscriptionHub(Service):
             if state is None:
                 continue
             state.members.discard(subscription)
+            state.listening.discard(subscription)
+            state.parked.pop(subscription, None)
             if not state.members:
                 del self._routes[route]
                 emptied.append(route)
         self._send(emptied, subscribe=False)
+
+    def park(self, subscription: Subscription) -> None:
+        """Stop offering notifications to a one-route stream past its bound (see _RouteState)."""
+        state = self._routes.get(subscription.routes[0])
+        if state is not None and subscription in state.listening:
+            state.listening.discard(subscription)
+            state.parked[subscription] = state.notifications
+
+    def unpark(self, subscription: Subscription) -> int:
+        """Offer to a parked stream again; how many notifications it missed meanwhile."""
+        state = self._routes.get(subscription.routes[0])
+        if state is None or subscription not in state.parked:
+            return 0
+        state.listening.add(subscription)
+        return state.notifications - state.parked.pop(subscription)
 
     def _send_subscribe(self, routes: list[Route]) -> None:
         self._send(routes, subscribe=True)
@@ -546,7 +581,8 @@ class SubscriptionHub(Service):
         except ValueError as exc:
             logger.warning("ignoring a malformed notification on %s: %s", route.name, exc)
             return
-        for subscription in tuple(state.members):
+        state.notifications += 1
+        for subscription in tuple(state.listening):
             subscription.offer(notification)
 
 

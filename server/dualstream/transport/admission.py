@@ -10,7 +10,7 @@ the sidecar measures that queue and refuses publishes while it is too long:
   every other call (first in, first out), so its round trip is how long a call arriving now
   waits before the sidecar takes it, and the calls the sidecar took meanwhile are the backlog
   that was ahead of it. A probe still waiting counts with its age and the calls taken so far.
-  Probes go every ``PROBE_INTERVAL`` while publishes arrive, not when none do.
+  Probes go every ``PROBE_INTERVAL`` while publishes arrive or the fan-out is held back.
 - While the wait is over ``max_queue_delay`` with at least ``MIN_BACKLOG`` calls ahead, the
   share of arriving Publish and PublishBatch calls the sidecar takes on falls by a quarter per
   probe; the others are refused on arrival: RESOURCE_EXHAUSTED with a retry hint, no span, no
@@ -20,12 +20,20 @@ the sidecar measures that queue and refuses publishes while it is too long:
   stays short and the calls taken on keep their latency. A long wait with few calls ahead is
   the machine being slow, not a backlog, and refusing calls would not shorten it.
 - Apart from that, at most ``max_calls`` publish calls are in progress at once.
+
+Publishes come first: the messages to Subscribe streams go through a ``DeliveryGate``, a rate
+limit that the same probe tightens as soon as calls wait more than ``FANOUT_DELAY`` (a few
+milliseconds, well before publishes would be refused) and loosens again when they do not.
+Streams held back fall behind and end in a gap, a replay or a close, as their slow-consumer
+policy says; publishes are refused only once the fan-out is down to ``MIN_DELIVERY_RATE``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import math
 import time
 
 import grpc
@@ -37,6 +45,11 @@ from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 0.02
+# A wait for the loop longer than this, while streams are being written to, slows the fan-out.
+FANOUT_DELAY = 0.003
+# The fan-out is never held below this many messages a second (a sixth of a core or so): a
+# fan-out that small costs publishes little, and streams that keep up with it stay whole.
+MIN_DELIVERY_RATE = 4000.0
 # Fewer calls than this ahead of a probe are not a backlog worth refusing calls over.
 MIN_BACKLOG = 32
 # Retry hints are within these bounds: soon enough to use the capacity as it frees up, late
@@ -45,10 +58,122 @@ MIN_RETRY_AFTER = 0.05
 MAX_RETRY_AFTER = 5.0
 
 
+class DeliveryGate:
+    """A rate limit on messages to Subscribe streams, off (``rate`` infinite) until the
+    admission probe says the fan-out is holding up calls."""
+
+    def __init__(self) -> None:
+        self.rate = math.inf
+        self.passed = 0  # Messages let through, ever.
+        self.held = 0  # Times a stream had to wait.
+        self._tokens = 0.0
+        self._stamp = 0.0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._release: asyncio.TimerHandle | None = None
+        self._last_passed = 0
+        self._last_stamp: float | None = None
+        self.achieved = math.inf  # Messages a second, as last measured (unknown: any).
+
+    @property
+    def limited(self) -> bool:
+        return self.rate != math.inf
+
+    def try_pass(self) -> bool:
+        """Whether a message may go now (a stream that gets False calls ``wait``)."""
+        if self.rate == math.inf:
+            self.passed += 1
+            return True
+        if self._waiters:
+            return False  # First come, first served.
+        self._refill()
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self.passed += 1
+            return True
+        return False
+
+    async def wait(self) -> None:
+        """Until the stream's turn comes; its message then counts as passed."""
+        self.held += 1
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._schedule_release()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._tokens += 1.0  # Its turn came as it left: give the turn back.
+            raise
+
+    def _refill(self) -> None:
+        now = asyncio.get_running_loop().time()
+        # At most a tenth of a second's worth saved up, so a pause is no burst afterwards.
+        self._tokens = min(self.rate / 10, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def _schedule_release(self) -> None:
+        if self._release is None and self._waiters:
+            # Release in steps of at least 2 ms: a timer per message would cost more than it.
+            delay = max(0.002, (1.0 - self._tokens) / self.rate)
+            self._release = asyncio.get_running_loop().call_later(delay, self._release_waiters)
+
+    def _release_waiters(self) -> None:
+        self._release = None
+        self._refill()
+        while self._waiters and (self._tokens >= 1.0 or self.rate == math.inf):
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            self._tokens -= 1.0
+            self.passed += 1
+            waiter.set_result(None)
+        self._schedule_release()
+
+    def measure(self, now: float) -> None:
+        """Take the rate messages went at since the last measure. After a pause in measuring
+        the time is unknown: a fan-out that ran meanwhile counts as busy, until measured."""
+        if self._last_stamp is not None:
+            elapsed = max(1e-3, now - self._last_stamp)
+            self.achieved = (self.passed - self._last_passed) / elapsed
+        else:
+            self.achieved = math.inf if self.passed != self._last_passed else 0.0
+        self._last_passed, self._last_stamp = self.passed, now
+
+    def forget_rate(self) -> None:
+        """Measuring pauses: the next measure starts afresh."""
+        self._last_stamp, self.achieved = None, math.inf
+
+    @property
+    def yielded(self) -> bool:
+        """Whether the fan-out gave way as far as it does: held to its floor, or below it."""
+        return min(self.rate, self.achieved) <= MIN_DELIVERY_RATE
+
+    def slow_down(self) -> None:
+        """The fan-out holds up calls: a lower rate, from what it achieved lately (none below
+        ``MIN_DELIVERY_RATE``, and no limit at all on a fan-out that does not reach it)."""
+        start = min(self.rate, max(self.achieved, 1.0))
+        if start <= MIN_DELIVERY_RATE and self.rate == math.inf:
+            return
+        self.rate = max(MIN_DELIVERY_RATE, start * 0.7)
+        if not self._waiters:
+            self._tokens = 0.0
+            self._stamp = asyncio.get_running_loop().time()
+
+    def speed_up(self) -> None:
+        """Calls are not held up: a higher rate, and none at all once well past the need."""
+        if self.rate == math.inf:
+            return
+        self.rate += max(self.rate / 16, MIN_DELIVERY_RATE / 10)
+        if self.rate > 4 * max(self.achieved, MIN_DELIVERY_RATE):
+            self.rate = math.inf  # The limit no longer limits anything.
+            self._release_waiters()
+
+
 class Admission:
-    """Whether the next publish call may start."""
+    """Whether the next publish call may start, and how fast streams may be written to."""
 
     def __init__(self, max_calls: int, max_queue_delay: float) -> None:
+        self.gate = DeliveryGate()
         self.max_calls = max_calls
         self.max_queue_delay = max_queue_delay
         self.in_progress = 0
@@ -57,6 +182,7 @@ class Admission:
         # The share of arriving calls taken on (1: all); the credit spreads refusals evenly.
         self.share = 1.0
         self._credit = 0.0
+        self._share_changed = 0.0
         # The latest estimates of how long a call waits before the sidecar takes it, and of how
         # many calls wait with it (those ahead of the last probe).
         self.queue_delay = 0.0
@@ -99,7 +225,21 @@ class Admission:
         self.queue_delay = queue_delay
         if finished:
             self.backlog = calls_ahead
-        if queue_delay > self.max_queue_delay and calls_ahead >= MIN_BACKLOG:
+        gate = self.gate
+        now = time.monotonic()
+        gate.measure(now)
+        if queue_delay > FANOUT_DELAY:
+            gate.slow_down()
+        elif finished and queue_delay < FANOUT_DELAY / 2:
+            gate.speed_up()
+        # Publishes are refused only when holding the fan-out back is not enough.
+        overloaded = queue_delay > self.max_queue_delay and calls_ahead >= MIN_BACKLOG
+        if overloaded and gate.yielded:
+            # A probe still waiting is looked at every PROBE_INTERVAL (for the fan-out's sake);
+            # the share falls at most once per bound's worth of waiting all the same.
+            if not finished and now - self._share_changed < self.max_queue_delay:
+                return
+            self._share_changed = now
             if not self.shedding:
                 logger.warning(
                     "calls wait %.0f ms for the sidecar to take them (%d queued ahead): "
@@ -140,8 +280,14 @@ class QueueProbe:
             stub = pb_grpc.EventServiceStub(channel)
             arrivals = admission.arrivals
             while True:
-                if admission.arrivals == arrivals and not admission.shedding:
-                    # No publish since the last probe: nothing to refuse, nothing to measure.
+                if (
+                    admission.arrivals == arrivals
+                    and not admission.shedding
+                    and not admission.gate.limited
+                ):
+                    # No publish since the last probe and nothing held back: nothing to
+                    # measure for.
+                    admission.gate.forget_rate()
                     await asyncio.sleep(PROBE_INTERVAL)
                     continue
                 started, arrivals = time.monotonic(), admission.arrivals
@@ -150,7 +296,7 @@ class QueueProbe:
                 )
                 try:
                     while not call.done():
-                        await asyncio.wait({call}, timeout=admission.max_queue_delay)
+                        await asyncio.wait({call}, timeout=PROBE_INTERVAL)
                         if not call.done():
                             waited = time.monotonic() - started
                             admission.observe(waited, admission.arrivals - arrivals, finished=False)

@@ -288,7 +288,21 @@ class EventServicer(pb_grpc.EventServiceServicer):
                 try:
                     async with aclosing(self._streams.open(stream_request)) as items:
                         stream = span.get_span_context()
-                        async for item in items:
+                        gate = self._admission.gate
+                        first = True
+                        while True:
+                            # Publishes first (transport/admission.py): every message but the
+                            # first, `subscribed`, waits for the fan-out's rate limit, and
+                            # before the stream takes its next item: while it waits, its
+                            # notifications only queue (and overflow into a gap, as its policy
+                            # says), so a held stream costs nothing.
+                            if not first and not gate.try_pass():
+                                await gate.wait()
+                            first = False
+                            try:
+                                item = await anext(items)
+                            except StopAsyncIteration:
+                                break
                             if isinstance(item, Delivery):
                                 self._count_delivery(item)
                                 if self._deliveries is None:

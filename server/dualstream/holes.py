@@ -8,11 +8,12 @@ publishing sidecar records what it could not notify (``HoleRecord``: the notific
 themselves, or per-partition offset ranges once there are too many) and, as soon as Redis takes
 commands again, announces all of it in one notice on one channel, ``{channel_prefix}-holes``
 (source channels are ``{prefix}:{type}:{id}`` and a prefix has no ``:``, so it is none of
-them), which every hub subscribes to beside its streams' routes (``HoleReporter``). A notice
-that gets through also closes the notifier's breaker, so what the breaker would skip meanwhile
-does not become a second notice. Each notice is sent again ``REPEAT_AFTER`` seconds later, so
-a hub that was reconnecting to Redis when it first went out still hears it; a hub passes each
-notice on once (``NoticeFilter``). A stream that had not covered the announced positions by a
+them), which every hub subscribes to beside its streams' routes (``HoleReporter``). An empty
+PUBLISH probes first; once Redis takes it, the notifier's breaker closes and the record is taken
+in the same step, so what the breaker would skip meanwhile does not become a second notice.
+Each notice is sent again ``REPEAT_AFTER`` seconds later, so a hub that was reconnecting to
+Redis when it first went out still hears it; a hub passes each notice on once
+(``NoticeFilter``). A stream that had not covered the announced positions by a
 replay from Kafka delivers them from Kafka, or sends a gap whose cursor replays exactly them,
 or ends (``dualstream.streams``).
 
@@ -240,8 +241,8 @@ class ReporterStats:
 class HoleReporter(Service):
     """Announces the record on the holes channel as soon as Redis takes commands: at once
     when something is first recorded, then every ``retry_interval`` until it gets through,
-    over a connection of its own, so that a publish never waits for it. ``on_announced`` is
-    called when a notice got through (Redis works)."""
+    over a connection of its own, so that a publish never waits for it. ``on_redis_works``
+    is called when Redis took its probe, before it takes the record."""
 
     def __init__(
         self,
@@ -249,14 +250,14 @@ class HoleReporter(Service):
         channel_prefix: str,
         retry_interval: float,
         *,
-        on_announced: Callable[[], None] | None = None,
+        on_redis_works: Callable[[], None] | None = None,
         record: HoleRecord | None = None,
         repeat_after: Sequence[float] = REPEAT_AFTER,
     ) -> None:
         self._address = address
         self._channel = holes_channel(channel_prefix).encode()
         self._retry_interval = retry_interval
-        self._on_announced = on_announced
+        self._on_redis_works = on_redis_works
         self._repeat_after = tuple(repeat_after)
         self.record = record or HoleRecord()
         self.stats = ReporterStats()
@@ -316,10 +317,9 @@ class HoleReporter(Service):
                     await self._wake.wait()
 
     async def _announce(self, now: float) -> None:
-        notices = self.record.take()
-        error = await self._send([n.to_json() for n in notices])
-        if error is not None:
-            self.record.restore(notices)
+        try:
+            notices = await self._probe_then_publish()
+        except Exception as exc:  # Refused, reset, an error reply, too slow: all "not yet".
             self._next_attempt = now + self._retry_interval
             if not self._failing:
                 self._failing = True
@@ -327,7 +327,7 @@ class HoleReporter(Service):
                     "cannot announce %d events whose notifications failed yet (%s); "
                     "retrying every %gs",
                     len(self.record),
-                    error,
+                    _reason(exc),
                     self._retry_interval,
                 )
             return
@@ -346,14 +346,44 @@ class HoleReporter(Service):
             while sum(len(r.payload) for r in self._repeats) > MAX_REPEAT_BYTES:
                 del self._repeats[0]
                 self.stats.repeats_dropped += 1
-        if self._on_announced is not None:
-            self._on_announced()
+
+    async def _probe_then_publish(self) -> list[HoleNotice]:
+        """An empty PUBLISH first (hubs ignore it): once Redis takes one, the notifier's
+        breaker closes and the record is taken in the same step, so nothing the breaker would
+        skip meanwhile is left for another notice. Then the notices; if they do not get
+        through, the caller puts them back (``restore``)."""
+        writer: asyncio.StreamWriter | None = None
+        notices: list[HoleNotice] = []
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                reader, writer = await self._address.open()
+                writer.write(encode_command(b"PUBLISH", self._channel, b""))
+                await read_reply(reader)
+                if self._on_redis_works is not None:
+                    self._on_redis_works()
+                notices = self.record.take()
+                writer.write(
+                    b"".join(
+                        encode_command(b"PUBLISH", self._channel, n.to_json()) for n in notices
+                    )
+                )
+                for _ in notices:
+                    await read_reply(reader)
+        except BaseException:
+            self.record.restore(notices)
+            raise
+        finally:
+            if writer is not None:
+                writer.close()
+        return notices
 
     async def _repeat_due(self, now: float) -> None:
         due = [r for r in self._repeats if r.due <= now]
         if not due:
             return
-        if await self._send([r.payload for r in due]) is not None:
+        try:
+            await self._send([r.payload for r in due])
+        except Exception:  # Sent once already; the next try is soon.
             for r in due:
                 r.due = now + self._retry_interval
             return
@@ -365,8 +395,8 @@ class HoleReporter(Service):
             else:
                 r.due = r.first_sent + self._repeat_after[r.sends - 1]
 
-    async def _send(self, payloads: list[bytes]) -> str | None:
-        """PUBLISH each payload over a new connection; None, or why it failed."""
+    async def _send(self, payloads: list[bytes]) -> None:
+        """PUBLISH each payload over a new connection; raises if that fails."""
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(SEND_TIMEOUT):
@@ -376,14 +406,15 @@ class HoleReporter(Service):
                 )
                 for _ in payloads:
                     await read_reply(reader)
-        except TimeoutError:
-            return f"no answer within {SEND_TIMEOUT:g}s"
-        except Exception as exc:  # Refused, reset, an error reply: all mean "not yet".
-            return f"{type(exc).__name__}: {exc}"
         finally:
             if writer is not None:
                 writer.close()
-        return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {SEND_TIMEOUT:g}s"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class NoticeFilter:
@@ -395,6 +426,8 @@ class NoticeFilter:
         self._remembered = remembered
 
     def fresh(self, payload: bytes) -> HoleNotice | None:
+        if not payload:
+            return None  # A reporter's probe.
         try:
             notice = HoleNotice.from_json(payload)
         except ValueError as exc:

@@ -173,7 +173,7 @@ class RedisNotifier(Service):
             address,
             channel_prefix,
             min(probe_interval, HOLES_RETRY_INTERVAL),
-            on_announced=self._redis_answered,
+            on_redis_works=self._redis_answered,
         )
 
     @property
@@ -278,10 +278,10 @@ class RedisNotifier(Service):
         return [False] * count
 
     def _redis_answered(self) -> None:
-        """Redis took the hole reporter's notice: the breaker closes now rather than at its
+        """Redis took the hole reporter's probe: the breaker closes now rather than at its
         next probe, so that what it would skip meanwhile is not one more notice."""
         if self.stats.consecutive_failures:
-            logger.info("Redis answers again (a hole notice got through)")
+            logger.info("Redis answers again (the hole reporter's PUBLISH got through)")
             self.stats.consecutive_failures = 0
 
     def _succeeded(self, count: int) -> None:

@@ -371,11 +371,10 @@ class SubscriptionHub(Service):
             raise ResourceExhaustedError(
                 f"the sidecar already serves {len(self._streams)} streams, its limit"
             )
-        routes = (*routes, self._holes_route)
         subscription = Subscription(self, routes, self._settings.stream_queue_size)
         self._streams.add(subscription)
         fresh: list[Route] = []
-        for route in routes:
+        for route in self._followed(subscription):
             state = self._routes.get(route)
             if state is None:
                 state = self._routes[route] = _RouteState()
@@ -385,7 +384,7 @@ class SubscriptionHub(Service):
         self._send_subscribe(fresh)
         try:
             async with asyncio.timeout(self._settings.subscribe_timeout):
-                for route in routes:
+                for route in self._followed(subscription):
                     await self._routes[route].live.wait()
         except TimeoutError as exc:
             subscription.close()
@@ -403,7 +402,7 @@ class SubscriptionHub(Service):
             return
         self._streams.discard(subscription)
         emptied: list[Route] = []
-        for route in subscription.routes:
+        for route in self._followed(subscription):
             state = self._routes.get(route)
             if state is None:
                 continue
@@ -414,6 +413,11 @@ class SubscriptionHub(Service):
                 del self._routes[route]
                 emptied.append(route)
         self._send(emptied, subscribe=False)
+
+    def _followed(self, subscription: Subscription) -> tuple[Route, ...]:
+        """The stream's routes and the holes channel, which every stream follows (its notices
+        go to every stream; see dualstream.holes)."""
+        return (*subscription.routes, self._holes_route)
 
     def park(self, subscription: Subscription) -> None:
         """Stop offering notifications to a one-route stream past its bound (see _RouteState)."""
@@ -562,7 +566,7 @@ class SubscriptionHub(Service):
         restored = Restored(_now())
         for subscription in state.members:
             if subscription.in_outage and all(
-                self._routes[r].live.is_set() for r in subscription.routes
+                self._routes[r].live.is_set() for r in self._followed(subscription)
             ):
                 subscription.signal(restored)
 

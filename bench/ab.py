@@ -226,7 +226,7 @@ def main() -> None:
     ):
         create_topic(kafka.bootstrap, "events", 6)
         assert kafka.pid is not None
-        broker = Broker.measure_idle(kafka.pid, 3)
+        broker = Broker(kafka.pid, 2)
         trees = {name: source_tree(rev, workdir) for name, rev in versions.items()}
         rounds = [*range(args.rounds)] + (["profile"] if args.profile else [])
         for number in rounds:

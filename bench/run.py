@@ -73,19 +73,22 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
-@dataclass(frozen=True)
+@dataclass
 class Broker:
     """The benchmark's Kafka broker: its pid, and the CPU it burns per second when idle (its
-    controller's heartbeats and housekeeping), which CPU-per-event figures leave out."""
+    controller's heartbeats, housekeeping, its JIT and GC catching up after the run before),
+    which CPU-per-event figures leave out. Measured again right before each run, because it
+    changes as the broker warms up."""
 
     pid: int
-    idle_cpu_per_s: float
+    idle_seconds: float
+    idle_cpu_per_s: float = 0.0
 
-    @classmethod
-    def measure_idle(cls, pid: int, seconds: float) -> Broker:
-        before, started = cpu_seconds([pid]), time.monotonic()
-        time.sleep(seconds)
-        return cls(pid, (cpu_seconds([pid]) - before) / (time.monotonic() - started))
+    def measure_idle(self) -> Broker:
+        before, started = cpu_seconds([self.pid]), time.monotonic()
+        time.sleep(self.idle_seconds)
+        self.idle_cpu_per_s = (cpu_seconds([self.pid]) - before) / (time.monotonic() - started)
+        return self
 
 
 class Sampler:
@@ -111,6 +114,8 @@ class Sampler:
         return cpu_seconds([self.broker.pid]) if self.broker else 0.0
 
     def __enter__(self) -> Sampler:
+        if self.broker is not None:
+            self.broker.measure_idle()
         self._cpu_start, self._wall_start = cpu_seconds(self.pids), time.monotonic()
         self._broker_start = self._broker_cpu()
         self._thread.start()
@@ -709,7 +714,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for topic in ("perf", "raw", "confluent", "gopeer", "events"):
             create_topic(kafka.bootstrap, topic, 6)
         assert kafka.pid is not None
-        broker = Broker.measure_idle(kafka.pid, 2 if smoke else 5)
+        broker = Broker(kafka.pid, 0.5 if smoke else 2).measure_idle()
         base: dict[str, Any] = {"broker_idle_cpu_percent": round(100 * broker.idle_cpu_per_s, 2)}
         base["kafka_producer_performance"] = kafka_producer_performance(
             kafka.bootstrap, "perf", records

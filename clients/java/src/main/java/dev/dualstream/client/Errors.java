@@ -1,6 +1,7 @@
 package dev.dualstream.client;
 
 import io.grpc.Status;
+import java.nio.channels.ClosedChannelException;
 import java.util.concurrent.CancellationException;
 import java.util.concurrent.CompletionException;
 import java.util.concurrent.ExecutionException;
@@ -23,7 +24,25 @@ final class Errors {
 
   static DualstreamException forStatus(Status status, Throwable cause) {
     String details = status.getDescription() == null ? "" : status.getDescription();
-    return forCode(status.getCode(), details, cause);
+    return forCode(transportCode(status), details, cause);
+  }
+
+  /**
+   * The status's code, except that a connection lost under a call counts as UNAVAILABLE.
+   * grpc-java's Netty transport reports a write to a connection that has just closed (a sidecar
+   * killed while calls are in flight) as UNKNOWN "channel closed" caused by a {@link
+   * ClosedChannelException}; it is the same break as UNAVAILABLE, and retrying or resuming it is as
+   * safe.
+   */
+  private static Status.Code transportCode(Status status) {
+    if (status.getCode() == Status.Code.UNKNOWN) {
+      for (Throwable t = status.getCause(); t != null; t = t.getCause()) {
+        if (t instanceof ClosedChannelException) {
+          return Status.Code.UNAVAILABLE;
+        }
+      }
+    }
+    return status.getCode();
   }
 
   static DualstreamException forCode(Status.Code code, String details, Throwable cause) {

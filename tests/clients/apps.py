@@ -4,6 +4,7 @@ clients/README.md). The parametrized tests of ``tests/clients/`` run every app l
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ class ConformanceApp:
     # The command that builds it, run in ``cwd`` before the first use; empty: nothing to build.
     build: tuple[str, ...] = ()
     cwd: Path = REPO
+    # A signal that makes a running app write where every thread is to stderr without touching
+    # stdout (its JSON lines): sent before a test reports an app that stopped making progress.
+    dump_signal: signal.Signals | None = None
 
     def expand(self, command: tuple[str, ...]) -> list[str]:
         return [part.replace("{build}", str(BUILD)) for part in command]
@@ -42,6 +46,7 @@ APPS["go"] = ConformanceApp(
         "./cmd/dualstream-conformance",
     ),
     cwd=REPO / "clients" / "go",
+    dump_signal=signal.SIGQUIT,  # The Go runtime prints every goroutine's stack, then exits.
 )
 
 # Python: a module of the tests, run with the interpreter running pytest (the repo's .venv).

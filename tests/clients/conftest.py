@@ -4,8 +4,10 @@ own that the test may SIGKILL and restart."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -29,10 +31,17 @@ class AppProcess:
     """One run of a conformance app. A thread reads its stdout, one JSON object per line, into
     ``lines`` as they come; stderr goes to a file shown when something fails."""
 
-    def __init__(self, name: str, command: list[str], stderr_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        stderr_path: Path,
+        dump_signal: signal.Signals | None = None,
+    ) -> None:
         self.name = name
         self.command = command
         self.stderr_path = stderr_path
+        self.dump_signal = dump_signal
         self.lines: list[Line] = []
         self._arrivals: queue.Queue[Line | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -57,7 +66,11 @@ class AppProcess:
             return list(self.lines)
 
     def describe(self) -> str:
-        stderr = self.stderr_path.read_text(errors="replace")[-4000:]
+        if self.dump_signal is not None and self._process.poll() is None:
+            self._process.send_signal(self.dump_signal)  # Where it is stuck, into stderr.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(5)
+        stderr = self.stderr_path.read_text(errors="replace")[-12000:]
         return (
             f"{self.name} ({' '.join(self.command)}): exit {self._process.poll()}, "
             f"{len(self.lines)} lines, last {self.snapshot()[-3:]}\nstderr: {stderr}"
@@ -129,7 +142,10 @@ class ConformanceApps:
         app = APPS[language]
         name = f"{language}-{arguments[0]}-{len(self._running)}"
         process = AppProcess(
-            name, app.expand(app.run) + list(arguments), self.workdir / f"{name}.stderr"
+            name,
+            app.expand(app.run) + list(arguments),
+            self.workdir / f"{name}.stderr",
+            app.dump_signal,
         )
         self._running.append(process)
         return process
@@ -162,3 +178,5 @@ def sidecar_process(
         yield sidecar
     finally:
         sidecar.stop()
+        # Shown with a failing test's captured output: what the sidecar saw, across restarts.
+        print(sidecar.describe_logs())

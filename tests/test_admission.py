@@ -22,6 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 from dualstream.transport.admission import (
     MAX_RETRY_AFTER,
     MIN_BACKLOG,
+    MIN_CALLS_HELD,
     MIN_DELIVERY_RATE,
     MIN_RETRY_AFTER,
     Admission,
@@ -204,11 +205,18 @@ async def test_the_gate_lets_everything_through_until_the_fan_out_holds_calls_up
     assert all(gate.try_pass() for _ in range(100_000))
     admission.observe(0.001, 0, finished=True)
     assert not gate.limited
-    # Calls wait 10 ms while the fan-out runs at over 4,000 messages a second: it is held.
+    # A call or two wait 10 ms while the fan-out runs at over 4,000 messages a second: too few
+    # to hold thousands of deliveries back for.
     await asyncio.sleep(0.05)
     for _ in range(10_000):
         gate.try_pass()
-    admission.observe(0.01, 0, finished=True)
+    admission.observe(0.01, MIN_CALLS_HELD - 1, finished=True)
+    assert not gate.limited
+    # Calls keep coming and wait 10 ms: the fan-out is held.
+    await asyncio.sleep(0.05)
+    for _ in range(10_000):
+        gate.try_pass()
+    admission.observe(0.01, MIN_CALLS_HELD, finished=True)
     assert gate.limited
     assert MIN_DELIVERY_RATE <= gate.rate < 10_000 / 0.05
     assert not admission.shedding, "the fan-out gives way before any publish is refused"

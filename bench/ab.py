@@ -85,7 +85,7 @@ def _isolation(run: Run) -> dict[str, Any]:
         f"subscribers_{n}": with_subscribers(
             run.workdir, run.target, run.redis_url, run.pids, n, 1000, 5
         )
-        for n in (0, 100, 1000)
+        for n in (0, 10, 100, 1000)
     }
 
 
@@ -121,7 +121,9 @@ SUMMARY: dict[str, list[str]] = {
         "fan_out_batched.burst_cpu_s_per_10k_deliveries", "fan_out_batched.messages",
     ],
     "isolation": [
-        "subscribers_0.publish.p99_ms", "subscribers_100.publish.p99_ms",
+        "subscribers_0.publish.p99_ms", "subscribers_10.publish.p99_ms",
+        "subscribers_10.failed_publishes", "subscribers_10.p99_ms", "subscribers_10.gaps",
+        "subscribers_100.publish.p99_ms",
         "subscribers_100.failed_publishes", "subscribers_1000.publish.p99_ms",
         "subscribers_1000.failed_publishes", "subscribers_1000.received",
     ],

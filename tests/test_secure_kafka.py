@@ -9,6 +9,7 @@ listener: the producer, the admin client and the consumers that replay and hydra
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -179,9 +180,16 @@ async def test_wrong_password_is_unavailable_with_the_reason(
     ), caplog.text
 
 
+# The socket of a TLS handshake that failed is left unclosed beneath the connect that raised
+# (aiokafka over asyncio's SSL transport, CPython 3.11: a cold CI run reported the socket
+# transport to the broker's TLS port). The sidecar never holds it, so it is freed whenever the
+# collector runs, inside this test or a later one. Not a leak of ours: its warning is ignored
+# for this test, and the collector run before the test ends.
+@pytest.mark.filterwarnings("ignore:unclosed:ResourceWarning")
 async def test_a_broker_certificate_from_another_ca_is_refused(
     settings_for: SettingsFor, source_type: str, tracer: Tracer, tmp_path: Path
 ) -> None:
     other = make_pki(tmp_path / "other-pki")
     settings = settings_for("SECURE", **sasl_ssl("PLAIN", other.ca))
     assert "certificate verify failed" in await publish_refused(settings, tracer, source_type)
+    gc.collect()  # The failed handshakes' sockets, while their warnings are ignored.

@@ -128,7 +128,8 @@ SUMMARY: dict[str, list[str]] = {
         "subscribers_1000.failed_publishes", "subscribers_1000.received",
     ],
     "overload": [
-        "capacity_calls_per_s", "overload_open_loop_2x.errors", "overload_open_loop_2x.p99_ms",
+        "capacity_calls_per_s", "overload_open_loop_2x.errors",
+        "overload_open_loop_2x.error_messages", "overload_open_loop_2x.p99_ms",
         "overload_open_loop_2x.calls_per_s", "overload_burst_3000.errors",
         "overload_burst_3000.p99_ms", "overload_burst_3000.refusal.p99_ms",
     ],

@@ -27,7 +27,7 @@ from dualstream.transport.admission import (
     MIN_RETRY_AFTER,
     Admission,
 )
-from dualstream.transport.server import Sidecar
+from dualstream.transport.server import CALLS_PER_CONNECTION_HEADROOM, Sidecar
 from dualstream.transport.status import retry_trailers
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
@@ -188,6 +188,41 @@ async def test_a_burst_that_queues_too_long_is_partly_refused_with_retry_hints_n
     assert refused, "2,000 calls queued behind a held-up loop were all served"
     for code, trailers in refused:
         _assert_refused_with_retry_hint(code, trailers)
+
+
+async def test_each_connection_is_told_how_many_calls_it_may_have_open(
+    settings: Any, tracer: Any
+) -> None:
+    """HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS: a client holds calls beyond it under its own
+    deadline, so one connection cannot fill gRPC's queue to where the core cancels calls."""
+    settings = replace(settings, max_streams_per_client=7, max_concurrent_rpcs=40)
+    async with Sidecar(settings, tracer) as sidecar:
+        host, port = target_of(sidecar).rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(HTTP2_PREFACE + _frame(HTTP2_SETTINGS, b""))
+            length, kind = 0, -1
+            while kind != HTTP2_SETTINGS:
+                header = await asyncio.wait_for(reader.readexactly(9), 30)
+                length, kind = int.from_bytes(header[:3], "big"), header[3]
+                payload = await reader.readexactly(length)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    values = {
+        int.from_bytes(payload[i : i + 2], "big"): int.from_bytes(payload[i + 2 : i + 6], "big")
+        for i in range(0, length, 6)
+    }
+    assert values[HTTP2_MAX_CONCURRENT_STREAMS] == 7 + 40 + CALLS_PER_CONNECTION_HEADROOM
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HTTP2_SETTINGS = 0x4
+HTTP2_MAX_CONCURRENT_STREAMS = 0x3
+
+
+def _frame(kind: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, 0]) + (0).to_bytes(4, "big") + payload
 
 
 def _outcome(future: Any) -> tuple[grpc.StatusCode, Any]:

@@ -20,6 +20,10 @@ the sidecar measures that queue and refuses publishes while it is too long:
   stays short and the calls taken on keep their latency. A long wait with few calls ahead is
   the machine being slow, not a backlog, and refusing calls would not shorten it.
 - Apart from that, at most ``max_calls`` publish calls are in progress at once.
+- And a client may have only so many calls open on one connection (HTTP/2's
+  SETTINGS_MAX_CONCURRENT_STREAMS: the streams it may keep, plus ``max_calls``, plus a little):
+  gRPC clients hold further calls themselves, under their own deadlines, so a burst from one
+  connection cannot fill the core's queue to where it cancels calls.
 
 Publishes come first: the messages to Subscribe streams go through a ``DeliveryGate``, a rate
 limit that the same probe tightens as soon as calls wait more than ``FANOUT_DELAY`` (a few

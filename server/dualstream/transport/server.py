@@ -41,6 +41,8 @@ MESSAGE_SIZE_HEADROOM = 1024 * 1024
 # Calls gRPC holds for the sidecar to take before it cancels them: room for bursts of
 # thousands, bounded all the same.
 MAX_PENDING_CALLS = 10_000
+# Room on a connection beyond its streams and publishes, for health checks, status and the like.
+CALLS_PER_CONNECTION_HEADROOM = 64
 UNIX_SOCKET_MODE = 0o660
 
 
@@ -155,6 +157,12 @@ class Sidecar(Service):
                 # sidecar refuses publishes itself long before (see transport/admission.py).
                 ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
                 ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+                ("grpc.max_concurrent_streams", self._calls_per_connection()),
+                # Else, while the loop lags, gRPC counts calls that have ended but that the
+                # loop has not yet let go of against that bound and resets new ones
+                # (REFUSED_STREAM: UNAVAILABLE, no retry hint), though the client kept to it.
+                # Overload is the sidecar's own to answer (transport/admission.py).
+                ("grpc.http.overload_protection", 0),
             ],
         )
         server.add_generic_rpc_handlers((self._event_service_handler(),))
@@ -187,6 +195,19 @@ class Sidecar(Service):
             os.chmod(self.settings.listen.removeprefix("unix:"), UNIX_SOCKET_MODE)
         await self._report_health()
         self._health_watch = asyncio.create_task(self._watch_health(), name="health-watch")
+
+    def _calls_per_connection(self) -> int:
+        """HTTP/2's bound on the calls one connection has open at once, told to the client,
+        which holds further calls until one ends: past it, a client's surplus waits under its
+        own deadline instead of in gRPC's queue here. It admits as many streams as a client may
+        keep and publishes as the sidecar may serve, so nothing the limits allow waits."""
+        settings = self.settings
+        streams = (
+            settings.max_streams
+            if settings.listen.startswith("unix:")
+            else settings.max_streams_per_client
+        )
+        return streams + settings.max_concurrent_rpcs + CALLS_PER_CONNECTION_HEADROOM
 
     def _auth_token(self) -> str:
         if self.settings.auth_token_file:

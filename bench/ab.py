@@ -89,6 +89,16 @@ def _isolation(run: Run) -> dict[str, Any]:
     }
 
 
+def _isolation_batched(run: Run) -> dict[str, Any]:
+    """As ``isolation``, with streams that take up to 64 notifications per message."""
+    return {
+        f"subscribers_{n}": with_subscribers(
+            run.workdir, run.target, run.redis_url, run.pids, n, 1000, 5, max_per_message=64
+        )
+        for n in (0, 10, 100, 1000)
+    }
+
+
 def _overload(run: Run) -> dict[str, Any]:
     capacity = _unary(run)["calls_per_s"]
     return {"capacity_calls_per_s": capacity, **overload(run.target, capacity, 5, run.pids)}
@@ -100,8 +110,18 @@ SCENARIOS: dict[str, Scenario] = {
     "open1k": _open_1k,
     "fanout": _fan_out,
     "isolation": _isolation,
+    "isolation_batched": _isolation_batched,
     "overload": _overload,
 }
+ISOLATION_FIGURES = [
+    "subscribers_0.publish.p99_ms", "subscribers_10.publish.p99_ms",
+    "subscribers_10.failed_publishes", "subscribers_10.p99_ms", "subscribers_10.gaps",
+    "subscribers_100.publish.p99_ms",
+    "subscribers_100.failed_publishes", "subscribers_1000.publish.p99_ms",
+    "subscribers_1000.failed_publishes", "subscribers_1000.received",
+    "subscribers_10.p50_ms", "subscribers_10.received", "subscribers_100.p50_ms",
+    "subscribers_100.received", "subscribers_100.gaps",
+]  # fmt: skip
 # The figures each scenario's summary shows, as paths into its result.
 SUMMARY: dict[str, list[str]] = {
     "unary": [
@@ -120,13 +140,8 @@ SUMMARY: dict[str, list[str]] = {
         "fan_out_batched.last_delivery.p99_ms", "fan_out_batched.deliveries_per_s",
         "fan_out_batched.burst_cpu_s_per_10k_deliveries", "fan_out_batched.messages",
     ],
-    "isolation": [
-        "subscribers_0.publish.p99_ms", "subscribers_10.publish.p99_ms",
-        "subscribers_10.failed_publishes", "subscribers_10.p99_ms", "subscribers_10.gaps",
-        "subscribers_100.publish.p99_ms",
-        "subscribers_100.failed_publishes", "subscribers_1000.publish.p99_ms",
-        "subscribers_1000.failed_publishes", "subscribers_1000.received",
-    ],
+    "isolation": ISOLATION_FIGURES,
+    "isolation_batched": ISOLATION_FIGURES,
     "overload": [
         "capacity_calls_per_s", "overload_open_loop_2x.errors",
         "overload_open_loop_2x.error_messages", "overload_open_loop_2x.p99_ms",

@@ -20,6 +20,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from dualstream.transport.admission import (
+    BATCHED_NOTIFICATION_COST,
     MAX_RETRY_AFTER,
     MIN_BACKLOG,
     MIN_CALLS_HELD,
@@ -278,6 +279,24 @@ async def test_a_held_fan_out_goes_at_its_rate_first_come_first_served() -> None
     assert len(order) == 400
     assert elapsed >= 400 / 8000 * 0.8, "the rate held"  # A lower bound: load only adds.
     assert set(order[:20]) == set(range(20)), "every stream had its turn before any had two"
+
+
+async def test_a_batch_is_billed_for_every_notification_it_carries() -> None:
+    gate = Admission(max_calls=1000, max_queue_delay=0.25).gate
+    gate.achieved = 8000 / 0.7
+    gate.slow_down()
+    assert gate.rate == pytest.approx(8000.0)
+    per_message = 1 + 8 * BATCHED_NOTIFICATION_COST  # A message of 9 notifications.
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for _ in range(100):
+        if not gate.try_pass():
+            await gate.wait()
+        gate.charge(9)
+    elapsed = loop.time() - started
+    assert gate.passed == pytest.approx(100 * per_message)
+    # A lower bound: load only adds. Billed per message, it would take a third of that.
+    assert elapsed >= 100 * per_message / 8000 * 0.8
 
 
 async def test_publishes_are_refused_only_once_the_fan_out_is_at_its_floor() -> None:

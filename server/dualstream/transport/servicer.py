@@ -311,6 +311,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
                                 with self._delivery_span(item, stream) as trace_context:
                                     yield self._encoder.single(item, trace_context)
                             elif isinstance(item, Deliveries):
+                                gate.charge(len(item.deliveries))
                                 for delivery in item.deliveries:
                                     self._count_delivery(delivery)
                                 if self._deliveries is None:

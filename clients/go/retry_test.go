@@ -268,7 +268,8 @@ func TestSubscribeResumesFromTheLastCursorAndUnpacksBatches(t *testing.T) {
 }
 
 func TestSubscribeWithPolicyCloseSurfacesTheBreak(t *testing.T) {
-	client := fakeClient(t, &breakingStream{})
+	service := &breakingStream{}
+	client := fakeClient(t, service)
 	subscription, err := client.Subscribe(context.Background(), []dualstream.Source{{Type: "s", ID: "a"}},
 		dualstream.WithPolicy(dualstream.PolicyClose))
 	if err != nil {
@@ -285,5 +286,10 @@ func TestSubscribeWithPolicyCloseSurfacesTheBreak(t *testing.T) {
 	}
 	if count != 1 || status.Code(last) != codes.Unavailable {
 		t.Errorf("want one notification then UNAVAILABLE, got %d and %v", count, last)
+	}
+	service.mu.Lock()
+	defer service.mu.Unlock()
+	if got := service.requests[0].GetMaxNotificationsPerMessage(); got != dualstream.DefaultBatching || dualstream.DefaultBatching != 64 {
+		t.Errorf("streams take batches of up to 64 unless told otherwise, got %d", got)
 	}
 }

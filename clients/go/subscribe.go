@@ -156,9 +156,15 @@ func WithStartTime(t time.Time) SubscribeOption {
 	}
 }
 
+// DefaultBatching is how many notifications the sidecar may pack in one message unless
+// WithBatching says otherwise. A stream with a backlog then costs the sidecar a fraction per
+// notification, so it catches up instead of being held back into gaps.
+const DefaultBatching = 64
+
 // WithBatching lets the sidecar pack up to max notifications in one message when the stream
 // has a backlog (replays, bursts); the client unpacks them, so the application still gets one
-// *Notification at a time, each with its own cursor.
+// *Notification at a time, each with its own cursor. The default is DefaultBatching; 1 keeps
+// one notification per message.
 func WithBatching(max uint32) SubscribeOption {
 	return func(s *subscribeSettings) { s.request.MaxNotificationsPerMessage = max }
 }
@@ -195,7 +201,10 @@ type Subscription struct {
 // event published after that is delivered. Its errors are those of opening the stream (e.g.
 // UNAUTHENTICATED, INVALID_ARGUMENT); later breaks are resumed automatically.
 func (c *Client) Subscribe(ctx context.Context, sources []Source, options ...SubscribeOption) (*Subscription, error) {
-	config := subscribeSettings{request: &pb.SubscribeRequest{}, resumeTimeout: 5 * time.Minute}
+	config := subscribeSettings{
+		request:       &pb.SubscribeRequest{MaxNotificationsPerMessage: DefaultBatching},
+		resumeTimeout: 5 * time.Minute,
+	}
 	for _, source := range sources {
 		config.request.Sources = append(config.request.Sources, &pb.Source{SourceType: source.Type, SourceId: source.ID})
 	}

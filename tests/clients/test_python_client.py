@@ -23,6 +23,7 @@ from dualstream.settings import Settings
 from dualstream.transport.server import Sidecar
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream_client import (
+    DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE,
     DualstreamClient,
     EventInput,
     Gap,
@@ -48,12 +49,13 @@ def test_new_event_ids_are_time_ordered_uuid_v7() -> None:
 
 class FakeEventService:
     """Fails the first ``failures`` publish calls with UNAVAILABLE and records every id sent;
-    its Subscribe streams ``responses``."""
+    its Subscribe records the request and streams ``responses``."""
 
     def __init__(self, failures: int, responses: Sequence[pb.SubscribeResponse] = ()) -> None:
         self.failures = failures
         self.responses = responses
         self.seen: list[list[str]] = []
+        self.subscribe_requests: list[pb.SubscribeRequest] = []
 
     async def _fail(self, ids: list[str], context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.seen.append(ids)
@@ -87,6 +89,7 @@ class FakeEventService:
     async def subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SubscribeResponse]:
+        self.subscribe_requests.append(request)
         for response in self.responses:
             yield response
 
@@ -199,6 +202,21 @@ async def test_batched_notifications_are_unpacked_with_their_cursors(fake: Serve
     assert isinstance(seen[3], Gap)
     assert seen[3].reason == "expired"
     assert cursors == ["c-n1", "c-n2", "c-n3", "g"]
+    assert service.subscribe_requests[0].max_notifications_per_message == 8
+
+
+async def test_streams_take_batches_unless_told_otherwise(fake: Serve) -> None:
+    subscribed = pb.SubscribeResponse(subscribed=pb.Subscribed(cursor="c0"))
+    service = FakeEventService(failures=0, responses=[subscribed])
+    target = await fake(service)
+    async with DualstreamClient(target) as client:
+        async with client.subscribe([("s", "*")]):
+            pass
+        async with client.subscribe([("s", "*")], max_notifications_per_message=1):
+            pass
+    default, single = service.subscribe_requests
+    assert default.max_notifications_per_message == DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE == 64
+    assert single.max_notifications_per_message == 1
 
 
 async def test_real_sidecar_ids_field_paths_and_trace_context(

@@ -8,6 +8,7 @@ async with DualstreamClient("127.0.0.1:50051", retry=Retry()) as client:
 """
 
 from dualstream_client.client import (
+    DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE,
     BatchItemResult,
     CaughtUp,
     DualstreamClient,
@@ -30,6 +31,7 @@ from dualstream_client.errors import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE",
     "BatchItemResult",
     "CaughtUp",
     "DualstreamClient",

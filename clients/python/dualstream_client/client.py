@@ -243,6 +243,10 @@ class CaughtUp:
 
 
 StreamMessage = Notification | Gap | CaughtUp
+# How many notifications the sidecar may pack in one message unless a subscription says
+# otherwise: a stream with a backlog then costs the sidecar a fraction per notification, so it
+# catches up instead of being held back into gaps.
+DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE = 64
 POLICIES = {
     "gap": pb.SLOW_CONSUMER_POLICY_GAP,
     "close": pb.SLOW_CONSUMER_POLICY_CLOSE,
@@ -376,7 +380,7 @@ class DualstreamClient:
         start_time: datetime | None = None,
         policy: str = "gap",
         include_data: bool = False,
-        max_notifications_per_message: int = 0,
+        max_notifications_per_message: int = DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE,
         auto_resume: bool | None = None,
         resume_timeout: float = 300.0,
     ) -> Subscription:
@@ -392,8 +396,10 @@ class DualstreamClient:
         the network failed, ``UNAVAILABLE``) it reconnects with jittered backoff and resumes
         from ``stream.cursor``, so every event is yielded once, in per-source order, across
         the break; ``resume_timeout`` seconds of failed reconnects end it with the last error.
-        ``max_notifications_per_message`` above 1 lets the sidecar batch notifications of a
-        backlog; they are unpacked, one ``Notification`` at a time.
+        ``max_notifications_per_message`` above 1 (the default is 64) lets the sidecar batch
+        notifications of a backlog; they are unpacked, one ``Notification`` at a time. A
+        stream with a backlog then costs the sidecar a fraction per notification, so it
+        catches up instead of being held back into gaps; 1 keeps one per message.
         """
         request = pb.SubscribeRequest(
             sources=[pb.Source(source_type=t, source_id=i) for t, i in sources],

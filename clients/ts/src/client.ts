@@ -87,13 +87,23 @@ export interface SubscribeOptions {
   resumeCursor?: string;
   /** Start by replaying from the oldest event Kafka holds, or from a time. */
   start?: "earliest" | Date;
-  /** Let the sidecar pack up to this many notifications in one message under a backlog. */
+  /**
+   * Let the sidecar pack up to this many notifications in one message under a backlog (they
+   * are unpacked: one notification at a time still). Default 64; 1 keeps one per message.
+   */
   maxNotificationsPerMessage?: number;
   /** Stops the subscription: iteration ends quietly. */
   signal?: AbortSignal;
   /** Overrides the client's `reconnect` options for this subscription. */
   reconnect?: ReconnectOptions;
 }
+
+/**
+ * How many notifications the sidecar may pack in one message unless a subscription says
+ * otherwise. A stream with a backlog then costs the sidecar a fraction per notification, so it
+ * catches up instead of being held back into gaps.
+ */
+export const DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE = 64;
 
 const POLICIES: Record<SlowConsumerPolicyName, SlowConsumerPolicy> = {
   gap: SlowConsumerPolicy.GAP,
@@ -224,7 +234,7 @@ export class DualstreamClient {
       resumeCursor: options.resumeCursor ?? "",
       slowConsumerPolicy: POLICIES[options.policy ?? "gap"],
       includeData: options.includeData ?? false,
-      maxNotificationsPerMessage: options.maxNotificationsPerMessage ?? 0,
+      maxNotificationsPerMessage: options.maxNotificationsPerMessage ?? DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE,
     });
     if (options.start === "earliest") {
       request.start = { $typeName: "dualstream.v1.StartPosition", position: { case: "earliest", value: true } };

@@ -2,6 +2,7 @@ export {
   type BatchItemResult,
   type CallOptions,
   type ClientOptions,
+  DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE,
   DualstreamClient,
   type SlowConsumerPolicyName,
   type SubscribeOptions,

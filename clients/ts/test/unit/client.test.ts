@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
-import { DualstreamClient, DualstreamError } from "../../src/index.js";
+import { DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE, DualstreamClient, DualstreamError } from "../../src/index.js";
 import { EventService, type Event } from "../../src/gen/dualstream/v1/event_service_pb.js";
 
 // An in-memory EventService (connect's router transport) scripted per test: the client's own
@@ -193,5 +193,7 @@ describe("DualstreamClient against a scripted service", () => {
     assert.deepEqual(closed, ["subscribed", "notification"]);
     assert.equal(closing.cursor, "c31");
     assert.equal(requests.length, 3);
+    assert.equal(requests[2]?.max, DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE, "batches unless told otherwise");
+    assert.equal(DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE, 64);
   });
 });

@@ -18,6 +18,13 @@ import java.util.Optional;
  * }</pre>
  */
 public final class SubscriptionRequest {
+  /**
+   * How many notifications the sidecar may pack in one stream message unless the builder says
+   * otherwise. A stream with a backlog then costs the sidecar a fraction per notification, so it
+   * catches up instead of being held back into gaps.
+   */
+  public static final int DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE = 64;
+
   /** A followed source: an exact entity, or every entity of a type when the id is {@code *}. */
   public record Source(String sourceType, String sourceId) {
     public Source {
@@ -102,7 +109,7 @@ public final class SubscriptionRequest {
     private Instant startTime;
     private SlowConsumerPolicy policy = SlowConsumerPolicy.GAP;
     private boolean includeData;
-    private int maxNotificationsPerMessage = 1;
+    private int maxNotificationsPerMessage = DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE;
     private Boolean autoResume;
 
     private Builder() {}
@@ -166,7 +173,8 @@ public final class SubscriptionRequest {
     /**
      * Let the sidecar pack up to {@code count} notifications in one stream message when the stream
      * has a backlog (a replay, a burst). The client unpacks them: the application still sees one
-     * {@link Notification} at a time. 1 (the default) keeps one per message.
+     * {@link Notification} at a time. The default is {@link
+     * #DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE}; 1 keeps one per message.
      */
     public Builder maxNotificationsPerMessage(int count) {
       if (count < 1) {

@@ -97,6 +97,11 @@ class ResumeTest {
     }
     assertEquals(3, requests.size());
     assertEquals("", requests.get(0).getResumeCursor());
+    assertEquals(
+        SubscriptionRequest.DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE,
+        requests.get(0).getMaxNotificationsPerMessage(),
+        "batches unless told otherwise");
+    assertEquals(64, SubscriptionRequest.DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE);
     assertEquals("c2", requests.get(1).getResumeCursor());
     assertEquals("c2", requests.get(2).getResumeCursor());
     assertEquals(List.of("user"), List.of(requests.get(2).getSources(0).getSourceType()));

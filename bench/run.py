@@ -755,6 +755,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 ours[f"subscribers_{subscribers}"] = with_subscribers(
                     workdir, target, redis.url, pids, subscribers, 1000, min(seconds, 5)
                 )
+            # And with streams that take batches, as the clients in clients/ ask by default.
+            for subscribers in (10, 100, 1000):
+                ours[f"subscribers_{subscribers}_batched"] = with_subscribers(
+                    workdir, target, redis.url, pids, subscribers, 1000, min(seconds, 5),
+                    max_per_message=64,
+                )  # fmt: skip
             # grpc.aio binds to the first event loop of a process: one loop for all of these.
             ours.update(
                 asyncio.run(sampled_fan_outs(workdir, target, pids, smoke=smoke, connections=1))
@@ -1038,6 +1044,14 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         "failed_publishes_with_10_100_1000_subscribers (target 0)": [
             ours[f"subscribers_{n}"]["failed_publishes"] for n in (10, 100, 1000)
         ],
+        "failed_publishes_with_10_100_1000_batched_subscribers": [
+            ours[f"subscribers_{n}_batched"]["failed_publishes"] for n in (10, 100, 1000)
+        ],
+        "gaps_of_10_subscribers_single_and_batched": [
+            ours["subscribers_10"]["gaps"],
+            ours["subscribers_10_batched"]["gaps"],
+        ],
+        "notification_e2e_10_batched_p50_ms": ours["subscribers_10_batched"]["p50_ms"],
         "publish_p99_1000_subscribers_minus_none_ms (target <= 2)": round(
             ours["subscribers_1000"]["publish"]["p99_ms"] - quiet_p99, 3
         ),

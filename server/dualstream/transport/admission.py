@@ -98,7 +98,7 @@ class DeliveryGate:
         self._release: asyncio.TimerHandle | None = None
         self._last_passed = 0.0
         self._last_stamp: float | None = None
-        self.achieved = math.inf  # Messages a second, as last measured (unknown: any).
+        self.achieved = math.inf  # Units a second, as last measured (unknown: any).
 
     @property
     def limited(self) -> bool:

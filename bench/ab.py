@@ -80,10 +80,10 @@ def _fan_out(run: Run) -> dict[str, Any]:
     return fan_out_in_child(run.workdir / "fan", run.target, run.pids, smoke=False)
 
 
-def _isolation(run: Run) -> dict[str, Any]:
+def _isolation(run: Run, max_per_message: int = 0) -> dict[str, Any]:
     return {
         f"subscribers_{n}": with_subscribers(
-            run.workdir, run.target, run.redis_url, run.pids, n, 1000, 5
+            run.workdir, run.target, run.redis_url, run.pids, n, 1000, 5, max_per_message
         )
         for n in (0, 10, 100, 1000)
     }
@@ -91,12 +91,7 @@ def _isolation(run: Run) -> dict[str, Any]:
 
 def _isolation_batched(run: Run) -> dict[str, Any]:
     """As ``isolation``, with streams that take up to 64 notifications per message."""
-    return {
-        f"subscribers_{n}": with_subscribers(
-            run.workdir, run.target, run.redis_url, run.pids, n, 1000, 5, max_per_message=64
-        )
-        for n in (0, 10, 100, 1000)
-    }
+    return _isolation(run, max_per_message=64)
 
 
 def _overload(run: Run) -> dict[str, Any]:

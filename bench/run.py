@@ -476,11 +476,13 @@ def with_subscribers(
     rate: float,
     seconds: float,
     max_per_message: int = 0,
+    subscribe_target: str = "",
 ) -> dict[str, Any]:
     """Publish at ``rate`` (open loop, the Go load client) while ``subscribers`` streams follow
     the source: whether publishes keep their latency and all succeed whatever the subscriber
     load (isolation), and how long each notification takes to reach every subscriber.
-    ``max_per_message`` above 1 lets the streams take several notifications per message.
+    ``max_per_message`` above 1 lets the streams take several notifications per message;
+    ``subscribe_target``, if set, is where the streams go (a delivery listener).
 
     The subscribers run in a process of their own. A plain Redis subscriber on the same channel
     splits the notification's time in two: publish to Redis (which includes Kafka's
@@ -493,7 +495,11 @@ def with_subscribers(
     processes = SubscriberProcesses(workdir, source_id, expected)
     if subscribers:
         processes.subscribers(
-            target, source_id, subscribers, seconds + 60, max_per_message=max_per_message
+            subscribe_target or target,
+            source_id,
+            subscribers,
+            seconds + 60,
+            max_per_message=max_per_message,
         )
         processes.redis_watcher(redis_url, source_id, seconds + 60)
         processes.wait_ready()
@@ -797,6 +803,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ours.update(
             several_workers(workdir, kafka.bootstrap, redis.url, 2, seconds, broker, smoke=smoke)
         )
+        ours.update(delivery_process(workdir, kafka.bootstrap, redis.url, min(seconds, 5)))
         ours["idle_streams_fresh_sidecar"] = idle_streams_rss(
             workdir, kafka.bootstrap, redis.url, 100 if smoke else 1000
         )
@@ -897,19 +904,45 @@ def start_sidecar(
     redis_url: str,
     *extra_args: str,
     extra_env: dict[str, str] | None = None,
+    subscribe_port: int | None = None,
 ) -> tuple[SidecarProcess, str]:
     """A sidecar with the benchmark's settings; returns it and its address. The fan-out opens
-    1,000 streams from one client, beyond the default per-client limit."""
+    1,000 streams from one client, beyond the default per-client limit. With
+    ``subscribe_port``, streams have a process of their own there."""
     port = free_port()
     sidecar = SidecarProcess(
         workdir, port, bootstrap, redis_url, "events",
         extra_args=["--kafka-linger-ms", str(LINGER_MS), "--kafka-max-batch-bytes",
                     str(BATCH_BYTES), "--max-streams-per-client", "5000",
                     "--log-level", "WARNING", *extra_args],
-        extra_env=extra_env,
+        extra_env=extra_env, subscribe_port=subscribe_port,
     )  # fmt: skip
     sidecar.start()
     return sidecar, f"127.0.0.1:{port}"
+
+
+def delivery_process(
+    workdir: Path, bootstrap: str, redis_url: str, seconds: float
+) -> dict[str, Any]:
+    """Isolation again, against a sidecar whose streams have a process of their own
+    (``--subscribe-listen``, at the default lower CPU priority): the publishes go to the listen
+    address, the subscribers to the delivery process's."""
+    sidecar, target = start_sidecar(
+        workdir / "sidecar-delivery-process", bootstrap, redis_url, subscribe_port=free_port()
+    )
+    figures: dict[str, Any] = {}
+    try:
+        pids = sidecar.worker_pids()
+        runs = [(n, 0) for n in (0, 10, 100, 1000)] + [(n, 64) for n in (10, 100, 1000)]
+        for subscribers, batched in runs:
+            name = f"subscribers_{subscribers}_delivery_process" + ("_batched" if batched else "")
+            figures[name] = with_subscribers(
+                workdir / name, target, redis_url, pids, subscribers, 1000, seconds, batched,
+                subscribe_target=sidecar.subscribe_target,
+            )  # fmt: skip
+    finally:
+        sidecar.stop()
+    return figures
 
 
 def idle_streams_rss(workdir: Path, bootstrap: str, redis_url: str, streams: int) -> dict[str, Any]:
@@ -1055,6 +1088,19 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         "publish_p99_1000_subscribers_minus_none_ms (target <= 2)": round(
             ours["subscribers_1000"]["publish"]["p99_ms"] - quiet_p99, 3
         ),
+        "failed_publishes_delivery_process_10_100_1000_single_and_batched": [
+            ours[f"subscribers_{n}_delivery_process{kind}"]["failed_publishes"]
+            for kind in ("", "_batched")
+            for n in (10, 100, 1000)
+        ],
+        "publish_p99_1000_subscribers_minus_none_delivery_process_single_and_batched_ms": [
+            round(
+                ours[f"subscribers_1000_delivery_process{kind}"]["publish"]["p99_ms"]
+                - ours["subscribers_0_delivery_process"]["publish"]["p99_ms"],
+                3,
+            )
+            for kind in ("", "_batched")
+        ],
         "notification_e2e_10_p50_ms (target <= 1.5)": e2e_10["p50_ms"],
         "notification_e2e_10_p99_ms (target <= 5)": e2e_10["p99_ms"],
         "floor_for_e2e: send_and_wait_1k_p50_ms": raw["send_and_wait_1k"]["p50_ms"],

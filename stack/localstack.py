@@ -1088,10 +1088,12 @@ class SidecarProcess(ManagedProcess):
         admin_port: int | None = None,
         unix_socket: Path | None = None,
         extra_env: Mapping[str, str] | None = None,
+        subscribe_port: int | None = None,
     ) -> None:
         """``name`` tells several sidecars' logs apart in one ``log_dir``; with
         ``unix_socket`` the sidecar listens there instead of on ``port``; ``extra_env`` is
-        added to the inherited environment (``OTEL_*`` variables, say)."""
+        added to the inherited environment (``OTEL_*`` variables, say); with
+        ``subscribe_port`` a delivery process of its own serves streams there."""
         super().__init__(workdir, log_dir=log_dir, detach=detach)
         self.name = name
         self.port = port
@@ -1103,6 +1105,7 @@ class SidecarProcess(ManagedProcess):
         self.topic = topic
         self.extra_args = list(extra_args)
         self.extra_env = dict(extra_env or {})
+        self.subscribe_port = subscribe_port
 
     def _environment(self) -> dict[str, str] | None:
         return {**os.environ, **self.extra_env} if self.extra_env else None
@@ -1114,11 +1117,23 @@ class SidecarProcess(ManagedProcess):
             return f"unix:{self.unix_socket}"
         return f"{LOOPBACK}:{self.port}"
 
+    @property
+    def subscribe_target(self) -> str:
+        """Where streams go: the delivery process's address, or else the listen address."""
+        if self.subscribe_port is None:
+            return self.listen
+        return f"{LOOPBACK}:{self.subscribe_port}"
+
     def _ports(self) -> list[int]:
-        return [self.admin_port] + ([] if self.unix_socket is not None else [self.port])
+        return (
+            [self.admin_port]
+            + ([] if self.unix_socket is not None else [self.port])
+            + ([] if self.subscribe_port is None else [self.subscribe_port])
+        )
 
     def worker_pids(self) -> list[int]:
-        """With ``--workers N``, the worker processes (not multiprocessing's resource tracker)."""
+        """With ``--workers N`` or a subscribe port, the worker processes (not
+        multiprocessing's resource tracker); the delivery process comes last."""
         if self.pid is None:
             return []
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
@@ -1137,6 +1152,8 @@ class SidecarProcess(ManagedProcess):
             "--admin-listen", f"{LOOPBACK}:{self.admin_port}",
             "--kafka-bootstrap", self.kafka_bootstrap, "--kafka-topic", self.topic,
             "--redis-url", self.redis_url, *self.extra_args,
+            *([] if self.subscribe_port is None
+              else ["--subscribe-listen", self.subscribe_target]),
         ]  # fmt: skip
 
     @property
@@ -1155,13 +1172,14 @@ class SidecarProcess(ManagedProcess):
         as soon as the first does, and connections made before the others listen all go to it."""
         if self.workers == 1:
             return True
-        pids = self.worker_pids()
         listening = tcp_socket_inodes(self.port, TCP_LISTEN)
-        return len(pids) == self.workers and all(
-            process_socket_inodes(pid) & listening for pid in pids
+        return self.workers == sum(
+            1 for pid in self.worker_pids() if process_socket_inodes(pid) & listening
         )
 
     def _is_ready(self) -> bool:
+        if self.subscribe_port is not None and not port_open(self.subscribe_port):
+            return False
         if self.unix_socket is None:
             return port_open(self.port) and self._every_worker_listens()
         with (

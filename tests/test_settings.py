@@ -38,6 +38,10 @@ def test_bad_values_are_named() -> None:
         Settings.load({"DUALSTREAM_MAX_STREAMS": "0"})
     with pytest.raises(ValueError, match="channel_prefix"):
         Settings.load({"DUALSTREAM_CHANNEL_PREFIX": "a:b"})
+    with pytest.raises(ValueError, match="subscribe_listen"):
+        Settings.load({"DUALSTREAM_SUBSCRIBE_LISTEN": "127.0.0.1:50051"})
+    with pytest.raises(ValueError, match="delivery_nice"):
+        Settings.load({"DUALSTREAM_DELIVERY_NICE": "20"})
 
 
 def test_settings_are_frozen() -> None:

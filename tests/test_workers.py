@@ -1,4 +1,4 @@
-"""``--workers N``: sidecar processes sharing one port, supervised as one."""
+"""``--workers N`` and ``--subscribe-listen``: sidecar processes supervised as one."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
-from dualstream_client import DualstreamClient
+from dualstream_client import DualstreamClient, EventInput
 from stack.localstack import (
     TCP_ESTABLISHED,
+    TCP_LISTEN,
     KafkaBroker,
     RedisServer,
     SidecarProcess,
@@ -28,6 +29,15 @@ from tests.conftest import next_notification
 
 def _alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
+
+
+def _thread_niceness(pid: int) -> set[int]:
+    """The niceness of each of a process's threads (Linux keeps one per thread)."""
+    values = set()
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        stat = Path(f"/proc/{pid}/task/{thread}/stat").read_text()
+        values.add(int(stat.rsplit(")", 1)[1].split()[16]))  # Field 19 of proc(5).
+    return values
 
 
 @pytest.fixture
@@ -89,3 +99,37 @@ async def test_a_dead_worker_stops_the_others(two_workers: tuple[SidecarProcess,
     # The supervisor exits non-zero, so whatever runs it restarts the sidecar whole.
     assert await asyncio.to_thread(sidecar.wait_exit, 30) == 1
     assert not _alive(second)
+
+
+async def test_streams_on_the_subscribe_listener_have_a_process_that_yields_the_cpu(
+    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path, source_type: str
+) -> None:
+    sidecar = SidecarProcess(
+        tmp_path / "sidecar", free_port(), kafka.bootstrap, shared_redis.url, topic,
+        subscribe_port=free_port(),
+    )  # fmt: skip
+    await asyncio.to_thread(sidecar.start)
+    try:
+        assert sidecar.subscribe_port is not None
+        publishing, delivering = sidecar.worker_pids()
+        # Every thread of the delivery process, gRPC's own included, is as nice as can be; the
+        # publishing process keeps the niceness this test runs at.
+        assert _thread_niceness(delivering) == {19}
+        assert _thread_niceness(publishing) == {os.nice(0)}
+        listening = tcp_socket_inodes(sidecar.subscribe_port, TCP_LISTEN)
+        assert process_socket_inodes(delivering) & listening
+        assert not process_socket_inodes(publishing) & listening
+        async with (
+            DualstreamClient(sidecar.subscribe_target) as streams,
+            DualstreamClient(sidecar.listen) as publisher,
+        ):
+            stream = streams.subscribe([(source_type, "split")])
+            await stream.wait_live()
+            published = await publisher.publish(EventInput("t", source_type, "split"))
+            assert (await next_notification(stream)).id == published.id
+            stream.close()
+        sidecar.request_stop()
+        assert await asyncio.to_thread(sidecar.wait_exit, 30) == 0
+        assert not _alive(delivering)
+    finally:
+        await asyncio.to_thread(sidecar.stop)

@@ -30,6 +30,17 @@ class Settings:
     listen: str = _setting(
         "127.0.0.1:50051", "gRPC listen address: host:port, or unix:/path/to.sock"
     )
+    subscribe_listen: str = _setting(
+        "",
+        "if set, a second address (host:port or unix:/path) where a process of its own serves "
+        "Subscribe streams at a lower CPU priority, so that deliveries never take the publishes' "
+        "CPU; empty: streams are served on listen, by the same process as publishes",
+    )
+    delivery_nice: int = _setting(
+        19,
+        "the CPU niceness (0-19) of the subscribe_listen process: higher yields more of the "
+        "CPU to publishes",
+    )
     admin_listen: str = _setting(
         "127.0.0.1:9464",
         "admin HTTP address (host:port) for /healthz, /readyz and /metrics; empty turns it off",
@@ -177,6 +188,10 @@ class Settings:
             raise ValueError("set auth_token or auth_token_file, not both")
         if self.workers > 1 and self.listen.startswith("unix:"):
             raise ValueError("setting workers above 1 needs a TCP listen address, not a socket")
+        if self.subscribe_listen and self.subscribe_listen in (self.listen, self.admin_listen):
+            raise ValueError("setting subscribe_listen must differ from listen and admin_listen")
+        if not 0 <= self.delivery_nice <= 19:
+            raise ValueError(f"setting delivery_nice must be 0 to 19, got {self.delivery_nice}")
         if self.admin_listen:
             try:
                 split_host_port(self.admin_listen)

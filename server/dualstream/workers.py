@@ -1,10 +1,13 @@
-"""Running the sidecar: in this process, or as several worker processes sharing one port.
+"""Running the sidecar: in this process, or as several processes supervised as one.
 
-One Python process serves gRPC on one core at most. With ``workers`` above 1 this process
-becomes a supervisor: it starts that many sidecar processes, which all bind the listen port
-with SO_REUSEPORT so the kernel spreads client connections across them, forwards SIGTERM and
-SIGINT to them (each drains and flushes on its own), and stops them all if one dies, so that
-whatever runs the sidecar notices and restarts it whole.
+One Python process serves gRPC on one core at most. With ``workers`` above 1 or a
+``subscribe_listen`` address this process becomes a supervisor. It starts ``workers`` sidecar
+processes, which all bind the listen port with SO_REUSEPORT so the kernel spreads client
+connections across them, and, with ``subscribe_listen``, one more on that address: the
+delivery process, at a lower CPU priority (``delivery_nice``), so that when fan-out and
+publishes both want the CPU the publishes get it and the streams fall behind into their gaps.
+The supervisor forwards SIGTERM and SIGINT to them (each drains and flushes on its own), and
+stops them all if one dies, so that whatever runs the sidecar notices and restarts it whole.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ YOUNG_GENERATION_THRESHOLD = 10_000
 
 def serve(settings: Settings, telemetry: TelemetrySettings, version: str) -> int:
     """Serve until told to stop; returns the process exit status."""
-    if settings.workers == 1:
+    if settings.workers == 1 and not settings.subscribe_listen:
         _serve_here(settings, telemetry, version)
         return 0
     return _supervise(settings, telemetry, version)
@@ -69,7 +72,11 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def _worker_main(settings: Settings, telemetry: TelemetrySettings, version: str) -> None:
+def _worker_main(
+    settings: Settings, telemetry: TelemetrySettings, version: str, niceness: int
+) -> None:
+    # Before gRPC starts its threads, which inherit it: Linux keeps a niceness per thread.
+    os.nice(niceness)
     # The supervisor forwards signals itself; a Ctrl-C reaching the whole process group must
     # not make a worker stop twice.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -96,14 +103,23 @@ def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -
     # One admin listener per sidecar, in the first worker: probes and scrapes must not land on
     # a different process each time. The others share its Kafka and Redis, and if one dies the
     # supervisor stops them all, so the first worker's readiness speaks for the sidecar.
-    without_admin = replace(settings, admin_listen="")
+    publishing = replace(settings, subscribe_listen="")
+    roles = [
+        (publishing if number == 0 else replace(publishing, admin_listen=""), 0)
+        for number in range(settings.workers)
+    ]
+    if settings.subscribe_listen:
+        delivering = replace(
+            publishing, listen=settings.subscribe_listen, admin_listen="", workers=1
+        )
+        roles.append((delivering, settings.delivery_nice))
     workers = [
         context.Process(
             target=_worker_main,
-            args=(settings if number == 0 else without_admin, telemetry, version),
+            args=(role, telemetry, version, niceness),
             name=f"dualstream-worker-{number}",
         )
-        for number in range(settings.workers)
+        for number, (role, niceness) in enumerate(roles)
     ]
     stopping = False
 
@@ -119,8 +135,13 @@ def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -
     for worker in workers:
         worker.start()
     print(
-        f"dualstream: {len(workers)} workers on {settings.listen}: "
-        + ", ".join(str(worker.pid) for worker in workers),
+        f"dualstream: {settings.workers} workers on {settings.listen}: "
+        + ", ".join(str(worker.pid) for worker in workers[: settings.workers])
+        + (
+            f"; streams on {settings.subscribe_listen}: {workers[-1].pid}"
+            if settings.subscribe_listen
+            else ""
+        ),
         file=sys.stderr,
         flush=True,
     )

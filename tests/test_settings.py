@@ -40,6 +40,8 @@ def test_bad_values_are_named() -> None:
         Settings.load({"DUALSTREAM_CHANNEL_PREFIX": "a:b"})
     with pytest.raises(ValueError, match="subscribe_listen"):
         Settings.load({"DUALSTREAM_SUBSCRIBE_LISTEN": "127.0.0.1:50051"})
+    with pytest.raises(ValueError, match="delivery_admin_listen needs subscribe_listen"):
+        Settings.load({"DUALSTREAM_DELIVERY_ADMIN_LISTEN": "127.0.0.1:9465"})
     with pytest.raises(ValueError, match="delivery_nice"):
         Settings.load({"DUALSTREAM_DELIVERY_NICE": "20"})
 

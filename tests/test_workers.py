@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,6 +30,16 @@ from tests.conftest import next_notification
 
 def _alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
+
+
+async def _open_streams(admin: str) -> float:
+    """``dualstream_streams_open`` as an admin listener's /metrics says."""
+    with await asyncio.to_thread(urllib.request.urlopen, f"http://{admin}/metrics") as reply:
+        text = reply.read().decode()
+    for line in text.splitlines():
+        if line.startswith("dualstream_streams_open"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def _thread_niceness(pid: int) -> set[int]:
@@ -104,9 +115,10 @@ async def test_a_dead_worker_stops_the_others(two_workers: tuple[SidecarProcess,
 async def test_streams_on_the_subscribe_listener_have_a_process_that_yields_the_cpu(
     kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path, source_type: str
 ) -> None:
+    delivery_admin = f"127.0.0.1:{free_port()}"
     sidecar = SidecarProcess(
         tmp_path / "sidecar", free_port(), kafka.bootstrap, shared_redis.url, topic,
-        subscribe_port=free_port(),
+        subscribe_port=free_port(), extra_args=["--delivery-admin-listen", delivery_admin],
     )  # fmt: skip
     await asyncio.to_thread(sidecar.start)
     try:
@@ -127,6 +139,9 @@ async def test_streams_on_the_subscribe_listener_have_a_process_that_yields_the_
             await stream.wait_live()
             published = await publisher.publish(EventInput("t", source_type, "split"))
             assert (await next_notification(stream)).id == published.id
+            # The stream's figures are the delivery process's, on its own admin listener.
+            assert await _open_streams(delivery_admin) == 1
+            assert await _open_streams(f"127.0.0.1:{sidecar.admin_port}") == 0
             stream.close()
         sidecar.request_stop()
         assert await asyncio.to_thread(sidecar.wait_exit, 30) == 0

@@ -41,6 +41,11 @@ class Settings:
         "the CPU niceness (0-19) of the subscribe_listen process: higher yields more of the "
         "CPU to publishes",
     )
+    delivery_admin_listen: str = _setting(
+        "",
+        "admin HTTP address (host:port) of the subscribe_listen process, whose /metrics carry "
+        "its streams' figures; empty: none",
+    )
     admin_listen: str = _setting(
         "127.0.0.1:9464",
         "admin HTTP address (host:port) for /healthz, /readyz and /metrics; empty turns it off",
@@ -190,6 +195,13 @@ class Settings:
             raise ValueError("setting workers above 1 needs a TCP listen address, not a socket")
         if self.subscribe_listen and self.subscribe_listen in (self.listen, self.admin_listen):
             raise ValueError("setting subscribe_listen must differ from listen and admin_listen")
+        if self.delivery_admin_listen and (
+            not self.subscribe_listen or self.delivery_admin_listen == self.admin_listen
+        ):
+            raise ValueError(
+                "setting delivery_admin_listen needs subscribe_listen, and must differ from "
+                "admin_listen"
+            )
         if not 0 <= self.delivery_nice <= 19:
             raise ValueError(f"setting delivery_nice must be 0 to 19, got {self.delivery_nice}")
         if self.admin_listen:

@@ -103,14 +103,17 @@ def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -
     # One admin listener per sidecar, in the first worker: probes and scrapes must not land on
     # a different process each time. The others share its Kafka and Redis, and if one dies the
     # supervisor stops them all, so the first worker's readiness speaks for the sidecar.
-    publishing = replace(settings, subscribe_listen="")
+    publishing = replace(settings, subscribe_listen="", delivery_admin_listen="")
     roles = [
         (publishing if number == 0 else replace(publishing, admin_listen=""), 0)
         for number in range(settings.workers)
     ]
     if settings.subscribe_listen:
         delivering = replace(
-            publishing, listen=settings.subscribe_listen, admin_listen="", workers=1
+            publishing,
+            listen=settings.subscribe_listen,
+            admin_listen=settings.delivery_admin_listen,
+            workers=1,
         )
         roles.append((delivering, settings.delivery_nice))
     workers = [

@@ -22,6 +22,7 @@ def test_defaults_match_the_contract() -> None:
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.kafka_topic == "events"
     assert settings.max_payload_bytes == 1024 * 1024
+    assert (settings.subscribe_listen, settings.delivery_nice) == ("", 19)
 
 
 def test_flag_beats_env_beats_default() -> None:

@@ -1133,7 +1133,7 @@ class SidecarProcess(ManagedProcess):
 
     def worker_pids(self) -> list[int]:
         """With ``--workers N`` or a subscribe port, the worker processes (not
-        multiprocessing's resource tracker); the delivery process comes last."""
+        multiprocessing's resource tracker), the delivery process among them."""
         if self.pid is None:
             return []
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()

@@ -126,14 +126,15 @@ async def test_streams_on_the_subscribe_listener_have_a_process_that_yields_the_
     await asyncio.to_thread(sidecar.start)
     try:
         assert sidecar.subscribe_port is not None
-        publishing, delivering = sidecar.worker_pids()
+        listening = tcp_socket_inodes(sidecar.subscribe_port, TCP_LISTEN)
+        (delivering,) = [p for p in sidecar.worker_pids() if process_socket_inodes(p) & listening]
+        (publishing,) = set(sidecar.worker_pids()) - {delivering}
         # Every thread of the delivery process, gRPC's own included, is 5 nicer than the
         # publishing process, which keeps the niceness this test runs at.
         assert _thread_niceness(publishing) == {os.nice(0)}
         assert _thread_niceness(delivering) == {min(os.nice(0) + 5, 19)}
-        listening = tcp_socket_inodes(sidecar.subscribe_port, TCP_LISTEN)
-        assert process_socket_inodes(delivering) & listening
         assert not process_socket_inodes(publishing) & listening
+        assert process_socket_inodes(publishing) & tcp_socket_inodes(sidecar.port, TCP_LISTEN)
         async with (
             DualstreamClient(sidecar.subscribe_target) as streams,
             DualstreamClient(sidecar.listen) as publisher,

@@ -138,7 +138,7 @@ def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -
     for worker in workers:
         worker.start()
     print(
-        f"dualstream: {settings.workers} workers on {settings.listen}: "
+        f"dualstream: publishing on {settings.listen}: "
         + ", ".join(str(worker.pid) for worker in workers[: settings.workers])
         + (
             f"; streams on {settings.subscribe_listen}: {workers[-1].pid}"

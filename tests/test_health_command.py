@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.trace import Tracer
 
-from dualstream.health_check import default_targets, reachable_address
+from dualstream.health_check import default_streams_target, default_targets, reachable_address
 from dualstream.settings import Settings
 from dualstream.transport.server import Sidecar
 from stack.localstack import REPO_ROOT, KafkaBroker, RedisServer, free_port
@@ -112,3 +112,10 @@ def test_with_tls_on_the_api_only_the_admin_check_is_default() -> None:
     settings = Settings(tls_cert_file="cert.pem", tls_key_file="key.pem")
     assert default_targets(settings) == ("", "127.0.0.1:9464")
     assert default_targets(Settings(admin_listen="")) == ("127.0.0.1:50051", "")
+
+
+def test_the_delivery_process_is_checked_when_the_settings_start_one() -> None:
+    assert default_streams_target(Settings()) == ""
+    assert default_streams_target(Settings(subscribe_listen="0.0.0.0:50052")) == "127.0.0.1:50052"
+    with_tls = Settings(subscribe_listen="0.0.0.0:50052", tls_cert_file="c", tls_key_file="k")
+    assert default_streams_target(with_tls) == ""

@@ -26,6 +26,7 @@ from stack.localstack import (
     tcp_socket_inodes,
 )
 from tests.conftest import next_notification
+from tests.test_health_command import health
 
 
 def _alive(pid: int) -> bool:
@@ -147,6 +148,18 @@ async def test_streams_on_the_subscribe_listener_have_a_process_that_yields_the_
             assert await _open_streams(delivery_admin) == 1
             assert await _open_streams(f"127.0.0.1:{sidecar.admin_port}") == 0
             stream.close()
+        # `dualstream health`, from the same environment as `serve`, checks both processes.
+        status, output = await health(
+            env={
+                "DUALSTREAM_LISTEN": sidecar.listen,
+                "DUALSTREAM_SUBSCRIBE_LISTEN": sidecar.subscribe_target,
+                "DUALSTREAM_ADMIN_LISTEN": f"127.0.0.1:{sidecar.admin_port}",
+            }
+        )
+        assert status == 0, output
+        assert output.startswith(
+            f"healthy: gRPC {sidecar.listen} SERVING; gRPC {sidecar.subscribe_target} SERVING; "
+        ), output
         sidecar.request_stop()
         assert await asyncio.to_thread(sidecar.wait_exit, 30) == 0
         assert not _alive(delivering)

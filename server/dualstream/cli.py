@@ -96,13 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser(
         "health",
         help="check a running sidecar: one line, exit status 0 when healthy, 1 when not",
-        description="Checks gRPC health on the API target and /readyz on the admin listener. "
-        "By default both addresses are those that `dualstream serve` would use with the same "
+        description="Checks gRPC health on the API target (and on the delivery process's, "
+        "with subscribe_listen) and /readyz on the admin listener. "
+        "By default the addresses are those that `dualstream serve` would use with the same "
         "DUALSTREAM_* environment (a 0.0.0.0 listener is reached on loopback; with TLS on the "
         "API only the admin check runs). An empty address skips that check.",
     )
     health.add_argument("--target", default=None, help="API address, host:port or unix:/path")
     health.add_argument("--admin", default=None, help="admin listener address, host:port")
+    health.add_argument(
+        "--streams-target",
+        default=None,
+        help="the delivery process's address (subscribe_listen), if there is one",
+    )
     health.add_argument("--timeout", type=float, default=5.0, help="seconds per check")
     return parser
 
@@ -190,24 +196,36 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _health(args: argparse.Namespace) -> None:
-    from dualstream.health_check import Verdict, check_readyz, default_targets, summary
+    from dualstream.health_check import (
+        Verdict,
+        check_readyz,
+        default_streams_target,
+        default_targets,
+        summary,
+    )
     from dualstream.settings import Settings
 
     try:
-        default_api, default_admin = default_targets(Settings.load(os.environ))
+        settings = Settings.load(os.environ)
     except ValueError as exc:
         sys.exit(f"dualstream health: bad setting: {exc}")
+    default_api, default_admin = default_targets(settings)
     api = default_api if args.target is None else args.target
     admin = default_admin if args.admin is None else args.admin
-    if not api and not admin:
+    streams = args.streams_target
+    if streams is None:
+        streams = default_streams_target(settings)
+    if not api and not admin and not streams:
         sys.exit("dualstream health: nothing to check: give --target or --admin")
 
     async def check() -> list[Verdict]:
         verdicts = []
-        if api:
+        if api or streams:
             from dualstream.transport.health_check import check_grpc_health
 
-            verdicts.append(await check_grpc_health(api, args.timeout))
+            for target in (api, streams):
+                if target:
+                    verdicts.append(await check_grpc_health(target, args.timeout))
         if admin:
             verdicts.append(await check_readyz(admin, args.timeout))
         return verdicts

@@ -1,7 +1,8 @@
 """``dualstream health``: ask a running sidecar whether it can publish, and say so in one line.
 
-Two independent checks, each optional: gRPC health on the API target (``grpc.health.v1``, TCP
-or a unix socket) and the admin listener's ``/readyz``. The sidecar is healthy when every
+Independent checks, each optional: gRPC health on the API target (``grpc.health.v1``, TCP
+or a unix socket), on the delivery process's target if there is one, and the admin
+listener's ``/readyz``. The sidecar is healthy when every
 check that ran says so. The gRPC check lives in ``transport.health_check``; this module holds
 the verdicts and the HTTP check, so the core stays free of gRPC.
 """
@@ -50,6 +51,14 @@ def default_targets(settings: Settings) -> tuple[str, str]:
     api = "" if settings.tls_cert_file else reachable_address(settings.listen)
     admin = reachable_address(settings.admin_listen) if settings.admin_listen else ""
     return api, admin
+
+
+def default_streams_target(settings: Settings) -> str:
+    """The delivery process's address (``subscribe_listen``) that the health command checks
+    too, when the settings start one; as with the API, not over TLS."""
+    if not settings.subscribe_listen or settings.tls_cert_file:
+        return ""
+    return reachable_address(settings.subscribe_listen)
 
 
 async def check_readyz(address: str, timeout: float) -> Verdict:

@@ -34,8 +34,12 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(sidecar: Sidecar) -> Samples:
-    url = f"http://127.0.0.1:{sidecar.admin_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
+    return scrape_admin(f"127.0.0.1:{sidecar.admin_port}")
+
+
+def scrape_admin(address: str) -> Samples:
+    """The samples an admin listener's /metrics serves."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = response.read().decode()
     return {

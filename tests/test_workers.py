@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from stack.localstack import (
 )
 from tests.conftest import next_notification
 from tests.test_health_command import health
+from tests.test_metrics import scrape_admin, value
 
 
 def _alive(pid: int) -> bool:
@@ -35,12 +35,7 @@ def _alive(pid: int) -> bool:
 
 async def _open_streams(admin: str) -> float:
     """``dualstream_streams_open`` as an admin listener's /metrics says."""
-    with await asyncio.to_thread(urllib.request.urlopen, f"http://{admin}/metrics") as reply:
-        text = reply.read().decode()
-    for line in text.splitlines():
-        if line.startswith("dualstream_streams_open"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return value(await asyncio.to_thread(scrape_admin, admin), "dualstream_streams_open")
 
 
 def _thread_niceness(pid: int) -> set[int]:

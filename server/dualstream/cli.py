@@ -220,12 +220,12 @@ def _health(args: argparse.Namespace) -> None:
 
     async def check() -> list[Verdict]:
         verdicts = []
-        if api or streams:
+        grpc_targets = [target for target in (api, streams) if target]
+        if grpc_targets:
             from dualstream.transport.health_check import check_grpc_health
 
-            for target in (api, streams):
-                if target:
-                    verdicts.append(await check_grpc_health(target, args.timeout))
+            for target in grpc_targets:
+                verdicts.append(await check_grpc_health(target, args.timeout))
         if admin:
             verdicts.append(await check_readyz(admin, args.timeout))
         return verdicts

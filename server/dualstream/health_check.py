@@ -48,17 +48,18 @@ def default_targets(settings: Settings) -> tuple[str, str]:
     """The API target and admin address the health command checks when not told otherwise:
     those of the sidecar the same settings configure. With TLS on the API the gRPC check is
     left out, as the command has no trust configuration for it; the admin check remains."""
-    api = "" if settings.tls_cert_file else reachable_address(settings.listen)
     admin = reachable_address(settings.admin_listen) if settings.admin_listen else ""
-    return api, admin
+    return _grpc_target(settings, settings.listen), admin
 
 
 def default_streams_target(settings: Settings) -> str:
     """The delivery process's address (``subscribe_listen``) that the health command checks
     too, when the settings start one; as with the API, not over TLS."""
-    if not settings.subscribe_listen or settings.tls_cert_file:
-        return ""
-    return reachable_address(settings.subscribe_listen)
+    return _grpc_target(settings, settings.subscribe_listen)
+
+
+def _grpc_target(settings: Settings, listen: str) -> str:
+    return "" if settings.tls_cert_file or not listen else reachable_address(listen)
 
 
 async def check_readyz(address: str, timeout: float) -> Verdict:

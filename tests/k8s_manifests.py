@@ -25,7 +25,7 @@ import yaml
 from stack.localstack import REPO_ROOT, cache_dir
 
 K8S_DIR = REPO_ROOT / "k8s"
-OVERLAYS = ("example", "example-unix-socket")
+OVERLAYS = ("example", "example-unix-socket", "example-delivery-process")
 # The oldest Kubernetes with native sidecars on by default, and the newest the package knows.
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 _REMOTE_DEFINITIONS = "/api/_definitions.json#"

@@ -244,6 +244,25 @@ async def test_a_failing_metrics_hook_answers_500_and_leaves_the_probes_alone(
         assert (await get(port, "/readyz")).status == 200
 
 
+async def test_healthz_fails_while_the_liveness_hook_names_a_hung_process(
+    scripted: ScriptedStatus,
+) -> None:
+    problem: list[str] = []
+    async with AdminServer(
+        "127.0.0.1:0", scripted, liveness=lambda: problem[0] if problem else None
+    ) as server:
+        port = port_of(server)
+        assert (await get(port, "/healthz")).status == 200
+        problem.append("the delivery process (pid 7) has not answered for 31 s")
+        hung = await get(port, "/healthz")
+        assert (hung.status, hung.body) == (
+            503,
+            b"not alive: the delivery process (pid 7) has not answered for 31 s\n",
+        )
+        # Readiness is about publishing, which the hung process does not do.
+        assert (await get(port, "/readyz")).status == 200
+
+
 async def test_a_taken_port_is_a_listen_error_naming_the_address(scripted: ScriptedStatus) -> None:
     with taken_port() as port:
         server = AdminServer(f"127.0.0.1:{port}", scripted)

@@ -26,8 +26,10 @@ from tests.k8s_manifests import (
 )
 
 SIDECAR = "dualstream"
-# What the app reads to find the sidecar (the client quickstarts in the README use it).
+# What the app reads to find the sidecar (the client quickstarts in the README use it), and,
+# with a delivery process, to find its streams.
 APP_TARGET_VARIABLE = "DUALSTREAM_TARGET"
+APP_SUBSCRIBE_TARGET_VARIABLE = "DUALSTREAM_SUBSCRIBE_TARGET"
 KUSTOMIZATIONS = [K8S_DIR / "base", *(K8S_DIR / "overlays" / name for name in OVERLAYS)]
 
 
@@ -131,13 +133,18 @@ def test_the_sidecar_is_native_and_probed_on_the_admin_listener(pod: Pod) -> Non
 
 
 def test_the_api_is_private_to_the_pod_and_the_app_points_at_it(pod: Pod) -> None:
-    listen = pod.settings.listen
-    if not listen.startswith("unix:"):
-        host, _ = split_host_port(listen)
-        assert host in ("127.0.0.1", "::1", "localhost"), "the API never listens on the pod IP"
+    listen, streams = pod.settings.listen, pod.settings.subscribe_listen
+    for address in (listen, streams):
+        if address and not address.startswith("unix:"):
+            host, _ = split_host_port(address)
+            assert host in ("127.0.0.1", "::1", "localhost"), "the API never listens on the pod IP"
     [app] = [c for c in pod.apps if any(v["name"] == APP_TARGET_VARIABLE for v in c.get("env", []))]
-    [target] = [v["value"] for v in app["env"] if v["name"] == APP_TARGET_VARIABLE]
-    assert target == reachable_address(listen)
+    variables = {v["name"]: v["value"] for v in app["env"]}
+    assert variables[APP_TARGET_VARIABLE] == reachable_address(listen)
+    if streams:
+        assert variables[APP_SUBSCRIBE_TARGET_VARIABLE] == reachable_address(streams)
+    else:
+        assert APP_SUBSCRIBE_TARGET_VARIABLE not in variables
     if listen.startswith("unix:"):
         socket_dir = listen.removeprefix("unix:").rsplit("/", 1)[0]
         mounted = [
@@ -179,7 +186,8 @@ def test_the_network_policy_admits_the_admin_port_and_never_the_api(
     admitted = {
         pod.port(port["port"]) for rule in policy["spec"]["ingress"] for port in rule["ports"]
     }
-    _, admin_port = split_host_port(pod.settings.admin_listen)
-    assert admin_port in admitted
-    if not pod.settings.listen.startswith("unix:"):
-        assert split_host_port(pod.settings.listen)[1] not in admitted
+    scraped = [pod.settings.admin_listen, pod.settings.delivery_admin_listen]
+    assert {split_host_port(address)[1] for address in scraped if address} <= admitted
+    for api in (pod.settings.listen, pod.settings.subscribe_listen):
+        if api and not api.startswith("unix:"):
+            assert split_host_port(api)[1] not in admitted

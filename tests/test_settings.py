@@ -23,6 +23,7 @@ def test_defaults_match_the_contract() -> None:
     assert settings.kafka_topic == "events"
     assert settings.max_payload_bytes == 1024 * 1024
     assert (settings.subscribe_listen, settings.delivery_nice) == ("", 19)
+    assert settings.worker_stall_timeout == 30.0
 
 
 def test_flag_beats_env_beats_default() -> None:
@@ -32,19 +33,24 @@ def test_flag_beats_env_beats_default() -> None:
     assert settings.redis_timeout == 0.5
 
 
-def test_bad_values_are_named() -> None:
-    with pytest.raises(ValueError, match="DUALSTREAM_MAX_STREAMS"):
-        Settings.load({"DUALSTREAM_MAX_STREAMS": "many"})
-    with pytest.raises(ValueError, match="max_streams"):
-        Settings.load({"DUALSTREAM_MAX_STREAMS": "0"})
-    with pytest.raises(ValueError, match="channel_prefix"):
-        Settings.load({"DUALSTREAM_CHANNEL_PREFIX": "a:b"})
-    with pytest.raises(ValueError, match="subscribe_listen"):
-        Settings.load({"DUALSTREAM_SUBSCRIBE_LISTEN": "127.0.0.1:50051"})
-    with pytest.raises(ValueError, match="delivery_admin_listen needs subscribe_listen"):
-        Settings.load({"DUALSTREAM_DELIVERY_ADMIN_LISTEN": "127.0.0.1:9465"})
-    with pytest.raises(ValueError, match="delivery_nice"):
-        Settings.load({"DUALSTREAM_DELIVERY_NICE": "20"})
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DUALSTREAM_MAX_STREAMS": "many"}, "DUALSTREAM_MAX_STREAMS"),
+        ({"DUALSTREAM_MAX_STREAMS": "0"}, "max_streams"),
+        ({"DUALSTREAM_CHANNEL_PREFIX": "a:b"}, "channel_prefix"),
+        ({"DUALSTREAM_SUBSCRIBE_LISTEN": "127.0.0.1:50051"}, "subscribe_listen"),
+        (
+            {"DUALSTREAM_DELIVERY_ADMIN_LISTEN": "127.0.0.1:9465"},
+            "delivery_admin_listen needs subscribe_listen",
+        ),
+        ({"DUALSTREAM_DELIVERY_NICE": "20"}, "delivery_nice"),
+        ({"DUALSTREAM_WORKER_STALL_TIMEOUT": "1.5"}, "worker_stall_timeout must be at least 2 s"),
+    ],
+)
+def test_bad_values_are_named(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        Settings.load(env)
 
 
 def test_settings_are_frozen() -> None:

@@ -24,7 +24,8 @@ from stack.localstack import (
     process_socket_inodes,
     tcp_socket_inodes,
 )
-from tests.conftest import next_notification
+from tests.conftest import eventually, next_notification
+from tests.test_admin import get
 from tests.test_health_command import health
 from tests.test_metrics import scrape_admin, value
 
@@ -158,5 +159,44 @@ async def test_streams_on_the_subscribe_listener_have_a_process_that_yields_the_
         sidecar.request_stop()
         assert await asyncio.to_thread(sidecar.wait_exit, 30) == 0
         assert not _alive(delivering)
+    finally:
+        await asyncio.to_thread(sidecar.stop)
+
+
+async def test_a_hung_delivery_process_fails_healthz_on_the_sidecars_admin_listener(
+    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path
+) -> None:
+    sidecar = SidecarProcess(
+        tmp_path / "sidecar", free_port(), kafka.bootstrap, shared_redis.url, topic,
+        subscribe_port=free_port(),
+        extra_args=["--delivery-nice", "5", "--worker-stall-timeout", "2"],
+    )  # fmt: skip
+    await asyncio.to_thread(sidecar.start)
+    try:
+        assert sidecar.subscribe_port is not None
+        listening = tcp_socket_inodes(sidecar.subscribe_port, TCP_LISTEN)
+        (delivering,) = [p for p in sidecar.worker_pids() if process_socket_inodes(p) & listening]
+        admin_port = sidecar.admin_port
+
+        async def healthz_status(status: int) -> bool:
+            return (await get(admin_port, "/healthz")).status == status
+
+        # Polled, not asserted once: beside a CPU hog a process may answer late now and then.
+        await eventually(lambda: healthz_status(200), timeout=60)
+        # A stopped process neither exits nor answers: the supervisor cannot see it.
+        os.kill(delivering, signal.SIGSTOP)
+        try:
+            await eventually(lambda: healthz_status(503), timeout=60)
+            reply = await get(admin_port, "/healthz")
+            assert reply.body.startswith(
+                f"not alive: the delivery process (pid {delivering}) has not answered for ".encode()
+            ), reply.body
+            # Publishing goes on: readiness is not the hung process's to take away.
+            assert (await get(admin_port, "/readyz")).status == 200
+        finally:
+            os.kill(delivering, signal.SIGCONT)
+        await eventually(lambda: healthz_status(200), timeout=60)
+        sidecar.request_stop()
+        assert await asyncio.to_thread(sidecar.wait_exit, 30) == 0
     finally:
         await asyncio.to_thread(sidecar.stop)

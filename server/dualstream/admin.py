@@ -7,7 +7,9 @@ connection. Everything about a request is bounded: the size of its head, its hea
 the time to read it and to write the answer, and the connections open at once.
 
 - ``/healthz``: 200 while the process's event loop answers (the answer comes from that loop),
-  whatever Kafka and Redis do: a liveness probe must not restart a sidecar for an outage.
+  whatever Kafka and Redis do: a liveness probe must not restart a sidecar for an outage. When
+  the sidecar runs as several processes, 503 also when the ``liveness`` hook names one whose
+  loop has stopped answering (see heartbeats.py).
 - ``/readyz``: 200 while the sidecar can publish (SERVING, or DEGRADED: Redis down but Kafka,
   the durable leg, up), 503 when it cannot (NOT_SERVING: Kafka unreachable, or draining).
 - ``/metrics``: the Prometheus text exposition returned by the ``metrics`` hook.
@@ -91,11 +93,14 @@ class AdminServer(Service):
         status: Callable[[], SidecarStatus],
         metrics: MetricsExposition = no_metrics,
         limits: AdminLimits | None = None,
+        liveness: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """``liveness`` says what is wrong, if anything, with the sidecar's other processes."""
         self.address = address
         self._host, self._requested_port = split_host_port(address)
         self._status = status
         self._metrics = metrics
+        self._liveness = liveness
         self._limits = limits or AdminLimits()
         self._server: asyncio.Server | None = None
         # Each open connection's handler and its writer, to end them on stop().
@@ -231,7 +236,7 @@ class AdminServer(Service):
 
     def _answer(self, request: _Request) -> _Response:
         handlers: dict[str, Callable[[], _Response]] = {
-            LIVENESS_PATH: _alive,
+            LIVENESS_PATH: self._alive,
             READINESS_PATH: self._readiness,
             METRICS_PATH: self._exposition,
         }
@@ -247,6 +252,12 @@ class AdminServer(Service):
                 allow=True,
             )
         return handler()
+
+    def _alive(self) -> _Response:
+        problem = self._liveness()
+        if problem:
+            return _Response(HTTPStatus.SERVICE_UNAVAILABLE, f"not alive: {problem}\n")
+        return _Response(HTTPStatus.OK, "alive\n")
 
     def _readiness(self) -> _Response:
         status = self._status()
@@ -301,10 +312,6 @@ def describe(status: SidecarStatus) -> str:
         return "NOT_SERVING (draining)"
     reason = one_line(status.kafka_last_error) or "connecting"
     return f"NOT_SERVING (Kafka not connected: {reason})"
-
-
-def _alive() -> _Response:
-    return _Response(HTTPStatus.OK, "alive\n")
 
 
 def _parse_request_line(line: bytes) -> tuple[str, str, str]:

@@ -13,6 +13,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from dualstream.events import EventLimits
+from dualstream.heartbeats import BEAT_INTERVAL
 
 ENV_PREFIX = "DUALSTREAM_"
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -155,6 +156,11 @@ class Settings:
         "sidecar processes sharing the listen port (SO_REUSEPORT), each with its own Kafka "
         "producer and Redis connections: more than one uses more than one core",
     )
+    worker_stall_timeout: float = _setting(
+        30.0,
+        "with several processes (workers above 1 or subscribe_listen): how long one may go "
+        "without its event loop answering before /healthz on the admin listener fails, naming it",
+    )
     log_level: str = _setting("INFO", "log level: DEBUG, INFO, WARNING or ERROR")
     log_format: str = _setting("text", "log format: text or json")
 
@@ -201,6 +207,11 @@ class Settings:
             raise ValueError(
                 "setting delivery_admin_listen needs subscribe_listen, and must differ from "
                 "admin_listen"
+            )
+        if self.worker_stall_timeout < 2 * BEAT_INTERVAL:
+            raise ValueError(
+                f"setting worker_stall_timeout must be at least {2 * BEAT_INTERVAL:g} s (each "
+                f"process answers once every {BEAT_INTERVAL:g} s), got {self.worker_stall_timeout}"
             )
         if not 0 <= self.delivery_nice <= 19:
             raise ValueError(f"setting delivery_nice must be 0 to 19, got {self.delivery_nice}")

@@ -8,6 +8,7 @@ delivery process, at a lower CPU priority (``delivery_nice``), so that when fan-
 publishes both want the CPU the publishes get it and the streams fall behind into their gaps.
 The supervisor forwards SIGTERM and SIGINT to them (each drains and flushes on its own), and
 stops them all if one dies, so that whatever runs the sidecar notices and restarts it whole.
+One that hangs instead fails ``/healthz`` on the first worker's admin listener (heartbeats.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import multiprocessing.connection
 import os
 import signal
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import FrameType
 
+from dualstream.heartbeats import Heartbeat, HeartbeatBoard
 from dualstream.settings import Settings, TelemetrySettings
 
 YOUNG_GENERATION_THRESHOLD = 10_000
@@ -34,7 +36,12 @@ def serve(settings: Settings, telemetry: TelemetrySettings, version: str) -> int
     return _supervise(settings, telemetry, version)
 
 
-def _serve_here(settings: Settings, telemetry: TelemetrySettings, version: str) -> None:
+def _serve_here(
+    settings: Settings,
+    telemetry: TelemetrySettings,
+    version: str,
+    heartbeat: Heartbeat | None = None,
+) -> None:
     # Imported here: the supervisor itself never loads gRPC.
     import uvloop
 
@@ -57,6 +64,7 @@ def _serve_here(settings: Settings, telemetry: TelemetrySettings, version: str) 
                 get_tracer(provider),
                 on_serving=_freeze_startup_heap,
                 metrics=SidecarMetrics(telemetry, version=version),
+                heartbeat=heartbeat,
             )
         )
     finally:
@@ -72,16 +80,27 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
+@dataclass(frozen=True)
+class _Role:
+    """What one process of a supervised sidecar is: a name for people, its settings, its
+    niceness."""
+
+    name: str
+    settings: Settings
+    niceness: int = 0
+
+
 def _worker_main(
-    settings: Settings, telemetry: TelemetrySettings, version: str, niceness: int
+    role: _Role, telemetry: TelemetrySettings, version: str, board: HeartbeatBoard, slot: int
 ) -> None:
     # Before gRPC starts its threads, which inherit it: Linux keeps a niceness per thread.
-    os.nice(niceness)
+    os.nice(role.niceness)
     # The supervisor forwards signals itself; a Ctrl-C reaching the whole process group must
     # not make a worker stop twice.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _stop_with_parent()
-    _serve_here(settings, telemetry, version)
+    heartbeat = Heartbeat(board, slot, role.settings.worker_stall_timeout)
+    _serve_here(role.settings, telemetry, version, heartbeat)
 
 
 def _stop_with_parent() -> None:
@@ -105,7 +124,10 @@ def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -
     # supervisor stops them all, so the first worker's readiness speaks for the sidecar.
     publishing = replace(settings, subscribe_listen="", delivery_admin_listen="")
     roles = [
-        (publishing if number == 0 else replace(publishing, admin_listen=""), 0)
+        _Role(
+            f"publishing worker {number}",
+            publishing if number == 0 else replace(publishing, admin_listen=""),
+        )
         for number in range(settings.workers)
     ]
     if settings.subscribe_listen:
@@ -115,14 +137,15 @@ def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -
             admin_listen=settings.delivery_admin_listen,
             workers=1,
         )
-        roles.append((delivering, settings.delivery_nice))
+        roles.append(_Role("the delivery process", delivering, settings.delivery_nice))
+    board = HeartbeatBoard.create(context, [role.name for role in roles])
     workers = [
         context.Process(
             target=_worker_main,
-            args=(role, telemetry, version, niceness),
-            name=f"dualstream-worker-{number}",
+            args=(role, telemetry, version, board, slot),
+            name=f"dualstream-worker-{slot}",
         )
-        for number, (role, niceness) in enumerate(roles)
+        for slot, role in enumerate(roles)
     ]
     stopping = False
 

@@ -19,6 +19,7 @@ from opentelemetry.trace import Tracer
 from dualstream.admin import AdminServer
 from dualstream.connections import RedisAddress, kafka_client_options
 from dualstream.errors import ListenError
+from dualstream.heartbeats import Heartbeat
 from dualstream.hub import HubSettings, SubscriptionHub
 from dualstream.kafka_log import KafkaEventLog
 from dualstream.kafka_reader import KafkaReader
@@ -84,10 +85,17 @@ class Sidecar(Service):
     """Starts the parts in dependency order and stops them in reverse, draining calls first."""
 
     def __init__(
-        self, settings: Settings, tracer: Tracer, metrics: SidecarMetrics | None = None
+        self,
+        settings: Settings,
+        tracer: Tracer,
+        metrics: SidecarMetrics | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         """``metrics`` defaults to ones served for Prometheus only; the sidecar starts and
-        stops them with itself, and the admin listener serves them on /metrics."""
+        stops them with itself, and the admin listener serves them on /metrics.
+
+        ``heartbeat``, for a process of several: beaten while this one runs, and read by its
+        admin listener's /healthz, which thereby speaks for them all."""
         self.settings = settings
         self.metrics = metrics or SidecarMetrics()
         self.admission = Admission(settings.max_concurrent_rpcs, settings.max_queue_delay)
@@ -113,8 +121,14 @@ class Sidecar(Service):
         self._server: grpc.aio.Server | None = None
         self._health_watch: asyncio.Task[None] | None = None
         self.port: int | None = None
+        self.heartbeat = heartbeat
         self.admin = (
-            AdminServer(settings.admin_listen, self.status, self.metrics.prometheus_text)
+            AdminServer(
+                settings.admin_listen,
+                self.status,
+                self.metrics.prometheus_text,
+                liveness=heartbeat.stalled if heartbeat is not None else lambda: None,
+            )
             if settings.admin_listen
             else None
         )
@@ -127,9 +141,12 @@ class Sidecar(Service):
         # The admin listener binds first: a taken port fails before anything else started,
         # and probes get answers (not ready yet) while Kafka connects.
         self.draining = False
-        if self.admin is not None:
-            await self.admin.start()
         try:
+            if self.heartbeat is not None:
+                # From the first: a process waiting for Kafka is not a process that hangs.
+                await self.heartbeat.start()
+            if self.admin is not None:
+                await self.admin.start()
             await self._start_serving()
         except BaseException:
             await self._stop_parts()
@@ -304,6 +321,8 @@ class Sidecar(Service):
         # Last: until the producer is flushed, probes still get an answer (not ready).
         if self.admin is not None:
             await self.admin.stop()
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
 
 
 async def run(
@@ -311,17 +330,19 @@ async def run(
     tracer: Tracer,
     on_serving: Callable[[], None] = lambda: None,
     metrics: SidecarMetrics | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop; ``on_serving`` runs once started.
 
-    ``metrics`` are the sidecar's metrics (by default served for Prometheus only).
+    ``metrics`` are the sidecar's metrics (by default served for Prometheus only); ``heartbeat``
+    is this process's, when it is one of several (see ``Sidecar``).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with Sidecar(settings, tracer, metrics):
+        async with Sidecar(settings, tracer, metrics, heartbeat):
             on_serving()
             await stop.wait()
     finally:

@@ -362,11 +362,15 @@ def empty_grpc(workdir: Path, seconds: float, *, smoke: bool) -> dict[str, dict[
     try:
         for _ in range(100):
             if port_open(port):
-                return {
-                    "grpc_empty_handler": loadgen(target, "closed", "--seconds", str(seconds)),
-                    "grpc_empty_handler_go_client": go_loadgen(
+                python_client = loadgen(target, "closed", "--seconds", str(seconds))
+                # Its CPU per call is the floor of the sidecar's per unary event.
+                with Sampler(server.pid) as sampler:
+                    go_client = go_loadgen(
                         target, "closed", seconds, "--concurrency", str(UNARY_CONCURRENCY)
-                    ),
+                    )
+                return {
+                    "grpc_empty_handler": python_client,
+                    "grpc_empty_handler_go_client": go_client | sampler.figures(go_client["calls"]),
                     **fan_out_in_child(
                         workdir / "fan-empty", target, [server.pid], smoke=smoke,
                         prefix="grpc_empty_",
@@ -1031,6 +1035,9 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "unary_sidecar_cpu_s_per_10k_events (target <= 2.5)": unary["sidecar_cpu_s_per_10k_events"],
+        "floor: grpc_empty_handler_cpu_s_per_10k_calls": base["grpc_empty_handler_go_client"][
+            "sidecar_cpu_s_per_10k_events"
+        ],
         "unary_broker_cpu_per_event_vs_raw_aiokafka_same_concurrency (target <= 1.5)": ratio(
             unary["broker_cpu_s_per_10k_events"],
             raw["closed_loop"]["broker_cpu_s_per_10k_events"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -51,6 +52,11 @@ class HeartbeatBoard:
         self.pids[slot] = os.getpid()
         self.beats[slot] = time.monotonic()
 
+    def retire(self, slot: int) -> None:
+        """The process stopped on purpose: its silence from now on is no stall (one that
+        exits is the supervisor's to see)."""
+        self.beats[slot] = math.inf
+
     def stalled(self, timeout: float, now: float | None = None) -> str | None:
         """What is wrong, in a line, if some process has not beaten for ``timeout`` seconds."""
         now = time.monotonic() if now is None else now
@@ -85,6 +91,7 @@ class Heartbeat(Service):
     async def _stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        self.board.retire(self.slot)
 
     async def _beat(self) -> None:
         while True:

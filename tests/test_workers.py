@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -46,6 +47,33 @@ def _thread_niceness(pid: int) -> set[int]:
         stat = Path(f"/proc/{pid}/task/{thread}/stat").read_text()
         values.add(int(stat.rsplit(")", 1)[1].split()[16]))  # Field 19 of proc(5).
     return values
+
+
+@contextlib.asynccontextmanager
+async def with_delivery_process(
+    kafka: KafkaBroker, redis: RedisServer, topic: str, tmp_path: Path, *extra_args: str
+) -> AsyncIterator[SidecarProcess]:
+    """A sidecar whose streams have a process of their own (``--subscribe-listen``)."""
+    sidecar = SidecarProcess(
+        tmp_path / "sidecar", free_port(), kafka.bootstrap, redis.url, topic,
+        subscribe_port=free_port(),
+        # Not the default 19: beside a CPU hog (CI's check under load) that would leave the
+        # delivery process next to no CPU to start in, which is what it is for.
+        extra_args=["--delivery-nice", "5", *extra_args],
+    )  # fmt: skip
+    await asyncio.to_thread(sidecar.start)
+    try:
+        yield sidecar
+    finally:
+        await asyncio.to_thread(sidecar.stop)
+
+
+def delivery_pid(sidecar: SidecarProcess) -> int:
+    """The process that serves the subscribe port, found by the socket it listens on."""
+    assert sidecar.subscribe_port is not None
+    listening = tcp_socket_inodes(sidecar.subscribe_port, TCP_LISTEN)
+    (delivering,) = [p for p in sidecar.worker_pids() if process_socket_inodes(p) & listening]
+    return delivering
 
 
 @pytest.fixture
@@ -113,18 +141,12 @@ async def test_streams_on_the_subscribe_listener_have_a_process_that_yields_the_
     kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path, source_type: str
 ) -> None:
     delivery_admin = f"127.0.0.1:{free_port()}"
-    sidecar = SidecarProcess(
-        tmp_path / "sidecar", free_port(), kafka.bootstrap, shared_redis.url, topic,
-        subscribe_port=free_port(),
-        # Not the default 19: beside a CPU hog (CI's check under load) that would leave the
-        # delivery process next to no CPU to start in, which is what it is for.
-        extra_args=["--delivery-admin-listen", delivery_admin, "--delivery-nice", "5"],
-    )  # fmt: skip
-    await asyncio.to_thread(sidecar.start)
-    try:
+    async with with_delivery_process(
+        kafka, shared_redis, topic, tmp_path, "--delivery-admin-listen", delivery_admin
+    ) as sidecar:
         assert sidecar.subscribe_port is not None
         listening = tcp_socket_inodes(sidecar.subscribe_port, TCP_LISTEN)
-        (delivering,) = [p for p in sidecar.worker_pids() if process_socket_inodes(p) & listening]
+        delivering = delivery_pid(sidecar)
         (publishing,) = set(sidecar.worker_pids()) - {delivering}
         # Every thread of the delivery process, gRPC's own included, is 5 nicer than the
         # publishing process, which keeps the niceness this test runs at.
@@ -159,23 +181,15 @@ async def test_streams_on_the_subscribe_listener_have_a_process_that_yields_the_
         sidecar.request_stop()
         assert await asyncio.to_thread(sidecar.wait_exit, 30) == 0
         assert not _alive(delivering)
-    finally:
-        await asyncio.to_thread(sidecar.stop)
 
 
 async def test_a_hung_delivery_process_fails_healthz_on_the_sidecars_admin_listener(
     kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path
 ) -> None:
-    sidecar = SidecarProcess(
-        tmp_path / "sidecar", free_port(), kafka.bootstrap, shared_redis.url, topic,
-        subscribe_port=free_port(),
-        extra_args=["--delivery-nice", "5", "--worker-stall-timeout", "2"],
-    )  # fmt: skip
-    await asyncio.to_thread(sidecar.start)
-    try:
-        assert sidecar.subscribe_port is not None
-        listening = tcp_socket_inodes(sidecar.subscribe_port, TCP_LISTEN)
-        (delivering,) = [p for p in sidecar.worker_pids() if process_socket_inodes(p) & listening]
+    async with with_delivery_process(
+        kafka, shared_redis, topic, tmp_path, "--worker-stall-timeout", "2"
+    ) as sidecar:
+        delivering = delivery_pid(sidecar)
         admin_port = sidecar.admin_port
 
         async def healthz_status(status: int) -> bool:
@@ -198,5 +212,3 @@ async def test_a_hung_delivery_process_fails_healthz_on_the_sidecars_admin_liste
         await eventually(lambda: healthz_status(200), timeout=60)
         sidecar.request_stop()
         assert await asyncio.to_thread(sidecar.wait_exit, 30) == 0
-    finally:
-        await asyncio.to_thread(sidecar.stop)

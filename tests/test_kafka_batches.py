@@ -14,6 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from dualstream.kafka_batches import wave_hold
 from dualstream.transport.server import Sidecar
 from dualstream_client import BatchItemResult, DualstreamClient, EventInput, PublishResult
 from stack.localstack import KafkaBroker, create_topic
@@ -105,3 +106,10 @@ async def test_concurrent_calls_share_produce_requests(
             )
         waves = log.waves - before - 1
         assert waves < 5 * 50 / 4, f"{waves} waves (produce requests) for 250 records"
+
+
+def test_the_hold_grows_with_the_calls_in_progress_within_bounds() -> None:
+    # Up to 16 calls, the setting; then in proportion to the calls; at most four times it.
+    assert [wave_hold(0.002, calls) for calls in (0, 1, 16)] == [0.002] * 3
+    assert wave_hold(0.002, 32) == 0.004
+    assert wave_hold(0.002, 64) == wave_hold(0.002, 10_000) == 0.008

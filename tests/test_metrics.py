@@ -91,6 +91,8 @@ async def test_metrics_move_as_events_flow_and_redis_dies(
             kafka_labels = {"messaging_system": "kafka", "messaging_destination_name": topic}
             assert value(served, "dualstream_streams_open") == 1
             assert value(served, "messaging_client_sent_messages_total", **kafka_labels) == 3
+            # One after another, each publish is a wave of its own: nothing else was coming.
+            assert value(served, "dualstream_kafka_waves_total") == 3
             assert value(served, "messaging_client_operation_duration_seconds_count") == 3
             assert (
                 value(

@@ -382,6 +382,14 @@ class SidecarMetrics(Service):
             lambda: [Observation(int(notifier.breaker_open))],
         )
         self.observe(
+            "counter",
+            "dualstream.kafka.waves",
+            "{wave}",
+            "Waves of record batches handed to the Kafka producer, each one produce request per "
+            "broker it reaches: records sent over waves is how full the requests are.",
+            lambda: [Observation(publisher.event_log.waves)],
+        )
+        self.observe(
             "updown",
             "dualstream.kafka.buffer.events",
             "{event}",

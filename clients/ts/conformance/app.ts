@@ -3,12 +3,13 @@
 // acknowledged event or stream message, written synchronously so each line is out at once.
 import { writeSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { DualstreamClient, type SlowConsumerPolicyName } from "../src/index.js";
+import { type ClientOptions, DualstreamClient, DualstreamError, type SlowConsumerPolicyName } from "../src/index.js";
 
 const USAGE = `usage:
   app publish --target T [--token X] --source TYPE:ID --type TYPE --count N [--id-prefix P]
   app subscribe --target T [--token X] --source TYPE:ID... [--resume CURSOR] [--limit N]
-                [--policy gap|replay|close]`;
+                [--policy gap|replay|close]
+  app overload --target T [--token X] --source TYPE:ID --count N --concurrency C`;
 
 function emit(line: Record<string, unknown>): void {
   writeSync(1, `${JSON.stringify(line)}\n`);
@@ -47,6 +48,41 @@ async function publish(client: DualstreamClient, flags: Flags): Promise<void> {
       offset: result.offset,
     });
   }
+}
+
+/**
+ * N publishes with C in flight, no retry and the default throttle; one line counts how each
+ * ended: acknowledged, refused by the sidecar as past capacity, held back by the throttle, or
+ * any other error by its code.
+ */
+async function overload(client: DualstreamClient, flags: Flags): Promise<void> {
+  const [sourceType, sourceId] = source(only(flags.source, "--source"));
+  const total = count(flags.count, "--count") ?? 1;
+  const concurrency = Math.max(1, count(flags.concurrency, "--concurrency") ?? 1);
+  const tally = { kind: "overload", ok: 0, refused: 0, throttled: 0, errors: {} as Record<string, number> };
+  let started = 0;
+  const worker = async (): Promise<void> => {
+    while (started < total) {
+      started += 1;
+      try {
+        await client.publish({ type: "overload", sourceType, sourceId });
+        tally.ok += 1;
+      } catch (error) {
+        if (!(error instanceof DualstreamError)) {
+          throw error;
+        }
+        if (error.throttled) {
+          tally.throttled += 1;
+        } else if (error.retryAfterMs !== undefined) {
+          tally.refused += 1;
+        } else {
+          tally.errors[error.codeName] = (tally.errors[error.codeName] ?? 0) + 1;
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, total) }, worker));
+  emit(tally);
 }
 
 async function subscribe(client: DualstreamClient, flags: Flags): Promise<void> {
@@ -115,6 +151,7 @@ type Flags = {
   resume?: string;
   limit?: string;
   policy?: string;
+  concurrency?: string;
 };
 
 function only(values: string[] | undefined, flag: string): string {
@@ -138,22 +175,29 @@ async function main(argv: string[]): Promise<number> {
       resume: { type: "string" },
       limit: { type: "string" },
       policy: { type: "string" },
+      concurrency: { type: "string" },
     },
   });
   const flags = values as Flags;
   const command = positionals[0];
-  if (positionals.length !== 1 || (command !== "publish" && command !== "subscribe") || !flags.target) {
+  const commands = { publish, subscribe, overload };
+  if (positionals.length !== 1 || !(command !== undefined && command in commands) || !flags.target) {
     process.stderr.write(`${USAGE}\n`);
     return 2;
   }
+  const retry: ClientOptions["retry"] =
+    command === "overload"
+      ? // Every answer counted as it came: no retry (the throttle stays at its defaults).
+        { maxAttempts: 1 }
+      : // The contract: a retry budget of at least 60 s per event (the tests restart the sidecar).
+        { maxAttempts: Number.POSITIVE_INFINITY, maxElapsedMs: 90_000 };
   const client = new DualstreamClient({
     target: flags.target,
-    // The contract: a retry budget of at least 60 s per event (the tests restart the sidecar).
-    retry: { maxAttempts: Number.POSITIVE_INFINITY, maxElapsedMs: 90_000 },
+    retry,
     ...(flags.token === undefined ? {} : { token: flags.token }),
   });
   try {
-    await (command === "publish" ? publish(client, flags) : subscribe(client, flags));
+    await commands[command as keyof typeof commands](client, flags);
   } finally {
     client.close();
   }

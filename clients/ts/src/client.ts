@@ -23,7 +23,8 @@ import {
   publishResultFromProto,
 } from "./messages.js";
 import { type ReconnectOptions, type ResumeState, resumingStream } from "./resume.js";
-import { type RetryOptions, retryUnavailable } from "./retry.js";
+import { type RetryOptions, retryPublish } from "./retry.js";
+import { AdaptiveThrottle, type ThrottleOptions } from "./throttle.js";
 import { type Connection, type TlsOptions, openConnection } from "./transport.js";
 import { uuidv7 } from "./uuid7.js";
 
@@ -36,8 +37,19 @@ export interface ClientOptions {
   tls?: TlsOptions | boolean;
   /** The deadline of each unary call (each attempt of it). Default 30,000 ms. */
   timeoutMs?: number;
-  /** Retrying publishes after UNAVAILABLE. */
+  /**
+   * Retrying publishes after UNAVAILABLE or a capacity refusal (waiting at least the refusal's
+   * `retryAfterMs`). Default on; `{ maxAttempts: 1 }` turns it off.
+   */
   retry?: RetryOptions;
+  /**
+   * Client-side throttling of publishes: while the sidecar refuses this client's calls as past
+   * capacity, the client refuses a share of them itself, without sending them
+   * (`DualstreamError` with `throttled: true`, RESOURCE_EXHAUSTED and a `retryAfterMs`), so the
+   * sidecar is not kept busy refusing. One throttle per client, shared by all its publishes.
+   * Default on (ratio 1.2, window 5,000 ms, 20 calls minimum); `false` turns it off.
+   */
+  throttle?: ThrottleOptions | false;
   /** Reconnecting subscriptions after their stream broke. */
   reconnect?: ReconnectOptions;
   /** HTTP/2 PINGs at this interval notice a silent sidecar on a quiet stream. Default off. */
@@ -119,9 +131,11 @@ export class DualstreamClient {
   readonly #connection: Connection;
   readonly #rpc: Client<typeof EventService>;
   readonly #options: ClientOptions;
+  readonly #throttle: AdaptiveThrottle | undefined;
 
   constructor(options: ClientOptions = {}) {
     this.#options = options;
+    this.#throttle = options.throttle === false ? undefined : new AdaptiveThrottle(options.throttle);
     this.#connection =
       options.transport !== undefined
         ? { transport: options.transport, close: () => {} }
@@ -137,12 +151,13 @@ export class DualstreamClient {
 
   /**
    * Publish one event: resolves once Kafka acknowledged it. An event without an id gets a
-   * UUIDv7 here, so the retries after UNAVAILABLE (see `retry`) send the same id.
+   * UUIDv7 here, so the retries after UNAVAILABLE or a capacity refusal (see `retry`) send the
+   * same id.
    */
   async publish(event: EventInput, options: CallOptions = {}): Promise<PublishResult> {
     const request = { event: eventToProto(event, event.id || uuidv7()) };
-    const response = await retryUnavailable(
-      () => this.#rpc.publish(request, this.#callOptions(options)),
+    const response = await retryPublish(
+      () => this.#throttled(() => this.#rpc.publish(request, this.#callOptions(options))),
       this.#options.retry,
       options.signal,
     );
@@ -153,17 +168,20 @@ export class DualstreamClient {
    * Publish several events in one call; one result per event, in order. One invalid event
    * rejects the whole batch with INVALID_ARGUMENT (`error.field` names it, e.g.
    * `events[1].source_type`) and nothing is written. Events Kafka did not acknowledge with
-   * UNAVAILABLE are sent again, with the same ids, within the `retry` budget. Throws when no
-   * call was answered at all; once one was, its acknowledged events are reported as such.
+   * UNAVAILABLE are sent again, with the same ids, within the `retry` budget; a call refused
+   * as a whole as past capacity wrote nothing and is sent again whole. Throws when no call was
+   * answered at all; once one was, its acknowledged events are reported as such.
    */
   async publishBatch(events: readonly EventInput[], options: CallOptions = {}): Promise<BatchItemResult[]> {
     const messages = events.map((event) => eventToProto(event, event.id || uuidv7()));
     const results: BatchItemResult[] = [];
     let pending = messages.map((_, index) => index);
     const sendPending = async (): Promise<void> => {
-      const response = await this.#rpc.publishBatch(
-        { events: pending.map((index) => messages[index] as EventMessage) },
-        this.#callOptions(options),
+      const response = await this.#throttled(() =>
+        this.#rpc.publishBatch(
+          { events: pending.map((index) => messages[index] as EventMessage) },
+          this.#callOptions(options),
+        ),
       );
       if (response.results.length !== pending.length) {
         throw new DualstreamError(
@@ -191,7 +209,7 @@ export class DualstreamClient {
       }
     };
     try {
-      await retryUnavailable(sendPending, this.#options.retry, options.signal);
+      await retryPublish(sendPending, this.#options.retry, options.signal);
     } catch (error) {
       if (results.length === 0) {
         throw error; // no call was answered: the batch failed as a whole
@@ -260,6 +278,11 @@ export class DualstreamClient {
   /** Drop the connection; calls still running fail. */
   close(): void {
     this.#connection.close();
+  }
+
+  /** One publish attempt, through the throttle when the client has one. */
+  #throttled<T>(attempt: () => Promise<T>): Promise<T> {
+    return this.#throttle === undefined ? attempt() : this.#throttle.run(attempt);
   }
 
   #callOptions(options: CallOptions): ConnectCallOptions {

@@ -1,3 +1,6 @@
+import { fromBinary } from "@bufbuild/protobuf";
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
+import { DurationSchema, durationMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 
 export { Code };
@@ -13,12 +16,31 @@ export class DualstreamError extends Error {
   readonly code: Code;
   readonly details: string;
   readonly field: string | undefined;
+  /**
+   * The sidecar's retry hint, in ms, on a `RESOURCE_EXHAUSTED` that refused a publish as past
+   * its capacity (nothing was written: retrying after it with the same ids is safe), or the
+   * client's own when `throttled`. `undefined` on every other error, including the
+   * `RESOURCE_EXHAUSTED`s a retry would only repeat (a request over the size limit, too many
+   * streams).
+   */
+  readonly retryAfterMs: number | undefined;
+  /**
+   * True when the client's adaptive throttle refused the call without sending it, because the
+   * sidecar has been refusing this client's calls as past capacity (`ClientOptions.throttle`).
+   */
+  readonly throttled: boolean;
 
-  constructor(code: Code, details: string, options?: { cause?: unknown }) {
-    super(`${codeName(code)}: ${details}`, options);
+  constructor(
+    code: Code,
+    details: string,
+    options?: { cause?: unknown; retryAfterMs?: number | undefined; throttled?: boolean },
+  ) {
+    super(`${codeName(code)}: ${details}`, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.details = details;
     this.field = code === Code.InvalidArgument ? fieldPath(details) : undefined;
+    this.retryAfterMs = options?.retryAfterMs;
+    this.throttled = options?.throttled ?? false;
   }
 
   /** The code as gRPC spells it, for example `INVALID_ARGUMENT`. */
@@ -78,6 +100,55 @@ function lostConnection(error: unknown): boolean {
   return false;
 }
 
+/**
+ * A publish refused as past capacity, by the sidecar or by the client's throttle: nothing was
+ * written, so it is retried (after the hint) like UNAVAILABLE.
+ */
+export function isCapacityRefusal(error: DualstreamError): boolean {
+  return error.code === Code.ResourceExhausted && error.retryAfterMs !== undefined;
+}
+
+const RETRY_INFO = "google.rpc.RetryInfo";
+const RETRY_PUSHBACK = "grpc-retry-pushback-ms";
+
+/**
+ * The retry hint of a refusal, in ms: the `google.rpc.RetryInfo` detail of the rich error
+ * model, else gRPC's `grpc-retry-pushback-ms` trailer (a whole number; gRPC reads anything
+ * else, a negative number included, as "do not retry", so it is no hint).
+ */
+export function retryHintMs(error: ConnectError): number | undefined {
+  for (const detail of error.details) {
+    if ("type" in detail && detail.type === RETRY_INFO) {
+      const delayMs = retryInfoDelayMs(detail.value);
+      if (delayMs !== undefined) {
+        return delayMs;
+      }
+    }
+  }
+  const pushback = error.metadata.get(RETRY_PUSHBACK)?.trim();
+  return pushback !== undefined && /^\d+$/.test(pushback) ? Number(pushback) : undefined;
+}
+
+// RetryInfo is one field, `google.protobuf.Duration retry_delay = 1`: read by hand, so the
+// client does not generate and ship googleapis' error_details.proto for it.
+function retryInfoDelayMs(bytes: Uint8Array): number | undefined {
+  try {
+    const reader = new BinaryReader(bytes);
+    let delayMs: number | undefined;
+    while (reader.pos < reader.len) {
+      const [fieldNo, wireType] = reader.tag();
+      if (fieldNo === 1 && wireType === WireType.LengthDelimited) {
+        delayMs = durationMs(fromBinary(DurationSchema, reader.bytes()));
+      } else {
+        reader.skip(wireType, fieldNo);
+      }
+    }
+    return delayMs !== undefined && Number.isFinite(delayMs) && delayMs >= 0 ? delayMs : undefined;
+  } catch {
+    return undefined; // a malformed detail is no hint; the pushback trailer may still be one
+  }
+}
+
 /** Translate anything a call threw into a `DualstreamError`, keeping the original as `cause`. */
 export function toDualstreamError(error: unknown): DualstreamError {
   if (error instanceof DualstreamError) {
@@ -92,5 +163,6 @@ export function toDualstreamError(error: unknown): DualstreamError {
     // itself as such): the connection to the sidecar died, e.g. the sidecar was killed.
     code = Code.Unavailable;
   }
-  return new DualstreamError(code, connectError.rawMessage, { cause: error });
+  const retryAfterMs = code === Code.ResourceExhausted ? retryHintMs(connectError) : undefined;
+  return new DualstreamError(code, connectError.rawMessage, { cause: error, retryAfterMs });
 }

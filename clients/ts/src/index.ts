@@ -23,5 +23,6 @@ export type {
 export type { BackoffOptions } from "./backoff.js";
 export type { ReconnectOptions } from "./resume.js";
 export type { RetryOptions } from "./retry.js";
+export type { ThrottleOptions } from "./throttle.js";
 export type { TlsOptions } from "./transport.js";
 export { uuidv7 } from "./uuid7.js";

@@ -1,7 +1,10 @@
 import { type BackoffOptions, type Sleep, backoffDelayMs, sleep as realSleep } from "./backoff.js";
-import { Code, DualstreamError, toDualstreamError } from "./errors.js";
+import { Code, DualstreamError, isCapacityRefusal, toDualstreamError } from "./errors.js";
 
-/** How publishing retries a call that failed with UNAVAILABLE. */
+/**
+ * How publishing retries a call that failed with UNAVAILABLE, or was refused as past capacity
+ * (RESOURCE_EXHAUSTED with a retry hint, from the sidecar or the client's throttle).
+ */
 export interface RetryOptions extends BackoffOptions {
   /** Attempts in all, the first included. Default 8: 6 to 11 s of waits at the default backoff, enough to ride out a sidecar restart; 1 turns retrying off. */
   maxAttempts?: number;
@@ -13,11 +16,13 @@ export interface RetryOptions extends BackoffOptions {
 }
 
 /**
- * Run `call` until it succeeds, fails with anything but UNAVAILABLE, or used `maxAttempts`
- * or `maxElapsedMs`.
- * Only for calls that are safe to repeat: every event already carries its final id.
+ * Run `call` until it succeeds, fails with anything but UNAVAILABLE or a capacity refusal, or
+ * used `maxAttempts` or `maxElapsedMs`. After a capacity refusal the wait is the longer of its
+ * hint and the backoff's: the sidecar knows when it expects room, the backoff keeps the jitter.
+ * Only for calls that are safe to repeat: every event already carries its final id, and a
+ * refused call wrote nothing.
  */
-export async function retryUnavailable<T>(
+export async function retryPublish<T>(
   call: () => Promise<T>,
   options: RetryOptions = {},
   signal?: AbortSignal,
@@ -33,10 +38,11 @@ export async function retryUnavailable<T>(
     } catch (thrown) {
       error = toDualstreamError(thrown);
     }
-    if (error.code !== Code.Unavailable || attempt >= maxAttempts || signal?.aborted) {
+    if ((error.code !== Code.Unavailable && !isCapacityRefusal(error)) || attempt >= maxAttempts || signal?.aborted) {
       throw error;
     }
-    const delayMs = backoffDelayMs(attempt - 1, options, random);
+    // Only a capacity refusal carries a hint.
+    const delayMs = Math.max(error.retryAfterMs ?? 0, backoffDelayMs(attempt - 1, options, random));
     if (now() + delayMs > giveUpAt) {
       throw error;
     }

@@ -3,6 +3,7 @@ import { describe, it } from "node:test";
 import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
 import { DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE, DualstreamClient, DualstreamError } from "../../src/index.js";
 import { EventService, type Event } from "../../src/gen/dualstream/v1/event_service_pb.js";
+import { capacityRefusal } from "./refusals.js";
 
 // An in-memory EventService (connect's router transport) scripted per test: the client's own
 // logic (ids, retries, result merging) runs unchanged, without a network.
@@ -114,6 +115,97 @@ describe("DualstreamClient against a scripted service", () => {
       results.map((r) => (r.ok ? `${r.id}@${r.result.offset}` : `${r.id}:${r.error.details}`)),
       ["a@5", "b:sidecar gone"],
     );
+  });
+
+  it("retries a capacity refusal with the same id, no sooner than its hint", async () => {
+    const attempts: { id: string; at: number }[] = [];
+    const transport = createRouterTransport(({ service }) => {
+      service(EventService, {
+        publish(request) {
+          attempts.push({ id: request.event?.id ?? "", at: performance.now() });
+          if (attempts.length === 1) throw capacityRefusal({ retryInfoMs: 40, pushback: "40" });
+          if (attempts.length === 2) throw capacityRefusal({ pushback: "30" });
+          return { id: request.event?.id ?? "", topic: "events", offset: 7n };
+        },
+      });
+    });
+    const client = new DualstreamClient({ transport, retry: fastRetry });
+    const result = await client.publish({ type: "t", sourceType: "s", sourceId: "a" });
+    assert.equal(result.offset, 7);
+    assert.equal(attempts.length, 3);
+    assert.equal(new Set(attempts.map((a) => a.id)).size, 1);
+    // A lower bound only (a loaded machine waits longer); 1 ms for the timers' rounding.
+    const [first, second, third] = attempts.map((a) => a.at) as [number, number, number];
+    assert.ok(second - first >= 39, `waited ${second - first} ms of a 40 ms hint`);
+    assert.ok(third - second >= 29, `waited ${third - second} ms of a 30 ms hint`);
+  });
+
+  it("reports a refusal's hint when retrying is off, and retries a refused batch whole", async () => {
+    let batchCalls = 0;
+    const transport = createRouterTransport(({ service }) => {
+      service(EventService, {
+        publish() {
+          throw capacityRefusal({ retryInfoMs: 250 });
+        },
+        publishBatch(request) {
+          batchCalls += 1;
+          if (batchCalls === 1) throw capacityRefusal({ pushback: "1" });
+          return {
+            results: request.events.map((event, i) => ({
+              id: event.id,
+              outcome: { case: "published" as const, value: { id: event.id, topic: "events", offset: BigInt(i) } },
+            })),
+          };
+        },
+      });
+    });
+    const client = new DualstreamClient({ transport, retry: { maxAttempts: 1 } });
+    await assert.rejects(client.publish({ type: "t", sourceType: "s", sourceId: "a" }), (error: unknown) => {
+      assert.ok(error instanceof DualstreamError);
+      assert.equal(error.codeName, "RESOURCE_EXHAUSTED");
+      assert.equal(error.retryAfterMs, 250);
+      assert.equal(error.throttled, false);
+      return true;
+    });
+    const retrying = new DualstreamClient({ transport, retry: fastRetry });
+    const results = await retrying.publishBatch(["a", "b"].map((sourceId) => ({ type: "t", sourceType: "s", sourceId })));
+    assert.equal(batchCalls, 2);
+    assert.deepEqual(
+      results.map((r) => r.ok && r.result.offset),
+      [0, 1],
+    );
+  });
+
+  it("throttles: refuses calls itself while the sidecar refuses them, unless turned off", async () => {
+    let received = 0;
+    const transport = createRouterTransport(({ service }) => {
+      service(EventService, {
+        publish() {
+          received += 1;
+          throw capacityRefusal({ retryInfoMs: 80 });
+        },
+      });
+    });
+    const outcomes = async (client: DualstreamClient) => {
+      const errors: DualstreamError[] = [];
+      for (let i = 0; i < 100; i++) {
+        await client.publish({ type: "t", sourceType: "s", sourceId: "a" }).catch((error: DualstreamError) => errors.push(error));
+      }
+      return errors;
+    };
+    const errors = await outcomes(new DualstreamClient({ transport, retry: { maxAttempts: 1 }, throttle: { minRequests: 10 } }));
+    const throttled = errors.filter((error) => error.throttled);
+    assert.equal(errors.length, 100);
+    assert.equal(received + throttled.length, 100, "a throttled call is never sent");
+    // p reaches 10/11 after the first 10 and grows: the odds of fewer than 50 held back are nil.
+    assert.ok(throttled.length > 50, `${throttled.length} throttled`);
+    assert.ok(throttled.every((error) => error.code === Code.ResourceExhausted && error.retryAfterMs === 80));
+    assert.match(throttled[0]?.message ?? "", /^RESOURCE_EXHAUSTED: not sent: the sidecar refused \d+ of this client's last \d+ calls/);
+
+    received = 0;
+    const unthrottled = await outcomes(new DualstreamClient({ transport, retry: { maxAttempts: 1 }, throttle: false }));
+    assert.equal(received, 100);
+    assert.ok(unthrottled.every((error) => !error.throttled && error.retryAfterMs === 80));
   });
 
   it("raises INVALID_ARGUMENT with the field path, without retrying", async () => {

@@ -2,9 +2,10 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { backoffDelayMs } from "../../src/backoff.js";
-import { DualstreamError, codeName, fieldPath, toDualstreamError } from "../../src/errors.js";
-import { retryUnavailable } from "../../src/retry.js";
+import { DualstreamError, codeName, fieldPath, isCapacityRefusal, toDualstreamError } from "../../src/errors.js";
+import { retryPublish } from "../../src/retry.js";
 import { parseTarget } from "../../src/transport.js";
+import { capacityRefusal } from "./refusals.js";
 import { uuidv7 } from "../../src/uuid7.js";
 
 describe("errors", () => {
@@ -46,6 +47,30 @@ describe("errors", () => {
   });
 });
 
+describe("retry hints", () => {
+  it("reads RetryInfo's retry_delay first, else the pushback trailer", () => {
+    assert.equal(toDualstreamError(capacityRefusal({ retryInfoMs: 1_500, pushback: "250" })).retryAfterMs, 1_500);
+    assert.equal(toDualstreamError(capacityRefusal({ retryInfoMs: 0 })).retryAfterMs, 0);
+    const pushbackOnly = toDualstreamError(capacityRefusal({ pushback: "250" }));
+    assert.equal(pushbackOnly.retryAfterMs, 250);
+    assert.equal(pushbackOnly.throttled, false);
+    assert.ok(isCapacityRefusal(pushbackOnly));
+  });
+
+  it("is no hint when absent, malformed, negative, or on another code", () => {
+    const tooLarge = toDualstreamError(new ConnectError("request too large", Code.ResourceExhausted));
+    assert.equal(tooLarge.retryAfterMs, undefined);
+    assert.ok(!isCapacityRefusal(tooLarge));
+    assert.equal(toDualstreamError(capacityRefusal({ pushback: "-1" })).retryAfterMs, undefined);
+    assert.equal(toDualstreamError(capacityRefusal({ pushback: "soon" })).retryAfterMs, undefined);
+    const garbled = capacityRefusal({ pushback: "40" });
+    garbled.details.push({ type: "google.rpc.RetryInfo", value: new Uint8Array([0x0a, 0x05, 0x08]) });
+    assert.equal(toDualstreamError(garbled).retryAfterMs, 40, "a malformed RetryInfo falls back on the trailer");
+    const unavailable = new ConnectError("down", Code.Unavailable, { "grpc-retry-pushback-ms": "250" });
+    assert.equal(toDualstreamError(unavailable).retryAfterMs, undefined);
+  });
+});
+
 describe("backoff", () => {
   it("grows by the multiplier up to the ceiling, jittered between half and all of it", () => {
     const options = { initialMs: 100, maxMs: 1_000, multiplier: 2 };
@@ -61,12 +86,12 @@ describe("backoff", () => {
   });
 });
 
-describe("retryUnavailable", () => {
+describe("retryPublish", () => {
   const noSleep = async () => {};
 
   it("retries UNAVAILABLE up to maxAttempts calls in all", async () => {
     let calls = 0;
-    const result = await retryUnavailable(
+    const result = await retryPublish(
       async () => {
         calls += 1;
         if (calls < 3) throw new ConnectError("down", Code.Unavailable);
@@ -81,7 +106,7 @@ describe("retryUnavailable", () => {
 
     calls = 0;
     await assert.rejects(
-      retryUnavailable(
+      retryPublish(
         async () => {
           calls += 1;
           throw new ConnectError("down", Code.Unavailable);
@@ -99,7 +124,7 @@ describe("retryUnavailable", () => {
     const stop = new AbortController();
     let calls = 0;
     await assert.rejects(
-      retryUnavailable(
+      retryPublish(
         async () => {
           calls += 1;
           throw new ConnectError("down", Code.Unavailable);
@@ -117,7 +142,7 @@ describe("retryUnavailable", () => {
     let calls = 0;
     let clock = 0;
     await assert.rejects(
-      retryUnavailable(
+      retryPublish(
         async () => {
           calls += 1;
           throw new ConnectError("down", Code.Unavailable);
@@ -137,10 +162,62 @@ describe("retryUnavailable", () => {
     assert.equal(calls, 3, "a third wait of 1 s would end past the 2.5 s budget");
   });
 
+  it("retries capacity refusals, waiting the longer of the hint and the backoff", async () => {
+    const waits: number[] = [];
+    let calls = 0;
+    const result = await retryPublish(
+      async () => {
+        calls += 1;
+        if (calls === 1) throw capacityRefusal({ retryInfoMs: 700 });
+        if (calls === 2) throw capacityRefusal({ pushback: "10" });
+        if (calls === 3) throw new DualstreamError(Code.ResourceExhausted, "not sent", { retryAfterMs: 300, throttled: true });
+        return "ok";
+      },
+      { initialMs: 100, maxMs: 1_000 },
+      undefined,
+      { sleep: async (ms) => void waits.push(ms), random: () => 1 },
+    );
+    assert.equal(result, "ok");
+    // Backoff ceilings 100, 200, 400 (the draw of 1 waits all of each).
+    assert.deepEqual(waits, [700, 200, 400]);
+  });
+
+  it("does not retry a RESOURCE_EXHAUSTED without a hint, nor past the time budget", async () => {
+    let calls = 0;
+    await assert.rejects(
+      retryPublish(
+        async () => {
+          calls += 1;
+          throw new ConnectError("request too large", Code.ResourceExhausted);
+        },
+        {},
+        undefined,
+        { sleep: noSleep },
+      ),
+      (error: unknown) => error instanceof DualstreamError && error.code === Code.ResourceExhausted,
+    );
+    assert.equal(calls, 1);
+
+    calls = 0;
+    await assert.rejects(
+      retryPublish(
+        async () => {
+          calls += 1;
+          throw capacityRefusal({ pushback: "60000" });
+        },
+        { maxElapsedMs: 30_000 },
+        undefined,
+        { sleep: noSleep, now: () => 0 },
+      ),
+      (error: unknown) => error instanceof DualstreamError && error.retryAfterMs === 60_000,
+    );
+    assert.equal(calls, 1, "a 60 s hint does not fit a 30 s budget");
+  });
+
   it("does not retry other codes", async () => {
     let calls = 0;
     await assert.rejects(
-      retryUnavailable(
+      retryPublish(
         async () => {
           calls += 1;
           throw new ConnectError("events[0].type: is required", Code.InvalidArgument);

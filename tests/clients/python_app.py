@@ -1,5 +1,5 @@
 """The Python client's conformance app (the contract is in clients/README.md), built on the
-client's public API only: ``python -m tests.clients.python_app publish|subscribe ...``."""
+client's public API only: ``python -m tests.clients.python_app publish|subscribe|overload``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 
 from dualstream_client import (
     CaughtUp,
@@ -17,8 +18,10 @@ from dualstream_client import (
     EventInput,
     Gap,
     Notification,
+    ResourceExhaustedError,
     Retry,
     StreamMessage,
+    Throttle,
     parse_source,
 )
 
@@ -47,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--resume", default="")
     subscribe.add_argument("--limit", type=int, default=0)
     subscribe.add_argument("--policy", choices=["gap", "replay", "close"], default="gap")
-    for command in (publish, subscribe):
+    overload = commands.add_parser("overload")
+    overload.add_argument("--source", type=_source, required=True)
+    overload.add_argument("--count", type=int, required=True)
+    overload.add_argument("--concurrency", type=int, required=True)
+    for command in (publish, subscribe, overload):
         command.add_argument("--target", required=True)
         command.add_argument("--token", default="")
     return parser
@@ -112,13 +119,48 @@ async def _subscribe(args: argparse.Namespace) -> None:
                     return
 
 
+def _outcome(error: DualstreamClientError) -> str:
+    """The contract's name for a failed publish of ``overload``."""
+    if isinstance(error, ResourceExhaustedError) and error.retry_after is not None:
+        return "throttled" if error.throttled else "refused"
+    return error.code.name
+
+
+async def _overload(args: argparse.Namespace) -> None:
+    """Publish with ``--concurrency`` calls in flight, no retry and the default throttle, and
+    count how each call ended."""
+    source_type, source_id = args.source
+    outcomes: Counter[str] = Counter()
+
+    async def publish_from(numbers: Iterator[int], client: DualstreamClient) -> None:
+        # The workers share one iterator: each takes the next number once its call is done.
+        for _ in numbers:
+            try:
+                await client.publish(EventInput("overload", source_type, source_id))
+            except DualstreamClientError as exc:
+                outcomes[_outcome(exc)] += 1
+            else:
+                outcomes["ok"] += 1
+
+    async with DualstreamClient(args.target, token=args.token, throttle=Throttle()) as client:
+        numbers = iter(range(args.count))
+        async with asyncio.TaskGroup() as workers:
+            for _ in range(args.concurrency):
+                workers.create_task(publish_from(numbers, client))
+    counts = {kind: outcomes.pop(kind, 0) for kind in ("ok", "refused", "throttled")}
+    _emit({"kind": "overload", **counts, "errors": dict(outcomes)})
+
+
+COMMANDS = {"publish": _publish, "subscribe": _subscribe, "overload": _overload}
+
+
 async def _run(args: argparse.Namespace) -> None:
     task = asyncio.current_task()
     assert task is not None
     # SIGTERM ends a subscriber normally: the contract's way to stop one without --limit.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        await (_publish(args) if args.command == "publish" else _subscribe(args))
+        await COMMANDS[args.command](args)
     except asyncio.CancelledError:
         if task.cancelling() and args.command == "subscribe":
             return

@@ -1,6 +1,6 @@
 """A typed asyncio client for the dualstream sidecar.
 
-async with DualstreamClient("127.0.0.1:50051", retry=Retry()) as client:
+async with DualstreamClient("127.0.0.1:50051", retry=Retry(), throttle=Throttle()) as client:
     result = await client.publish(EventInput("order.created", "user", "octocat", b"{}"))
     async with client.subscribe([("user", "*")]) as stream:  # resumes by itself
         async for message in stream:
@@ -29,6 +29,7 @@ from dualstream_client.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from dualstream_client.throttle import Throttle
 
 __all__ = [
     "DEFAULT_MAX_NOTIFICATIONS_PER_MESSAGE",
@@ -45,6 +46,7 @@ __all__ = [
     "Retry",
     "StreamMessage",
     "Subscription",
+    "Throttle",
     "UnauthenticatedError",
     "UnavailableError",
     "new_event_id",

@@ -21,10 +21,12 @@ from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 from dualstream_client.errors import (
     DualstreamClientError,
+    ResourceExhaustedError,
     UnavailableError,
     from_rpc_error,
     from_status,
 )
+from dualstream_client.throttle import AdaptiveThrottle, Throttle
 
 T = TypeVar("T")
 # A sidecar restart takes seconds: the channel reconnects within a few, not gRPC's default two
@@ -57,14 +59,16 @@ def parse_source(text: str) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """How ``publish`` and ``publish_batch`` retry on ``UNAVAILABLE``.
+    """How ``publish`` and ``publish_batch`` retry on ``UNAVAILABLE`` and on capacity refusals
+    (``ResourceExhaustedError`` with ``retry_after``: the sidecar's, or the client's throttle's).
 
     A retry sends the same event ids (the client gives an event without one a UUIDv7 before
     the first attempt), so an event written by an attempt whose answer was lost is at worst
     written twice under one id, which consumers deduplicate; it is never lost or renamed.
     ``max_attempts`` counts the first attempt. Waits double from ``initial_backoff`` up to
     ``max_backoff``, each drawn between half and all of it; ``max_elapsed`` (seconds), when
-    set, stops retrying once that long has passed since the first attempt.
+    set, stops retrying once that long has passed since the first attempt. After a capacity
+    refusal the wait is the longer of the backoff's and the refusal's ``retry_after``.
     """
 
     # The defaults ride out a sidecar restart: 3.5 to 7 s of waits in all.
@@ -86,8 +90,20 @@ class _Backoff:
         return random.uniform(current / 2, current)
 
 
+def _least_wait_to_retry(error: DualstreamClientError) -> float | None:
+    """How long to wait at least before retrying a call that failed with ``error``; None when
+    a retry would not help. Both kinds of error say that nothing was written (or, for
+    UNAVAILABLE, that it may have been, which the same ids make harmless)."""
+    if isinstance(error, UnavailableError):
+        return 0.0
+    if isinstance(error, ResourceExhaustedError):
+        return error.retry_after  # None unless a capacity refusal.
+    return None
+
+
 async def _retrying(policy: Retry | None, attempt: Callable[[], Awaitable[T]]) -> T:
-    """Run ``attempt`` until it succeeds, fails other than UNAVAILABLE, or ``policy`` is spent."""
+    """Run ``attempt`` until it succeeds, fails in a way a retry would not help, or ``policy``
+    is spent."""
     policy = policy or Retry(max_attempts=1)
     started = time.monotonic()
     waits = _Backoff(policy.initial_backoff, policy.max_backoff)
@@ -95,8 +111,11 @@ async def _retrying(policy: Retry | None, attempt: Callable[[], Awaitable[T]]) -
     while True:
         try:
             return await attempt()
-        except UnavailableError:
-            wait = waits.wait()
+        except DualstreamClientError as error:
+            least = _least_wait_to_retry(error)
+            if least is None:
+                raise
+            wait = max(least, waits.wait())
             spent = number >= policy.max_attempts or (
                 policy.max_elapsed is not None
                 and time.monotonic() - started + wait > policy.max_elapsed
@@ -264,6 +283,7 @@ class DualstreamClient:
         token: str = "",
         tls_root_certificates: bytes | None = None,
         retry: Retry | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         """``target`` is ``host:port`` or ``unix:/path/to.sock``. ``timeout`` is the deadline
         of each call attempt (None: no deadline). ``token`` is sent as ``authorization: Bearer
@@ -271,7 +291,15 @@ class DualstreamClient:
 
         ``retry`` retries publishes on ``UNAVAILABLE`` with the same event ids; ``Retry()``
         rides out a sidecar restart. It is off (None) by default, as before it existed: callers
-        that count or time each answer, like the fault-injection suite, see every one.
+        that count or time each answer, like the fault-injection suite, see every one. It also
+        retries capacity refusals (``ResourceExhaustedError`` with ``retry_after``), waiting
+        at least the sidecar's hint.
+
+        ``throttle`` holds publishes back on the client, without sending them, while the
+        sidecar refuses this client's publishes as past capacity (see ``Throttle``): at twice
+        the sidecar's capacity, most of the surplus is refused at once instead of waiting in
+        the sidecar's queue to be refused there. Off (None) by default, like ``retry``;
+        ``Throttle()`` turns it on. One throttle serves every call of this client.
         """
         self._target = target
         self._timeout = timeout
@@ -279,6 +307,7 @@ class DualstreamClient:
         self._metadata = tuple(metadata) + auth
         self._tls_roots = tls_root_certificates
         self._retry = retry
+        self._throttle = AdaptiveThrottle(throttle) if throttle is not None else None
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.EventServiceAsyncStub | None = None
 
@@ -315,20 +344,35 @@ class DualstreamClient:
         request = pb.PublishRequest(event=_with_id(event).to_proto())
 
         async def attempt() -> pb.PublishResponse:
-            try:
-                return await self._require_stub().Publish(
-                    request, timeout=self._timeout, metadata=self._metadata
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise from_rpc_error(exc) from exc
+            return await self._publishing(
+                lambda stub: stub.Publish(request, timeout=self._timeout, metadata=self._metadata)
+            )
 
         return PublishResult.from_proto(await _retrying(self._retry, attempt))
+
+    async def _publishing(self, call: Callable[[pb_grpc.EventServiceAsyncStub], Awaitable[T]]) -> T:
+        """One attempt of a Publish or PublishBatch ``call``, through the throttle if any."""
+        stub = self._require_stub()
+        throttle = self._throttle
+        if throttle is not None:
+            throttle.admit()
+        try:
+            response = await call(stub)
+        except grpc.aio.AioRpcError as exc:
+            error = from_rpc_error(exc)
+            if throttle is not None:
+                throttle.record(error)
+            raise error from exc
+        if throttle is not None:
+            throttle.record(None)
+        return response
 
     async def publish_batch(self, events: Iterable[EventInput]) -> list[BatchItemResult]:
         """Write several events in one call; one result per event, in order. One invalid event
         rejects the batch with ``InvalidArgumentError`` (``field`` names it) and nothing is
-        written. With ``retry``, a call failing ``UNAVAILABLE`` is sent again, and so are just
-        the events that failed ``UNAVAILABLE``, with the same ids."""
+        written. With ``retry``, a call failing ``UNAVAILABLE`` or refused as past capacity
+        (nothing of it was written) is sent again whole, and the events that failed
+        ``UNAVAILABLE`` are sent again on their own, with the same ids."""
         messages = [_with_id(event).to_proto() for event in events]
         results: list[BatchItemResult | None] = [None] * len(messages)
         pending = list(range(len(messages)))
@@ -336,12 +380,11 @@ class DualstreamClient:
         async def attempt() -> None:
             nonlocal pending
             request = pb.PublishBatchRequest(events=[messages[i] for i in pending])
-            try:
-                response = await self._require_stub().PublishBatch(
+            response = await self._publishing(
+                lambda stub: stub.PublishBatch(
                     request, timeout=self._timeout, metadata=self._metadata
                 )
-            except grpc.aio.AioRpcError as exc:
-                raise from_rpc_error(exc) from exc
+            )
             again = []
             for index, item in zip(pending, response.results, strict=True):
                 result = _batch_item(item)
@@ -356,8 +399,10 @@ class DualstreamClient:
 
         try:
             await _retrying(self._retry, attempt)
-        except UnavailableError:
-            if len(pending) == len(messages):
+        except DualstreamClientError as error:
+            # The last attempt failed as a retry would have fixed: the events acknowledged by
+            # earlier attempts stay acknowledged, the others keep their UNAVAILABLE results.
+            if _least_wait_to_retry(error) is None or len(pending) == len(messages):
                 raise
         return [result for result in results if result is not None]
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+
+# Where a sidecar refusing a call past capacity says when to retry: the rich error model's
+# status (a ``google.rpc.RetryInfo`` among its details) and gRPC's own retry pushback.
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 class DualstreamClientError(Exception):
@@ -29,7 +39,28 @@ class UnavailableError(DualstreamClientError):
 
 
 class ResourceExhaustedError(DualstreamClientError):
-    """A limit was hit (too many streams, a stream too slow to keep up)."""
+    """A limit was hit (too many streams, a stream too slow to keep up, a request too large),
+    or the sidecar is past capacity.
+
+    ``retry_after`` (seconds) is set on a *capacity refusal*: the sidecar turned the publish
+    away before writing anything and said when to try again, so retrying with the same ids
+    is safe (``retry=Retry()`` does it, waiting at least that long). ``throttled`` means the
+    call was never sent: the client's own ``Throttle`` held it back, because the sidecar had
+    been refusing this client's calls; ``retry_after`` is then the sidecar's last hint.
+    Other limits carry no hint (``retry_after`` None): retrying would fail the same way.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        *,
+        retry_after: float | None = None,
+        throttled: bool = False,
+    ) -> None:
+        super().__init__(code, details)
+        self.retry_after = retry_after
+        self.throttled = throttled
 
 
 class UnauthenticatedError(DualstreamClientError):
@@ -50,4 +81,47 @@ def from_status(code: grpc.StatusCode, details: str) -> DualstreamClientError:
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> DualstreamClientError:
-    return from_status(error.code(), error.details() or "")
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # grpc.aio's errors carry a grpc.aio.Metadata, which grpc-stubs types as the sync API's.
+        trailers = cast(grpc.aio.Metadata | None, error.trailing_metadata())
+        hint = retry_hint(trailers or ())
+        return ResourceExhaustedError(code, details, retry_after=hint)
+    return from_status(code, details)
+
+
+def retry_hint(trailers: Iterable[tuple[str, str | bytes]]) -> float | None:
+    """The retry hint (seconds) of a call's trailing metadata: the ``RetryInfo`` detail's
+    ``retry_delay``, else ``grpc-retry-pushback-ms``; None when there is neither, or neither
+    can be read (a hint that cannot be read is no reason to retry)."""
+    details: str | bytes | None = None
+    pushback: str | bytes | None = None
+    for key, value in trailers:
+        if key == STATUS_DETAILS_KEY:
+            details = value
+        elif key == RETRY_PUSHBACK_KEY:
+            pushback = value
+    if isinstance(details, bytes):
+        delay = _retry_info_delay(details)
+        if delay is not None:
+            return delay
+    if pushback is not None:
+        text = pushback.decode("ascii", "replace") if isinstance(pushback, bytes) else pushback
+        text = text.strip()
+        # gRPC's pushback is a non-negative integer; a negative one means "do not retry".
+        if text.isascii() and text.isdigit():
+            return int(text) / 1000
+    return None
+
+
+def _retry_info_delay(serialized: bytes) -> float | None:
+    try:
+        status = status_pb2.Status.FromString(serialized)
+    except DecodeError:
+        return None
+    info = error_details_pb2.RetryInfo()
+    for detail in status.details:
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info) and info.HasField("retry_delay"):
+            seconds = info.retry_delay.ToNanoseconds() / 1e9
+            return seconds if seconds >= 0 else None
+    return None

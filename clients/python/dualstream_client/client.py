@@ -92,8 +92,8 @@ class _Backoff:
 
 def _least_wait_to_retry(error: DualstreamClientError) -> float | None:
     """How long to wait at least before retrying a call that failed with ``error``; None when
-    a retry would not help. Both kinds of error say that nothing was written (or, for
-    UNAVAILABLE, that it may have been, which the same ids make harmless)."""
+    a retry would not help. A capacity refusal wrote nothing; after UNAVAILABLE the events may
+    have been written, which resending the same ids makes harmless."""
     if isinstance(error, UnavailableError):
         return 0.0
     if isinstance(error, ResourceExhaustedError):
@@ -400,8 +400,9 @@ class DualstreamClient:
         try:
             await _retrying(self._retry, attempt)
         except DualstreamClientError as error:
-            # The last attempt failed as a retry would have fixed: the events acknowledged by
-            # earlier attempts stay acknowledged, the others keep their UNAVAILABLE results.
+            # Retrying the unacknowledged events failed as a whole and the policy is spent: the
+            # events acknowledged earlier stay acknowledged, the others keep their UNAVAILABLE
+            # results.
             if _least_wait_to_retry(error) is None or len(pending) == len(messages):
                 raise
         return [result for result in results if result is not None]

@@ -27,8 +27,10 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Comparator;
 import java.util.List;
 import java.util.Objects;
+import java.util.Optional;
 import java.util.Set;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
@@ -38,6 +40,7 @@ import java.util.concurrent.Flow;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Function;
+import java.util.function.Supplier;
 
 /**
  * A client of the dualstream sidecar: publish events durably, subscribe to their notifications.
@@ -61,6 +64,7 @@ public final class DualstreamClient implements AutoCloseable {
   private final RpcCaller caller;
   private final Duration deadline;
   private final Retrier retrier;
+  private final Throttle throttle;
   private final ReconnectPolicy reconnectPolicy;
   private final int subscriptionBuffer;
   private final Executor subscriptionExecutor;
@@ -75,6 +79,7 @@ public final class DualstreamClient implements AutoCloseable {
             builder.token == null ? null : new BearerToken(builder.token));
     this.deadline = builder.deadline;
     this.retrier = new Retrier(builder.retryPolicy, this::reconnectNow);
+    this.throttle = new Throttle(builder.throttlePolicy);
     this.reconnectPolicy = builder.reconnectPolicy;
     this.subscriptionBuffer = builder.subscriptionBuffer;
     this.subscriptionExecutor = builder.subscriptionExecutor;
@@ -95,7 +100,8 @@ public final class DualstreamClient implements AutoCloseable {
 
   /**
    * Publishes one event. An event without an id gets a UUIDv7 first, so a retry after {@code
-   * UNAVAILABLE} (as the {@link RetryPolicy} allows, within the deadline) sends the same id. The
+   * UNAVAILABLE} or a capacity refusal (as the {@link RetryPolicy} allows, within the deadline)
+   * sends the same id. Every attempt passes the client's {@link ThrottlePolicy throttle}. The
    * future fails with a {@link DualstreamException}.
    */
   public CompletableFuture<PublishResult> publishAsync(EventInput event) {
@@ -105,8 +111,10 @@ public final class DualstreamClient implements AutoCloseable {
     return map(
         retrier.run(
             callDeadline,
-            attempt -> caller.unary(EventServiceMethods.PUBLISH, request, callDeadline),
-            response -> false),
+            attempt ->
+                throttle.run(
+                    () -> caller.unary(EventServiceMethods.PUBLISH, request, callDeadline)),
+            response -> Optional.empty()),
         Convert::publishResult);
   }
 
@@ -122,9 +130,11 @@ public final class DualstreamClient implements AutoCloseable {
   /**
    * Publishes several events in one call. Events without an id get a UUIDv7 first. Events that
    * Kafka did not acknowledge with {@code UNAVAILABLE} are sent again (alone, with the same ids) as
-   * the {@link RetryPolicy} allows; the results keep the request's order. If such a retry fails as
-   * a whole, the events already acknowledged keep their results and the rest carry that failure;
-   * only a batch of which nothing was acknowledged fails with an exception.
+   * the {@link RetryPolicy} allows, and so is a call refused as a whole for capacity (nothing of it
+   * was written); the results keep the request's order. If such a retry fails as a whole, the
+   * events already acknowledged keep their results and the rest carry that failure; only a batch of
+   * which nothing was acknowledged fails with an exception. Every attempt passes the client's
+   * {@link ThrottlePolicy throttle}.
    */
   public CompletableFuture<List<BatchItemResult>> publishBatchAsync(List<EventInput> events) {
     List<dev.dualstream.v1.Event> wire = new ArrayList<>(events.size());
@@ -137,7 +147,7 @@ public final class DualstreamClient implements AutoCloseable {
         retrier.run(
             callDeadline,
             attempt -> publishUnsettled(wire, results, callDeadline),
-            settled -> !unavailableIndexes(settled).isEmpty()),
+            DualstreamClient::retryableFailure),
         Arrays::asList);
   }
 
@@ -219,13 +229,15 @@ public final class DualstreamClient implements AutoCloseable {
    */
   private CompletableFuture<BatchItemResult[]> publishUnsettled(
       List<dev.dualstream.v1.Event> wire, BatchItemResult[] results, Deadline callDeadline) {
-    List<Integer> pending = unavailableIndexes(results);
+    List<Integer> pending = retryableIndexes(results);
     PublishBatchRequest.Builder request = PublishBatchRequest.newBuilder();
     for (int index : pending) {
       request.addEvents(wire.get(index));
     }
-    return caller
-        .unary(EventServiceMethods.PUBLISH_BATCH, request.build(), callDeadline)
+    Supplier<CompletableFuture<PublishBatchResponse>> call =
+        () -> caller.unary(EventServiceMethods.PUBLISH_BATCH, request.build(), callDeadline);
+    return throttle
+        .run(call)
         .handle(
             (PublishBatchResponse response, Throwable failure) -> {
               if (failure != null) {
@@ -255,17 +267,27 @@ public final class DualstreamClient implements AutoCloseable {
             });
   }
 
-  /** The events with no result yet, or whose result is UNAVAILABLE. */
-  private static List<Integer> unavailableIndexes(BatchItemResult[] results) {
+  /**
+   * The events with no result yet, or whose failure a retry can mend: UNAVAILABLE from Kafka, or a
+   * capacity refusal of the (retry) call that carried them.
+   */
+  private static List<Integer> retryableIndexes(BatchItemResult[] results) {
     List<Integer> indexes = new ArrayList<>();
     for (int i = 0; i < results.length; i++) {
       BatchItemResult result = results[i];
-      if (result == null
-          || result.error().map(error -> error instanceof UnavailableException).orElse(false)) {
+      if (result == null || result.error().map(Retrier::retryable).orElse(false)) {
         indexes.add(i);
       }
     }
     return indexes;
+  }
+
+  /** A failure of the batch's results that a retry can mend, the one with the longest hint. */
+  private static Optional<DualstreamException> retryableFailure(BatchItemResult[] results) {
+    return Arrays.stream(results)
+        .flatMap(result -> result.error().stream())
+        .filter(Retrier::retryable)
+        .max(Comparator.comparing(error -> error.retryAfter().orElse(Duration.ZERO)));
   }
 
   private static EventInput withId(EventInput event) {
@@ -329,6 +351,7 @@ public final class DualstreamClient implements AutoCloseable {
     private String authority;
     private Duration deadline = Duration.ofSeconds(30);
     private RetryPolicy retryPolicy = RetryPolicy.DEFAULT;
+    private ThrottlePolicy throttlePolicy = ThrottlePolicy.DEFAULT;
     private ReconnectPolicy reconnectPolicy = ReconnectPolicy.DEFAULT;
     private int subscriptionBuffer = 16;
     private int maxInboundMessageBytes = 16 * 1024 * 1024;
@@ -396,9 +419,21 @@ public final class DualstreamClient implements AutoCloseable {
       return this;
     }
 
-    /** How publishes retry {@code UNAVAILABLE} ({@link RetryPolicy#DEFAULT}). */
+    /**
+     * How publishes retry {@code UNAVAILABLE} and capacity refusals ({@link RetryPolicy#DEFAULT}).
+     */
     public Builder retryPolicy(RetryPolicy value) {
       this.retryPolicy = Objects.requireNonNull(value, "retryPolicy");
+      return this;
+    }
+
+    /**
+     * How the client holds publishes back while the sidecar refuses them as past its capacity
+     * ({@link ThrottlePolicy#DEFAULT}; {@link ThrottlePolicy#NONE} sends every attempt). One
+     * throttle per client, shared by all its calls.
+     */
+    public Builder throttlePolicy(ThrottlePolicy value) {
+      this.throttlePolicy = Objects.requireNonNull(value, "throttlePolicy");
       return this;
     }
 

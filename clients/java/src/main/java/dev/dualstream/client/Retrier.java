@@ -2,15 +2,18 @@ package dev.dualstream.client;
 
 import io.grpc.Deadline;
 import java.time.Duration;
+import java.util.Optional;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
+import java.util.function.Function;
 import java.util.function.IntFunction;
-import java.util.function.Predicate;
 
 /**
- * Runs a call again, as a {@link RetryPolicy} says, while it fails with {@code UNAVAILABLE} (or
- * succeeds with a result that {@code incomplete} says needs another attempt), never past the
- * deadline. Cancelling the returned future cancels the attempt in flight and any retry.
+ * Runs a call again, as a {@link RetryPolicy} says, while it fails in a way a retry can mend
+ * ({@code UNAVAILABLE}, or a capacity refusal by the sidecar or the client's throttle) or succeeds
+ * with a result that still holds such a failure, never past the deadline. After a capacity refusal
+ * it waits at least the refusal's retry hint. Cancelling the returned future cancels the attempt in
+ * flight and any retry.
  */
 final class Retrier {
   private final RetryPolicy policy;
@@ -25,16 +28,24 @@ final class Retrier {
     this.beforeRetry = beforeRetry;
   }
 
+  /** Whether a retry with the same ids can mend {@code failure}. */
+  static boolean retryable(DualstreamException failure) {
+    return failure instanceof UnavailableException || failure.isCapacityRefusal();
+  }
+
   /**
    * @param attempt starts attempt {@code n} (1, 2, ...); its future fails with a {@link
    *     DualstreamException}
-   * @param incomplete whether a successful result still has parts worth retrying; when the attempts
-   *     run out, that result is returned as it is
+   * @param unsettled the failure a successful result still holds for some of its parts, if any;
+   *     when it is {@link #retryable} another attempt is made, and when the attempts run out, the
+   *     result is returned as it is
    */
   <T> CompletableFuture<T> run(
-      Deadline deadline, IntFunction<CompletableFuture<T>> attempt, Predicate<T> incomplete) {
+      Deadline deadline,
+      IntFunction<CompletableFuture<T>> attempt,
+      Function<T, Optional<DualstreamException>> unsettled) {
     CompletableFuture<T> result = new CompletableFuture<>();
-    start(1, deadline, attempt, incomplete, result);
+    start(1, deadline, attempt, unsettled, result);
     return result;
   }
 
@@ -42,7 +53,7 @@ final class Retrier {
       int number,
       Deadline deadline,
       IntFunction<CompletableFuture<T>> attempt,
-      Predicate<T> incomplete,
+      Function<T, Optional<DualstreamException>> unsettled,
       CompletableFuture<T> result) {
     if (result.isDone()) {
       return; // Cancelled by the caller while waiting to retry.
@@ -59,28 +70,36 @@ final class Retrier {
         });
     call.whenComplete(
         (value, failure) -> {
-          boolean retryable =
-              failure != null
-                  ? Errors.translate(failure) instanceof UnavailableException
-                  : incomplete.test(value);
-          Duration delay = retryable ? delayBeforeRetry(number, deadline) : null;
+          DualstreamException reason =
+              failure != null ? Errors.translate(failure) : unsettled.apply(value).orElse(null);
+          Duration delay =
+              reason != null && retryable(reason)
+                  ? delayBeforeRetry(number, reason, deadline)
+                  : null;
           if (delay != null) {
             CompletableFuture.delayedExecutor(delay.toNanos(), TimeUnit.NANOSECONDS)
-                .execute(() -> start(number + 1, deadline, attempt, incomplete, result));
+                .execute(() -> start(number + 1, deadline, attempt, unsettled, result));
           } else if (failure != null) {
-            result.completeExceptionally(Errors.translate(failure));
+            result.completeExceptionally(reason);
           } else {
             result.complete(value);
           }
         });
   }
 
-  /** The wait before attempt {@code failed + 1}, or null when there is none to make. */
-  private Duration delayBeforeRetry(int failed, Deadline deadline) {
+  /**
+   * The wait before attempt {@code failed + 1}, the backoff's or the retry hint of {@code reason},
+   * whichever is longer; null when there is no retry to make.
+   */
+  private Duration delayBeforeRetry(int failed, DualstreamException reason, Deadline deadline) {
     if (failed >= policy.maxAttempts()) {
       return null;
     }
     Duration delay = policy.backoff().delayBefore(failed);
+    Duration hint = reason.retryAfter().orElse(Duration.ZERO);
+    if (hint.compareTo(delay) > 0) {
+      delay = hint;
+    }
     if (deadline != null && deadline.timeRemaining(TimeUnit.NANOSECONDS) <= delay.toNanos()) {
       return null; // The retry could not finish in time: report the failure now.
     }

@@ -1,5 +1,7 @@
 package dev.dualstream.client;
 
+import com.google.protobuf.Any;
+import com.google.rpc.RetryInfo;
 import dev.dualstream.v1.PublishBatchRequest;
 import dev.dualstream.v1.PublishBatchResponse;
 import dev.dualstream.v1.PublishRequest;
@@ -17,9 +19,12 @@ import io.grpc.ServerInterceptor;
 import io.grpc.ServerInterceptors;
 import io.grpc.ServerServiceDefinition;
 import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import io.grpc.protobuf.StatusProto;
 import io.grpc.stub.ServerCalls;
 import io.grpc.stub.StreamObserver;
 import java.io.IOException;
+import java.time.Duration;
 import java.util.List;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.TimeUnit;
@@ -89,6 +94,40 @@ final class FakeSidecar implements AutoCloseable {
   public void close() throws InterruptedException {
     server.shutdownNow();
     server.awaitTermination(30, TimeUnit.SECONDS);
+  }
+
+  /**
+   * What the sidecar answers past its capacity: RESOURCE_EXHAUSTED with the hint as a {@code
+   * google.rpc.RetryInfo} detail and as the {@code grpc-retry-pushback-ms} trailer.
+   */
+  static StatusRuntimeException capacityRefusal(Duration hint) {
+    com.google.protobuf.Duration delay =
+        com.google.protobuf.Duration.newBuilder()
+            .setSeconds(hint.getSeconds())
+            .setNanos(hint.getNano())
+            .build();
+    com.google.rpc.Status rich =
+        com.google.rpc.Status.newBuilder()
+            .setCode(Status.Code.RESOURCE_EXHAUSTED.value())
+            .setMessage("past capacity")
+            .addDetails(Any.pack(RetryInfo.newBuilder().setRetryDelay(delay).build()))
+            .build();
+    return StatusProto.toStatusRuntimeException(rich, pushback(hint.toMillis()));
+  }
+
+  /** RESOURCE_EXHAUSTED with only the {@code grpc-retry-pushback-ms} trailer. */
+  static StatusRuntimeException pushbackRefusal(long millis) {
+    return Status.RESOURCE_EXHAUSTED
+        .withDescription("past capacity")
+        .asRuntimeException(pushback(millis));
+  }
+
+  private static Metadata pushback(long millis) {
+    Metadata trailers = new Metadata();
+    trailers.put(
+        Metadata.Key.of("grpc-retry-pushback-ms", Metadata.ASCII_STRING_MARSHALLER),
+        Long.toString(millis));
+    return trailers;
   }
 
   private static <Q, R> void run(Unary<Q, R> handler, Q request, StreamObserver<R> response) {

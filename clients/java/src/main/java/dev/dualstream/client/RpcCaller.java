@@ -46,9 +46,13 @@ final class RpcCaller {
         call,
         request,
         new StreamObserver<>() {
+          private ResponseT response;
+
           @Override
-          public void onNext(ResponseT response) {
-            result.complete(response);
+          public void onNext(ResponseT value) {
+            // Not the outcome yet: the status decides. A server may send a message and then a
+            // failure (the sidecar refusing a publish for capacity does), and that call failed.
+            response = value;
           }
 
           @Override
@@ -58,8 +62,9 @@ final class RpcCaller {
 
           @Override
           public void onCompleted() {
-            // onNext has completed the future; a unary call without a response is an error
-            // that gRPC reports through onError.
+            // An OK status; a unary call without a response is an error that gRPC reports
+            // through onError.
+            result.complete(response);
           }
         });
     return result;

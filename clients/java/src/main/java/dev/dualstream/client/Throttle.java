@@ -13,6 +13,11 @@ import java.util.function.Supplier;
  * A client's adaptive throttle, as its {@link ThrottlePolicy} describes: one per client, shared by
  * all its publish attempts, thread-safe. The counts live in {@value #BUCKETS} buckets of a tenth of
  * the window each, on a monotonic clock, so old ones drop out as the clock moves.
+ *
+ * <p>An attempt the throttle refuses is counted as a request at once; one it sends, when its answer
+ * comes, together with that answer. Counted when sent, the calls in flight would look like requests
+ * the sidecar did not accept: a client starting with 32 calls at once would throttle the 21st
+ * before any answer came, and its own refusals would then keep it shut.
  */
 final class Throttle {
   /** The retry hint of a local refusal before the sidecar has given one. */
@@ -71,13 +76,15 @@ final class Throttle {
     return call;
   }
 
-  /** Counts an attempt; returns the refusal to fail it with, or null to send it. */
+  /**
+   * Decides on an attempt: returns null to send it (and {@link #answered} counts it later), or the
+   * refusal to fail it with, counted as a request now.
+   */
   synchronized ResourceExhaustedException admit() {
     long now = nanoClock.getAsLong();
     long requested = sum(requests, now);
     long accepted = sum(accepts, now);
     long refused = sum(refusals, now);
-    add(requests, now);
     if (requested < policy.minRequests()) {
       return null;
     }
@@ -85,6 +92,7 @@ final class Throttle {
     if (uniform.getAsDouble() >= probability) {
       return null;
     }
+    add(requests, now);
     return new ResourceExhaustedException(
         "not sent: the sidecar refused "
             + refused
@@ -99,9 +107,10 @@ final class Throttle {
         true);
   }
 
-  /** Counts the sidecar's answer to a sent attempt: {@code failure} null for a success. */
+  /** Counts a sent attempt and the sidecar's answer to it: {@code failure} null for a success. */
   synchronized void answered(DualstreamException failure) {
     long now = nanoClock.getAsLong();
+    add(requests, now);
     if (failure != null && failure.isCapacityRefusal()) {
       add(refusals, now);
       lastHint = failure.retryAfter().orElse(lastHint);

@@ -21,6 +21,10 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.concurrent.CompletionException;
+import java.util.concurrent.ConcurrentSkipListMap;
+import java.util.concurrent.Semaphore;
+import java.util.concurrent.atomic.AtomicInteger;
 
 /**
  * The conformance app every client ships for the cross-language tests (tests/clients/):
@@ -29,10 +33,13 @@ import java.util.Map;
  * publish --target T [--token X] --source TYPE:ID --type TYPE --count N [--id-prefix P]
  * subscribe --target T [--token X] --source TYPE:ID... [--resume CURSOR] [--limit N]
  *           [--policy gap|replay|close]
+ * overload --target T [--token X] --source TYPE:ID --count N --concurrency C
  * </pre>
  *
- * It prints one JSON line per acknowledged event or per stream message, flushed at once, and relies
- * on the client's own retry and automatic resume.
+ * {@code publish} and {@code subscribe} print one JSON line per acknowledged event or per stream
+ * message, flushed at once, and rely on the client's own retry and automatic resume. {@code
+ * overload} publishes without retry and with the default throttle, and prints one line counting the
+ * outcomes.
  */
 public final class ConformanceApp {
   private final PrintStream out =
@@ -40,9 +47,9 @@ public final class ConformanceApp {
 
   private ConformanceApp() {}
 
-  public static void main(String[] args) {
+  public static void main(String[] args) throws InterruptedException {
     if (args.length == 0) {
-      usage("name a command: publish or subscribe");
+      usage("name a command: publish, subscribe or overload");
     }
     Options options = Options.parse(args);
     ConformanceApp app = new ConformanceApp();
@@ -55,6 +62,7 @@ public final class ConformanceApp {
       switch (args[0]) {
         case "publish" -> app.publish(options);
         case "subscribe" -> app.subscribe(options);
+        case "overload" -> app.overload(options);
         default -> usage("unknown command " + args[0]);
       }
     } catch (DualstreamException e) {
@@ -132,6 +140,57 @@ public final class ConformanceApp {
     }
   }
 
+  /**
+   * Publishes {@code count} events with {@code concurrency} calls in flight, with no retry and the
+   * client's default throttle, and counts how each ended: acknowledged, refused by the sidecar as
+   * past capacity, held back by the throttle, or any other error by its code.
+   */
+  private void overload(Options options) throws InterruptedException {
+    String[] source = splitSource(options.single("source"));
+    int count = Integer.parseInt(options.single("count"));
+    int concurrency = Integer.parseInt(options.single("concurrency"));
+    if (count < 0 || concurrency < 1) {
+      usage("--count must be at least 0 and --concurrency at least 1");
+    }
+    AtomicInteger ok = new AtomicInteger();
+    AtomicInteger refused = new AtomicInteger();
+    AtomicInteger throttled = new AtomicInteger();
+    Map<String, Integer> errors = new ConcurrentSkipListMap<>();
+    Semaphore inFlight = new Semaphore(concurrency);
+    try (DualstreamClient client = clientBuilder(options).retryPolicy(RetryPolicy.NONE).build()) {
+      for (int i = 0; i < count; i++) {
+        inFlight.acquire();
+        client
+            .publishAsync(EventInput.of("overload", source[0], source[1], new byte[0]))
+            .whenComplete(
+                (result, failure) -> {
+                  Throwable cause =
+                      failure instanceof CompletionException ? failure.getCause() : failure;
+                  if (cause == null) {
+                    ok.incrementAndGet();
+                  } else if (!(cause instanceof DualstreamException error)) {
+                    errors.merge(cause.getClass().getName(), 1, Integer::sum);
+                  } else if (error.throttled()) {
+                    throttled.incrementAndGet();
+                  } else if (error.retryAfter().isPresent()) {
+                    refused.incrementAndGet();
+                  } else {
+                    errors.merge(error.code().name(), 1, Integer::sum);
+                  }
+                  inFlight.release();
+                });
+      }
+      inFlight.acquire(concurrency); // Every call has ended.
+    }
+    Map<String, Object> line = new LinkedHashMap<>();
+    line.put("kind", "overload");
+    line.put("ok", ok.get());
+    line.put("refused", refused.get());
+    line.put("throttled", throttled.get());
+    line.put("errors", errors);
+    print(line);
+  }
+
   private static Map<String, Object> notificationLine(Notification notification) {
     Map<String, Object> line = new LinkedHashMap<>();
     line.put("kind", "notification");
@@ -147,6 +206,10 @@ public final class ConformanceApp {
   }
 
   private static DualstreamClient connect(Options options) {
+    return clientBuilder(options).build();
+  }
+
+  private static DualstreamClient.Builder clientBuilder(Options options) {
     // The resume test SIGKILLs the sidecar while this runs: the contract asks for a retry
     // budget of at least 60 s per event, so the deadline rather than a count bounds it.
     DualstreamClient.Builder builder =
@@ -159,7 +222,7 @@ public final class ConformanceApp {
     if (!token.isEmpty()) {
       builder.token(token);
     }
-    return builder.build();
+    return builder;
   }
 
   private static String[] splitSource(String source) {

@@ -2,26 +2,39 @@ package dev.dualstream.client.conformance;
 
 import java.util.Map;
 
-/** Just enough JSON for the conformance app's flat lines of strings, numbers and booleans. */
+/**
+ * Just enough JSON for the conformance app's lines: objects of strings, numbers, booleans and
+ * objects.
+ */
 final class Json {
   private Json() {}
 
-  static String object(Map<String, Object> fields) {
-    StringBuilder json = new StringBuilder("{");
-    for (Map.Entry<String, Object> field : fields.entrySet()) {
-      if (json.length() > 1) {
+  static String object(Map<String, ?> fields) {
+    StringBuilder json = new StringBuilder();
+    object(json, fields);
+    return json.toString();
+  }
+
+  private static void object(StringBuilder json, Map<?, ?> fields) {
+    json.append('{');
+    boolean first = true;
+    for (Map.Entry<?, ?> field : fields.entrySet()) {
+      if (!first) {
         json.append(',');
       }
-      string(json, field.getKey());
+      first = false;
+      string(json, String.valueOf(field.getKey()));
       json.append(':');
       Object value = field.getValue();
       if (value instanceof Number || value instanceof Boolean) {
         json.append(value);
+      } else if (value instanceof Map<?, ?> nested) {
+        object(json, nested);
       } else {
         string(json, String.valueOf(value));
       }
     }
-    return json.append('}').toString();
+    json.append('}');
   }
 
   private static void string(StringBuilder json, String text) {

@@ -14,7 +14,6 @@ import io.grpc.Deadline;
 import io.grpc.Metadata;
 import io.grpc.Status;
 import java.time.Duration;
-import java.util.Optional;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
@@ -199,23 +198,6 @@ class CallLayerTest {
       Throwable failure = assertThrows(Exception.class, call::join).getCause();
       InvalidArgumentException invalid = assertInstanceOf(InvalidArgumentException.class, failure);
       assertEquals("event.id", invalid.fieldPath());
-    }
-  }
-
-  @Test
-  void aResponseFollowedByAFailingStatusIsThatFailure() {
-    sidecar.publish =
-        (request, response) -> {
-          response.onNext(PublishResponse.getDefaultInstance());
-          response.onError(FakeSidecar.capacityRefusal(Duration.ofMillis(250)));
-        };
-    try (DualstreamClient client =
-        DualstreamClient.builder(sidecar.target()).retryPolicy(RetryPolicy.NONE).build()) {
-      ResourceExhaustedException refusal =
-          assertThrows(
-              ResourceExhaustedException.class,
-              () -> client.publish(EventInput.of("t", "user", "a", new byte[0])));
-      assertEquals(Optional.of(Duration.ofMillis(250)), refusal.retryAfter());
     }
   }
 

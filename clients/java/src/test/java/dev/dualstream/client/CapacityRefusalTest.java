@@ -20,6 +20,7 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.function.Predicate;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
@@ -76,7 +77,12 @@ class CapacityRefusalTest {
 
   @Test
   void withoutRetriesTheRefusalCarriesItsHint() {
-    sidecar.publish = (request, response) -> response.onError(FakeSidecar.capacityRefusal(HINT));
+    sidecar.publish =
+        (request, response) -> {
+          // As the sidecar does: an empty response, then the failing status, which decides.
+          response.onNext(PublishResponse.getDefaultInstance());
+          response.onError(FakeSidecar.capacityRefusal(HINT));
+        };
     try (DualstreamClient client =
         DualstreamClient.builder(sidecar.target()).retryPolicy(RetryPolicy.NONE).build()) {
       ResourceExhaustedException refusal =
@@ -121,18 +127,10 @@ class CapacityRefusalTest {
             response.onError(FakeSidecar.capacityRefusal(Duration.ofMillis(50)));
             return;
           }
-          response.onNext(acknowledgeAll(request.getEventsList()));
+          response.onNext(results(request.getEventsList(), event -> false));
           response.onCompleted();
         };
-    try (DualstreamClient client =
-        DualstreamClient.builder(sidecar.target()).retryPolicy(QUICK).build()) {
-      List<BatchItemResult> results =
-          client.publishBatch(
-              List.of(
-                  EventInput.of("t", "user", "a", new byte[0]),
-                  EventInput.of("t", "user", "b", new byte[0])));
-      assertTrue(results.stream().allMatch(BatchItemResult::isPublished));
-    }
+    publishABatchOfTwo();
     assertEquals(2, calls.size());
     assertEquals(calls.get(0), calls.get(1), "the retry sends the whole batch, same ids");
   }
@@ -147,29 +145,12 @@ class CapacityRefusalTest {
             response.onError(FakeSidecar.capacityRefusal(Duration.ofMillis(50)));
             return;
           }
-          PublishBatchResponse.Builder results = PublishBatchResponse.newBuilder();
-          for (Event event : request.getEventsList()) {
-            PublishBatchResult.Builder result =
-                PublishBatchResult.newBuilder().setId(event.getId());
-            if (calls.size() == 1 && event.getSourceId().equals("b")) {
-              result.setError(Error.newBuilder().setCode(14).setMessage("no ack"));
-            } else {
-              result.setPublished(PublishResponse.newBuilder().setId(event.getId()));
-            }
-            results.addResults(result);
-          }
-          response.onNext(results.build());
+          boolean first = calls.size() == 1;
+          response.onNext(
+              results(request.getEventsList(), event -> first && event.getSourceId().equals("b")));
           response.onCompleted();
         };
-    try (DualstreamClient client =
-        DualstreamClient.builder(sidecar.target()).retryPolicy(QUICK).build()) {
-      List<BatchItemResult> results =
-          client.publishBatch(
-              List.of(
-                  EventInput.of("t", "user", "a", new byte[0]),
-                  EventInput.of("t", "user", "b", new byte[0])));
-      assertTrue(results.stream().allMatch(BatchItemResult::isPublished));
-    }
+    publishABatchOfTwo();
     assertEquals(List.of(List.of("a", "b"), List.of("b"), List.of("b")), calls);
   }
 
@@ -264,13 +245,30 @@ class CapacityRefusalTest {
     assertTrue(waited.compareTo(HINT) >= 0, "the retry came after only " + waited);
   }
 
-  private static PublishBatchResponse acknowledgeAll(List<Event> events) {
+  /** Publishes a batch of two events, of sources "a" and "b", and expects both published. */
+  private void publishABatchOfTwo() {
+    try (DualstreamClient client =
+        DualstreamClient.builder(sidecar.target()).retryPolicy(QUICK).build()) {
+      List<BatchItemResult> results =
+          client.publishBatch(
+              List.of(
+                  EventInput.of("t", "user", "a", new byte[0]),
+                  EventInput.of("t", "user", "b", new byte[0])));
+      assertTrue(results.stream().allMatch(BatchItemResult::isPublished));
+    }
+  }
+
+  /** Every event acknowledged but those {@code unavailable} picks, which get UNAVAILABLE. */
+  private static PublishBatchResponse results(List<Event> events, Predicate<Event> unavailable) {
     PublishBatchResponse.Builder results = PublishBatchResponse.newBuilder();
     for (Event event : events) {
-      results.addResults(
-          PublishBatchResult.newBuilder()
-              .setId(event.getId())
-              .setPublished(PublishResponse.newBuilder().setId(event.getId())));
+      PublishBatchResult.Builder result = PublishBatchResult.newBuilder().setId(event.getId());
+      if (unavailable.test(event)) {
+        result.setError(Error.newBuilder().setCode(14).setMessage("no ack"));
+      } else {
+        result.setPublished(PublishResponse.newBuilder().setId(event.getId()));
+      }
+      results.addResults(result);
     }
     return results.build();
   }

@@ -51,33 +51,18 @@ class ThrottleTest {
   @Test
   void aHundredRefusalsMakeTheProbabilityAbout99Percent() {
     Throttle throttle = throttle();
-    draw = 1; // Never refuse while recording the history.
-    for (int i = 0; i < 100; i++) {
-      assertNull(throttle.admit());
-      throttle.answered(SIDECAR_REFUSAL);
-    }
+    send(throttle, 100, SIDECAR_REFUSAL);
     // p = (100 - 1.2 * 0) / 101 = 0.990...
+    draw = 0.991;
+    assertNull(throttle.admit());
     draw = 0.989;
     assertNotNull(throttle.admit());
-    draw = 0.991;
-    Throttle fresh = throttle();
-    draw = 1;
-    for (int i = 0; i < 100; i++) {
-      fresh.admit();
-      fresh.answered(SIDECAR_REFUSAL);
-    }
-    draw = 0.991;
-    assertNull(fresh.admit());
   }
 
   @Test
   void deadlineExceededIsNotAnAccept() {
     Throttle throttle = throttle();
-    draw = 1;
-    for (int i = 0; i < 100; i++) {
-      throttle.admit();
-      throttle.answered(Errors.forCode(Status.Code.DEADLINE_EXCEEDED, "", null));
-    }
+    send(throttle, 100, Errors.forCode(Status.Code.DEADLINE_EXCEEDED, "", null));
     draw = 0.98;
     assertNotNull(throttle.admit());
   }
@@ -85,11 +70,7 @@ class ThrottleTest {
   @Test
   void bucketsOlderThanTheWindowDropOut() {
     Throttle throttle = throttle();
-    draw = 1;
-    for (int i = 0; i < 100; i++) {
-      throttle.admit();
-      throttle.answered(SIDECAR_REFUSAL);
-    }
+    send(throttle, 100, SIDECAR_REFUSAL);
     draw = 0;
     // Most of a window later the refusals still count.
     clock.addAndGet(Duration.ofMillis(4400).toNanos());
@@ -104,11 +85,8 @@ class ThrottleTest {
   @Test
   void theRefusalSaysWhyAndCarriesTheLastHint() {
     Throttle throttle = throttle();
-    draw = 1;
-    for (int i = 0; i < 30; i++) {
-      throttle.admit();
-      throttle.answered(i < 10 ? null : SIDECAR_REFUSAL);
-    }
+    send(throttle, 10, null);
+    send(throttle, 20, SIDECAR_REFUSAL);
     draw = 0;
     ResourceExhaustedException refusal = throttle.admit();
     assertNotNull(refusal);
@@ -127,11 +105,7 @@ class ThrottleTest {
   @Test
   void withoutAHintFromTheSidecarALocalRefusalSaysRetryIn100Ms() {
     Throttle throttle = throttle();
-    draw = 1;
-    for (int i = 0; i < 30; i++) {
-      throttle.admit();
-      throttle.answered(Errors.forCode(Status.Code.DEADLINE_EXCEEDED, "", null));
-    }
+    send(throttle, 30, Errors.forCode(Status.Code.DEADLINE_EXCEEDED, "", null));
     draw = 0;
     assertEquals(Optional.of(Duration.ofMillis(100)), throttle.admit().retryAfter());
   }
@@ -172,6 +146,17 @@ class ThrottleTest {
     }
     assertEquals(100, sent.get());
     assertFalse(ThrottlePolicy.NONE.enabled());
+  }
+
+  /** Sends {@code count} attempts, each answered with {@code answer} (null: a success). */
+  private void send(Throttle throttle, int count, DualstreamException answer) {
+    double given = draw;
+    draw = 1; // Never refuse.
+    for (int i = 0; i < count; i++) {
+      assertNull(throttle.admit());
+      throttle.answered(answer);
+    }
+    draw = given;
   }
 
   @Test

@@ -140,7 +140,12 @@ SUMMARY: dict[str, list[str]] = {
     "overload": [
         "capacity_calls_per_s", "overload_open_loop_2x.errors",
         "overload_open_loop_2x.error_messages", "overload_open_loop_2x.p99_ms",
-        "overload_open_loop_2x.calls_per_s", "overload_burst_3000.errors",
+        "overload_open_loop_2x.calls_per_s", "overload_open_loop_2x.refusal.p50_ms",
+        "overload_open_loop_2x_client_throttle.errors",
+        "overload_open_loop_2x_client_throttle.throttled",
+        "overload_open_loop_2x_client_throttle.p99_ms",
+        "overload_open_loop_2x_client_throttle.refusal.p50_ms",
+        "overload_open_loop_2x_client_throttle.calls_per_s", "overload_burst_3000.errors",
         "overload_burst_3000.p99_ms", "overload_burst_3000.refusal.p99_ms",
     ],
 }  # fmt: skip

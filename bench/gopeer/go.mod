@@ -3,6 +3,7 @@ module github.com/dualstream/dualstream/bench/gopeer
 go 1.26.0
 
 require (
+	github.com/dualstream/dualstream/clients/go v0.0.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/segmentio/kafka-go v0.4.51
 	golang.org/x/sys v0.48.0
@@ -19,3 +20,5 @@ require (
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
 )
+
+replace github.com/dualstream/dualstream/clients/go => ../../clients/go

@@ -42,6 +42,7 @@ type settings struct {
 	tlsConfig   *tls.Config
 	timeout     time.Duration
 	retry       RetryPolicy
+	throttle    ThrottlePolicy
 	dialOptions []grpc.DialOption
 }
 
@@ -72,6 +73,10 @@ func WithTimeout(timeout time.Duration) Option { return func(s *settings) { s.ti
 // RetryPolicy{} (MaxAttempts 0) or NoRetry turns retries off.
 func WithRetry(policy RetryPolicy) Option { return func(s *settings) { s.retry = policy } }
 
+// WithThrottle replaces the client-side throttle of Publish and PublishBatch (default
+// DefaultThrottle); NoThrottle sends every call.
+func WithThrottle(policy ThrottlePolicy) Option { return func(s *settings) { s.throttle = policy } }
+
 // WithDialOptions adds gRPC dial options (interceptors, OpenTelemetry stats handlers, ...).
 func WithDialOptions(options ...grpc.DialOption) Option {
 	return func(s *settings) { s.dialOptions = append(s.dialOptions, options...) }
@@ -80,7 +85,7 @@ func WithDialOptions(options ...grpc.DialOption) Option {
 // New connects lazily to the sidecar at target ("host:port" or "unix:/path"); the first call
 // opens the connection.
 func New(target string, options ...Option) (*Client, error) {
-	config := settings{timeout: DefaultTimeout, retry: DefaultRetry}
+	config := settings{timeout: DefaultTimeout, retry: DefaultRetry, throttle: DefaultThrottle}
 	for _, option := range options {
 		option(&config)
 	}
@@ -102,6 +107,10 @@ func New(target string, options ...Option) (*Client, error) {
 	}
 	if config.token != "" {
 		dial = append(dial, grpc.WithPerRPCCredentials(bearerToken(config.token)))
+	}
+	if config.throttle.Ratio > 0 {
+		// First in the chain: a call held back never reaches the application's interceptors.
+		dial = append(dial, grpc.WithChainUnaryInterceptor(ThrottleInterceptor(config.throttle)))
 	}
 	dial = append(dial, config.dialOptions...)
 	conn, err := grpc.NewClient(target, dial...)

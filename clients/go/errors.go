@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,7 +21,14 @@ type Error struct {
 	// Field is, for InvalidArgument, the path of the field at fault as the sidecar names it
 	// first in Message, e.g. "event.type" or "events[3].source_type"; empty otherwise.
 	Field string
-	cause error
+	// RetryAfter is, for RESOURCE_EXHAUSTED refusing a publish past the sidecar's capacity,
+	// the wait it asks for before a retry (its google.rpc.RetryInfo detail or
+	// grpc-retry-pushback-ms trailer); 0 when the error carries no hint.
+	RetryAfter time.Duration
+	// Throttled: the client refused the call itself without sending it, because the sidecar
+	// has been refusing calls as past capacity (see ThrottlePolicy).
+	Throttled bool
+	cause     error
 }
 
 func (e *Error) Error() string {
@@ -33,10 +41,13 @@ func (e *Error) Unwrap() error { return e.cause }
 // GRPCStatus makes status.Code and status.FromError work on an *Error.
 func (e *Error) GRPCStatus() *status.Status { return status.New(e.Code, e.Message) }
 
-// Temporary reports whether the same call may succeed later unchanged (UNAVAILABLE): the
-// sidecar restarting, Kafka briefly unreachable. Retrying a publish with the same event id is
+// Temporary reports whether the same call may succeed later unchanged: UNAVAILABLE (the
+// sidecar restarting, Kafka briefly unreachable) or a refusal past capacity (RESOURCE_EXHAUSTED
+// with a RetryAfter hint; nothing was written). Retrying a publish with the same event id is
 // safe; consumers deduplicate on the id.
-func (e *Error) Temporary() bool { return e.Code == codes.Unavailable }
+func (e *Error) Temporary() bool {
+	return e.Code == codes.Unavailable || (e.Code == codes.ResourceExhausted && e.RetryAfter > 0)
+}
 
 func newError(code codes.Code, message string, cause error) *Error {
 	failure := &Error{Code: code, Message: message, cause: cause}
@@ -60,7 +71,9 @@ func fromRPC(err error) error {
 	if !ok {
 		return newError(status.Code(err), err.Error(), err)
 	}
-	return newError(st.Code(), st.Message(), err)
+	failure := newError(st.Code(), st.Message(), err)
+	failure.RetryAfter = statusRetryAfter(st)
+	return failure
 }
 
 // fieldPath is the field path an INVALID_ARGUMENT message starts with ("events[3].type:

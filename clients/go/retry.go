@@ -10,7 +10,8 @@ import (
 	"time"
 )
 
-// RetryPolicy bounds the retries of Publish and PublishBatch on UNAVAILABLE. A retry sends the
+// RetryPolicy bounds the retries of Publish and PublishBatch on UNAVAILABLE and on refusals
+// past capacity (RESOURCE_EXHAUSTED with a retry hint, waiting at least the hint). A retry sends the
 // same event ids (the client assigns a UUIDv7 to an event without one before the first
 // attempt), so an event written by an attempt whose answer was lost is at worst written twice
 // under one id, which consumers deduplicate; it is never lost or renamed.
@@ -76,7 +77,8 @@ func retrying(ctx context.Context, policy RetryPolicy, attempt func() error) err
 		if err == nil || !temporary(err) || number >= max(policy.MaxAttempts, 1) {
 			return err
 		}
-		wait := waits.wait()
+		// A refusal past capacity says how long to wait; sooner would only be refused again.
+		wait := max(waits.wait(), retryAfter(err))
 		if policy.MaxElapsed > 0 && time.Since(started)+wait > policy.MaxElapsed {
 			return err
 		}

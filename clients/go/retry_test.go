@@ -14,10 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	dualstream "github.com/dualstream/dualstream/clients/go"
 	pb "github.com/dualstream/dualstream/clients/go/gen/dualstream/v1"
@@ -291,5 +294,85 @@ func TestSubscribeWithPolicyCloseSurfacesTheBreak(t *testing.T) {
 	defer service.mu.Unlock()
 	if got := service.requests[0].GetMaxNotificationsPerMessage(); got != dualstream.DefaultBatching || dualstream.DefaultBatching != 64 {
 		t.Errorf("streams take batches of up to 64 unless told otherwise, got %d", got)
+	}
+}
+
+// refusingService refuses every publish as past capacity, with the sidecar's two hints (or
+// only the pushback trailer), and counts the calls that reached it.
+type refusingService struct {
+	pb.UnimplementedEventServiceServer
+	pushbackOnly bool
+	mu           sync.Mutex
+	calls        []time.Time
+}
+
+func (r *refusingService) Publish(ctx context.Context, _ *pb.PublishRequest) (*pb.PublishResponse, error) {
+	r.mu.Lock()
+	r.calls = append(r.calls, time.Now())
+	r.mu.Unlock()
+	_ = grpc.SetTrailer(ctx, metadata.Pairs("grpc-retry-pushback-ms", "150"))
+	refusal := status.New(codes.ResourceExhausted, "the sidecar is past capacity; retry in 150 ms")
+	if !r.pushbackOnly {
+		refusal, _ = refusal.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(150 * time.Millisecond)})
+	}
+	return nil, refusal.Err()
+}
+
+func (r *refusingService) reached() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.calls)
+}
+
+func TestCapacityRefusalCarriesTheHintAndIsRetriedNoSoonerThanIt(t *testing.T) {
+	for _, pushbackOnly := range []bool{false, true} {
+		service := &refusingService{pushbackOnly: pushbackOnly}
+		retry := dualstream.RetryPolicy{MaxAttempts: 2, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}
+		client := fakeClient(t, service, dualstream.WithRetry(retry))
+		_, err := client.Publish(context.Background(), dualstream.Event{Type: "t", SourceType: "s", SourceID: "a"})
+		var failure *dualstream.Error
+		if !errors.As(err, &failure) || failure.Code != codes.ResourceExhausted || failure.Throttled {
+			t.Fatalf("want the sidecar's RESOURCE_EXHAUSTED, got %v", err)
+		}
+		if failure.RetryAfter != 150*time.Millisecond || !failure.Temporary() {
+			t.Errorf("pushback only %v: want a 150 ms hint on a temporary error, got %v", pushbackOnly, failure.RetryAfter)
+		}
+		if len(service.calls) != 2 {
+			t.Fatalf("want 2 attempts, got %d", len(service.calls))
+		}
+		if waited := service.calls[1].Sub(service.calls[0]); waited < 150*time.Millisecond {
+			t.Errorf("the retry came %v after the refusal, sooner than its hint", waited)
+		}
+	}
+}
+
+func TestThrottleHoldsBackCallsTheSidecarKeepsRefusing(t *testing.T) {
+	service := &refusingService{}
+	client := fakeClient(t, service, dualstream.WithRetry(dualstream.NoRetry))
+	throttled := 0
+	for range 200 {
+		_, err := client.Publish(context.Background(), dualstream.Event{Type: "t", SourceType: "s", SourceID: "a"})
+		var failure *dualstream.Error
+		if !errors.As(err, &failure) || failure.Code != codes.ResourceExhausted || failure.RetryAfter <= 0 {
+			t.Fatalf("want a refusal with a hint, got %v", err)
+		}
+		if failure.Throttled {
+			throttled++
+			if !strings.HasPrefix(failure.Message, "not sent: ") {
+				t.Errorf("a local refusal must say it was not sent: %q", failure.Message)
+			}
+		}
+	}
+	// Past MinRequests the odds of sending are about 1 in n, so almost all of the rest are held.
+	if throttled < 100 || service.reached()+throttled != 200 {
+		t.Errorf("want most of 200 calls held back by the client, got %d held, %d sent", throttled, service.reached())
+	}
+	unthrottled := &refusingService{}
+	client = fakeClient(t, unthrottled, dualstream.WithRetry(dualstream.NoRetry), dualstream.WithThrottle(dualstream.NoThrottle))
+	for range 50 {
+		_, _ = client.Publish(context.Background(), dualstream.Event{Type: "t", SourceType: "s", SourceID: "a"})
+	}
+	if unthrottled.reached() != 50 {
+		t.Errorf("NoThrottle must send every call, sent %d of 50", unthrottled.reached())
 	}
 }

@@ -180,3 +180,21 @@ def sidecar_process(
         sidecar.stop()
         # Shown with a failing test's captured output: what the sidecar saw, across restarts.
         print(sidecar.describe_logs())
+
+
+@pytest.fixture
+def one_call_sidecar(
+    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path
+) -> Iterator[SidecarProcess]:
+    """A sidecar that takes on one publish call at a time and refuses the rest as past
+    capacity, at once, with a retry hint."""
+    sidecar = SidecarProcess(
+        tmp_path / "sidecar",
+        free_port(),
+        kafka.bootstrap,
+        shared_redis.url,
+        topic,
+        extra_env={"DUALSTREAM_MAX_CONCURRENT_RPCS": "1"},
+    )
+    with sidecar:
+        yield sidecar

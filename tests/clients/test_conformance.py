@@ -157,3 +157,26 @@ def test_go_publishes_every_language_subscribes_python_resumes_from_each_ones_cu
         assert per_source(resumed) == per_source(delivered[midway:]), (
             f"python resuming from {language}'s cursor saw other ids or another order"
         )
+
+
+OVERLOAD_EVENTS = 2000
+OVERLOAD_CONCURRENCY = 32
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_past_capacity_the_client_holds_calls_back_itself(
+    language: str, apps: ConformanceApps, one_call_sidecar: SidecarProcess, source_type: str
+) -> None:
+    """With the sidecar refusing most calls as past capacity, every client's throttle refuses
+    some calls itself, unsent, and every call ends acknowledged, refused with a retry hint, or
+    held back: nothing else (clients/README.md, *Overload*)."""
+    overload = apps.start(
+        language, "overload", "--target", one_call_sidecar.listen,
+        "--source", f"{source_type}:a", "--count", str(OVERLOAD_EVENTS),
+        "--concurrency", str(OVERLOAD_CONCURRENCY),
+    )  # fmt: skip
+    (summary,) = overload.wait_exit()
+    assert summary["kind"] == "overload", summary
+    assert summary["errors"] == {}, summary
+    assert min(summary["ok"], summary["refused"], summary["throttled"]) > 0, summary
+    assert summary["ok"] + summary["refused"] + summary["throttled"] == OVERLOAD_EVENTS, summary

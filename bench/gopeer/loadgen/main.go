@@ -8,12 +8,15 @@
 // -rate per second whatever the answers (latency counts from the scheduled start, so a client
 // or server falling behind shows); "burst" starts -calls calls at once. Refusals are told
 // apart: RESOURCE_EXHAUSTED with a retry hint (the grpc-retry-pushback-ms trailer or a
-// google.rpc.RetryInfo detail) is counted as "refused_with_retry_hint".
+// google.rpc.RetryInfo detail) is counted as "refused_with_retry_hint". With -throttle the
+// calls go through the Go client's adaptive throttle (dualstream.DefaultThrottle), as an
+// application using that client would; calls it holds back unsent are counted as "throttled".
 package main
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"log"
 	"os"
@@ -23,6 +26,7 @@ import (
 	"time"
 
 	"github.com/dualstream/dualstream/bench/gopeer/internal/rawgrpc"
+	dualstream "github.com/dualstream/dualstream/clients/go"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -107,6 +111,7 @@ type tally struct {
 	errors    map[string]int
 	examples  map[string]string
 	hinted    int
+	throttled int
 }
 
 func (t *tally) record(took time.Duration, err error, trailer metadata.MD) {
@@ -114,6 +119,11 @@ func (t *tally) record(took time.Duration, err error, trailer metadata.MD) {
 	defer t.mutex.Unlock()
 	if err == nil {
 		t.latencies = append(t.latencies, took)
+		return
+	}
+	var failure *dualstream.Error
+	if errors.As(err, &failure) && failure.Throttled {
+		t.throttled++
 		return
 	}
 	code := status.Code(err)
@@ -139,13 +149,19 @@ func main() {
 	payloadSize := flag.Int("payload", 200, "payload bytes")
 	sourceID := flag.String("source-id", "", "publish every event on this source, with ids <source-id>-<n> (open)")
 	sentOut := flag.String("sent-out", "", "write [id, monotonic start time] of every call here, as JSON (open)")
+	throttle := flag.Bool("throttle", false, "hold calls back with the Go client's default throttle")
 	flag.Parse()
 
 	method := "/dualstream.v1.EventService/Publish"
 	if *batch > 1 {
 		method = "/dualstream.v1.EventService/PublishBatch"
 	}
-	clients := rawgrpc.Connect(*target, *connections)
+	var dial []grpc.DialOption
+	if *throttle {
+		// One throttle for all the connections, as one client would have.
+		dial = append(dial, grpc.WithUnaryInterceptor(dualstream.ThrottleInterceptor(dualstream.DefaultThrottle)))
+	}
+	clients := rawgrpc.Connect(*target, *connections, dial...)
 	for _, connection := range clients {
 		defer connection.Close()
 	}
@@ -233,6 +249,7 @@ func main() {
 		"errors":                  results.errors,
 		"error_messages":          results.examples,
 		"refused_with_retry_hint": results.hinted,
+		"throttled":               results.throttled,
 		"refusal":                 rawgrpc.Percentiles(results.refusals),
 		"loadgen_cpu_percent":     100 * (cpuSeconds() - cpuBefore) / elapsed,
 	}

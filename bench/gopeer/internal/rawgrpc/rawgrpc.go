@@ -14,14 +14,16 @@ import (
 	"google.golang.org/grpc/encoding"
 )
 
-// Connect opens count plaintext connections to target that use Codec. Each is a TCP
+// Connect opens count plaintext connections to target that use Codec, with options added. Each is a TCP
 // connection of its own, so the sidecar's workers each get some; close them when done.
-func Connect(target string, count int) []*grpc.ClientConn {
+func Connect(target string, count int, options ...grpc.DialOption) []*grpc.ClientConn {
 	connections := make([]*grpc.ClientConn, count)
+	options = append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(Codec{})),
+	}, options...)
 	for i := range connections {
-		connection, err := grpc.NewClient(target,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.ForceCodec(Codec{})))
+		connection, err := grpc.NewClient(target, options...)
 		if err != nil {
 			log.Fatal(err)
 		}

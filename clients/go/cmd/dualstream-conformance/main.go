@@ -12,8 +12,13 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
+	"unicode"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	dualstream "github.com/dualstream/dualstream/clients/go"
 )
@@ -39,7 +44,7 @@ func (s *sources) Set(text string) error {
 
 func main() {
 	if len(os.Args) < 2 {
-		usage("a command: publish or subscribe")
+		usage("a command: publish, subscribe or overload")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -49,8 +54,10 @@ func main() {
 		err = publish(ctx, os.Args[2:])
 	case "subscribe":
 		err = subscribe(ctx, os.Args[2:])
+	case "overload":
+		err = overload(ctx, os.Args[2:])
 	default:
-		usage("publish or subscribe, not " + os.Args[1])
+		usage("publish, subscribe or overload, not " + os.Args[1])
 	}
 	if err != nil && ctx.Err() == nil {
 		fmt.Fprintln(os.Stderr, "dualstream-conformance:", err)
@@ -118,6 +125,79 @@ func publish(ctx context.Context, args []string) error {
 		}
 	}
 	return nil
+}
+
+// overload publishes with many calls in flight, no retry and the default throttle, and counts
+// how the calls ended: acknowledged, refused by the sidecar, held back by the client, other.
+func overload(ctx context.Context, args []string) error {
+	flags := flag.NewFlagSet("overload", flag.ExitOnError)
+	var conn connection
+	conn.register(flags, "TYPE:ID")
+	count := flags.Int("count", 1000, "how many events")
+	concurrency := flags.Int("concurrency", 32, "calls in flight")
+	_ = flags.Parse(args)
+	source := conn.sources
+	if conn.target == "" || len(source) != 1 || *count < 1 || *concurrency < 1 {
+		usage("overload --target T --source TYPE:ID --count N --concurrency C")
+	}
+	client, err := conn.connect(dualstream.NoRetry)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	var mutex sync.Mutex
+	tally := map[string]any{"kind": "overload", "ok": 0, "refused": 0, "throttled": 0}
+	errorCounts := map[string]int{}
+	tallyOne := func(key string) {
+		mutex.Lock()
+		defer mutex.Unlock()
+		tally[key] = tally[key].(int) + 1
+	}
+	numbers := make(chan int)
+	var group sync.WaitGroup
+	for range *concurrency {
+		group.Go(func() {
+			for range numbers {
+				event := dualstream.Event{Type: "overload", SourceType: source[0].Type, SourceID: source[0].ID}
+				_, err := client.Publish(ctx, event)
+				var failure *dualstream.Error
+				switch {
+				case err == nil:
+					tallyOne("ok")
+				case errors.As(err, &failure) && failure.Throttled:
+					tallyOne("throttled")
+				case errors.As(err, &failure) && failure.Code == codes.ResourceExhausted && failure.RetryAfter > 0:
+					tallyOne("refused")
+				default:
+					mutex.Lock()
+					errorCounts[codeName(status.Code(err))]++
+					mutex.Unlock()
+				}
+			}
+		})
+	}
+	for number := range *count {
+		numbers <- number
+	}
+	close(numbers)
+	group.Wait()
+	tally["errors"] = errorCounts
+	return json.NewEncoder(os.Stdout).Encode(tally)
+}
+
+// codeName spells a status code as gRPC's other languages do: RESOURCE_EXHAUSTED, CANCELLED.
+func codeName(code codes.Code) string {
+	if code == codes.Canceled {
+		return "CANCELLED"
+	}
+	var name strings.Builder
+	for i, letter := range code.String() {
+		if i > 0 && unicode.IsUpper(letter) {
+			name.WriteByte('_')
+		}
+		name.WriteRune(unicode.ToUpper(letter))
+	}
+	return name.String()
 }
 
 func subscribe(ctx context.Context, args []string) error {

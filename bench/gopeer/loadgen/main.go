@@ -10,7 +10,8 @@
 // apart: RESOURCE_EXHAUSTED with a retry hint (the grpc-retry-pushback-ms trailer or a
 // google.rpc.RetryInfo detail) is counted as "refused_with_retry_hint". With -throttle the
 // calls go through the Go client's adaptive throttle (dualstream.DefaultThrottle), as an
-// application using that client would; calls it holds back unsent are counted as "throttled".
+// application using that client would; calls it holds back unsent are counted as "throttled",
+// and timed like the others, from their scheduled start.
 package main
 
 import (
@@ -111,7 +112,7 @@ type tally struct {
 	errors    map[string]int
 	examples  map[string]string
 	hinted    int
-	throttled int
+	throttled []time.Duration
 }
 
 func (t *tally) record(took time.Duration, err error, trailer metadata.MD) {
@@ -123,7 +124,7 @@ func (t *tally) record(took time.Duration, err error, trailer metadata.MD) {
 	}
 	var failure *dualstream.Error
 	if errors.As(err, &failure) && failure.Throttled {
-		t.throttled++
+		t.throttled = append(t.throttled, took)
 		return
 	}
 	code := status.Code(err)
@@ -249,7 +250,8 @@ func main() {
 		"errors":                  results.errors,
 		"error_messages":          results.examples,
 		"refused_with_retry_hint": results.hinted,
-		"throttled":               results.throttled,
+		"throttled":               len(results.throttled),
+		"throttled_refusal":       rawgrpc.Percentiles(results.throttled),
 		"refusal":                 rawgrpc.Percentiles(results.refusals),
 		"loadgen_cpu_percent":     100 * (cpuSeconds() - cpuBefore) / elapsed,
 	}

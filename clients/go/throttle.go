@@ -23,8 +23,10 @@ import (
 // once with RESOURCE_EXHAUSTED and a retry hint, but refusing still costs it about what an
 // empty call costs, so at twice its capacity it is saturated refusing and calls wait seconds
 // to be refused. The client therefore counts, over the last Window, the publish attempts it
-// made (requests) and those the sidecar did not refuse for capacity (accepts), and refuses an
-// attempt itself, without sending it, with probability
+// made (requests, counted when made, so that calls left waiting at a sidecar that queues them
+// weigh against it before any refusal) and those the sidecar answered other than with a
+// refusal past capacity or DEADLINE_EXCEEDED (accepts), and refuses an attempt itself,
+// without sending it, with probability
 //
 //	max(0, (requests - Ratio*accepts) / (requests + 1))
 //
@@ -37,8 +39,9 @@ type ThrottlePolicy struct {
 	Ratio float64
 	// Window is how far back attempts count, in ten steps.
 	Window time.Duration
-	// MinRequests: with fewer attempts than this in the window, nothing is held back, so a
-	// handful of refusals in a burst do not throttle a quiet client.
+	// MinRequests: until the sidecar has answered this many attempts within the window,
+	// nothing is held back, so a handful of refusals do not throttle a quiet client, and a
+	// burst of calls not yet answered does not throttle one that has just started.
 	MinRequests int
 }
 
@@ -62,8 +65,11 @@ var throttledMethods = map[string]bool{
 }
 
 type throttleBucket struct {
-	step                        int64
-	requests, accepts, refusals int
+	step int64
+	// Attempts (counted when made, so that calls waiting at a sidecar that queues them weigh
+	// against it), attempts answered, answered other than by a refusal past capacity or
+	// DEADLINE_EXCEEDED, and refusals past capacity.
+	requests, answered, accepts, refusals int
 }
 
 // throttle counts attempts per step of the window and draws the local refusals. Safe for
@@ -103,28 +109,31 @@ func (t *throttle) bucket() *throttleBucket {
 }
 
 // totals sums the steps still in the window.
-func (t *throttle) totals() (requests, accepts, refusals int) {
+func (t *throttle) totals() throttleBucket {
+	var sum throttleBucket
 	current := t.bucket().step
 	for _, bucket := range t.buckets {
 		if current-bucket.step < throttleBuckets {
-			requests += bucket.requests
-			accepts += bucket.accepts
-			refusals += bucket.refusals
+			sum.requests += bucket.requests
+			sum.answered += bucket.answered
+			sum.accepts += bucket.accepts
+			sum.refusals += bucket.refusals
 		}
 	}
-	return requests, accepts, refusals
+	return sum
 }
 
 // admit counts an attempt and returns nil to send it, or the local refusal.
 func (t *throttle) admit() *Error {
 	t.mutex.Lock()
 	defer t.mutex.Unlock()
-	requests, accepts, refusals := t.totals()
+	window := t.totals()
 	t.bucket().requests++
-	if requests < t.policy.MinRequests {
+	if window.answered < t.policy.MinRequests {
 		return nil
 	}
-	odds := (float64(requests) - t.policy.Ratio*float64(accepts)) / float64(requests+1)
+	requests := window.requests
+	odds := (float64(requests) - t.policy.Ratio*float64(window.accepts)) / float64(requests+1)
 	if odds <= 0 || t.draw() >= odds {
 		return nil
 	}
@@ -134,7 +143,7 @@ func (t *throttle) admit() *Error {
 	}
 	message := fmt.Sprintf("not sent: the sidecar refused %d of this client's last %d calls as past "+
 		"capacity, so the client holds calls back (client-side throttling); retry in %d ms",
-		refusals, requests+1, hint.Milliseconds())
+		window.refusals, requests+1, hint.Milliseconds())
 	return &Error{Code: codes.ResourceExhausted, Message: message, RetryAfter: hint, Throttled: true}
 }
 
@@ -145,6 +154,7 @@ func (t *throttle) record(err error) {
 	t.mutex.Lock()
 	defer t.mutex.Unlock()
 	bucket := t.bucket()
+	bucket.answered++
 	switch {
 	case code == codes.ResourceExhausted && hint > 0:
 		bucket.refusals++

@@ -127,3 +127,19 @@ func TestNoThrottleIsNone(t *testing.T) {
 		t.Error("NoThrottle must not make a throttle")
 	}
 }
+
+func TestUnansweredCallsDoNotThrottleUntilMinRequestsAnswers(t *testing.T) {
+	throttle, _ := stepped(t, 0)
+	for range 100 { // A burst of calls sent at once, none answered yet.
+		if refusal := throttle.admit(); refusal != nil {
+			t.Fatalf("refused before any answer: %v", refusal)
+		}
+	}
+	for range DefaultThrottle.MinRequests {
+		throttle.record(nil)
+	}
+	// 100 attempts, 20 accepted: the 80 still waiting weigh against the sidecar.
+	if throttle.admit() == nil {
+		t.Error("with MinRequests answers in, calls still waiting must count against the sidecar")
+	}
+}

@@ -17,7 +17,11 @@ export interface ThrottleOptions {
   ratio?: number;
   /** The sliding window the counts cover, kept as 10 buckets. Default 5,000 ms. */
   windowMs?: number;
-  /** Below this many calls in the window the client never refuses one. Default 20. */
+  /**
+   * Until the sidecar has answered this many calls within the window the client refuses none,
+   * so a handful of refusals do not throttle a quiet client, and a burst of calls not yet
+   * answered does not throttle one that has just started. Default 20.
+   */
   minRequests?: number;
 }
 
@@ -29,15 +33,12 @@ interface Bucket {
   /** Which bucket-long span of the clock these counts are from. */
   span: number;
   requests: number;
+  answered: number;
   accepts: number;
   refusals: number;
 }
 
-interface Totals {
-  requests: number;
-  accepts: number;
-  refusals: number;
-}
+type Totals = Omit<Bucket, "span">;
 
 /**
  * One client's throttle, shared by all its publishes. Node runs the client on one thread, so
@@ -49,7 +50,7 @@ export class AdaptiveThrottle {
   readonly #minRequests: number;
   readonly #now: () => number;
   readonly #random: () => number;
-  readonly #buckets: Bucket[] = Array.from({ length: BUCKETS }, () => ({ span: -1, requests: 0, accepts: 0, refusals: 0 }));
+  readonly #buckets: Bucket[] = Array.from({ length: BUCKETS }, () => ({ span: -1, requests: 0, answered: 0, accepts: 0, refusals: 0 }));
   #lastHint: { ms: number; span: number } | undefined;
 
   constructor(options: ThrottleOptions = {}, clock: { now?: () => number; random?: () => number } = {}) {
@@ -92,16 +93,17 @@ export class AdaptiveThrottle {
   }
 
   /**
-   * Decide one attempt: `undefined` to send it (then `record` its answer), or the local refusal,
-   * which counts as a request at once.
+   * Decide one attempt, which counts as a request at once: `undefined` to send it (then
+   * `record` its answer), or the local refusal. Counted when made, calls left waiting at a
+   * sidecar that queues them weigh against it before it refuses any.
    */
   admit(): DualstreamError | undefined {
     const span = this.#span();
     const totals = this.#totals(span);
-    if (totals.requests < this.#minRequests || this.#random() >= this.#probability(totals)) {
+    this.#bucket(span).requests += 1;
+    if (totals.answered < this.#minRequests || this.#random() >= this.#probability(totals)) {
       return undefined;
     }
-    this.#bucket(span).requests += 1;
     const hintMs = this.#lastHint !== undefined && this.#lastHint.span > span - BUCKETS ? this.#lastHint.ms : DEFAULT_HINT_MS;
     return new DualstreamError(
       Code.ResourceExhausted,
@@ -112,16 +114,14 @@ export class AdaptiveThrottle {
   }
 
   /**
-   * Count an attempt `admit` let through, with its answer (`undefined`: success). A sent call
-   * counts as a request only once answered: counted when sent, the calls still in flight
-   * would weigh as refusals, and a client with many calls in flight would hold some back from
-   * a sidecar that refuses none. A capacity refusal counts as such; a deadline that expired,
-   * or a caller who cancelled, is no accept; any other answer (UNAVAILABLE included) is one.
+   * Count the answer to an attempt `admit` let through (`undefined`: success). A capacity
+   * refusal counts as such; a deadline that expired, or a caller who cancelled, is no accept;
+   * any other answer (UNAVAILABLE included) is one.
    */
   record(error: DualstreamError | undefined): void {
     const span = this.#span();
     const bucket = this.#bucket(span);
-    bucket.requests += 1;
+    bucket.answered += 1;
     if (error !== undefined && isCapacityRefusal(error)) {
       bucket.refusals += 1;
       this.#lastHint = { ms: error.retryAfterMs ?? DEFAULT_HINT_MS, span };
@@ -130,10 +130,10 @@ export class AdaptiveThrottle {
     }
   }
 
-  /** The probability the next attempt is refused locally (0 below `minRequests`). */
+  /** The probability the next attempt is refused locally (0 below `minRequests` answers). */
   refusalProbability(): number {
     const totals = this.#totals(this.#span());
-    return totals.requests < this.#minRequests ? 0 : this.#probability(totals);
+    return totals.answered < this.#minRequests ? 0 : this.#probability(totals);
   }
 
   #probability(totals: Totals): number {
@@ -148,17 +148,18 @@ export class AdaptiveThrottle {
   #bucket(span: number): Bucket {
     const bucket = this.#buckets[((span % BUCKETS) + BUCKETS) % BUCKETS] as Bucket;
     if (bucket.span !== span) {
-      Object.assign(bucket, { span, requests: 0, accepts: 0, refusals: 0 });
+      Object.assign(bucket, { span, requests: 0, answered: 0, accepts: 0, refusals: 0 });
     }
     return bucket;
   }
 
   /** The counts of the window that ends with `span`. */
   #totals(span: number): Totals {
-    const totals = { requests: 0, accepts: 0, refusals: 0 };
+    const totals = { requests: 0, answered: 0, accepts: 0, refusals: 0 };
     for (const bucket of this.#buckets) {
       if (bucket.span > span - BUCKETS && bucket.span <= span) {
         totals.requests += bucket.requests;
+        totals.answered += bucket.answered;
         totals.accepts += bucket.accepts;
         totals.refusals += bucket.refusals;
       }

@@ -39,14 +39,15 @@ describe("AdaptiveThrottle", () => {
     assert.equal(throttle.refusalProbability(), 0);
   });
 
-  it("does not count calls still in flight against the sidecar", () => {
-    const { throttle } = throttleAt({ minRequests: 0 }, 0);
-    answer(throttle, 20);
+  it("holds nothing back before minRequests answers, then counts calls still waiting against the sidecar", () => {
+    const { throttle } = throttleAt({ minRequests: 20 }, 0);
     for (let i = 0; i < 40; i++) {
-      assert.equal(throttle.admit(), undefined, "sent while 20 calls were accepted and none refused");
+      assert.equal(throttle.admit(), undefined, "a burst not yet answered is sent");
     }
-    for (let i = 0; i < 40; i++) throttle.record(undefined);
-    assert.equal(throttle.refusalProbability(), 0);
+    for (let i = 0; i < 20; i++) throttle.record(undefined);
+    // 40 requests, 20 accepted: the 20 still waiting weigh against the sidecar.
+    assert.ok(Math.abs(throttle.refusalProbability() - (40 - 1.2 * 20) / 41) < 1e-12);
+    assert.ok(throttle.admit()?.throttled);
   });
 
   it("counts every answer but a capacity refusal, an expired deadline or a cancel as an accept", () => {

@@ -85,6 +85,18 @@ def test_under_min_requests_nothing_is_held_back() -> None:
     assert not admitted(state)
 
 
+def test_a_burst_not_yet_answered_is_sent_then_calls_still_waiting_count_against() -> None:
+    draw, clock = Draw(), Clock()
+    state = AdaptiveThrottle(Throttle(), clock=clock, draw=draw)
+    draw.value = 0.0
+    assert all(admitted(state) for _ in range(40)), "no answer yet: nothing is held back"
+    for _ in range(20):
+        state.record(None)
+    # 40 requests, 20 accepted: the 20 still waiting weigh against the sidecar.
+    assert state.refusal_probability() == pytest.approx((40 - 1.2 * 20) / 41)
+    assert not admitted(state)
+
+
 def test_a_sidecar_that_accepts_everything_is_never_throttled() -> None:
     answers: list[DualstreamClientError | None] = [
         None,

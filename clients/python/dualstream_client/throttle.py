@@ -32,8 +32,10 @@ class Throttle:
 
     Over the last ``window`` seconds the client counts its Publish and PublishBatch attempts
     (``requests``, those it held back included) and the ones the sidecar answered with
-    anything but a capacity refusal or ``DEADLINE_EXCEEDED`` (``accepts``). From
-    ``min_requests`` attempts on, it refuses each new attempt itself, without sending it,
+    anything but a capacity refusal or ``DEADLINE_EXCEEDED`` (``accepts``). Attempts count
+    when made, so calls left waiting at a sidecar that queues them weigh against it. Once the
+    sidecar has answered ``min_requests`` attempts within the window (a burst not yet answered
+    is never held back), it refuses each new attempt itself, without sending it,
     with probability ``(requests - ratio * accepts) / (requests + 1)``: while the sidecar
     accepts everything, never; while it refuses most, it gets about ``ratio`` times what it
     accepts. A call held back raises ``ResourceExhaustedError`` with ``throttled`` True and
@@ -56,11 +58,12 @@ class Throttle:
 class _Bucket:
     """The counts of one tenth of the window; ``slice`` numbers that tenth on the clock."""
 
-    __slots__ = ("accepts", "refusals", "requests", "slice")
+    __slots__ = ("accepts", "answered", "refusals", "requests", "slice")
 
     def __init__(self) -> None:
         self.slice = -1
         self.requests = 0
+        self.answered = 0
         self.accepts = 0
         self.refusals = 0
 
@@ -92,9 +95,9 @@ class AdaptiveThrottle:
         ``throttled``) when the counts so far say the sidecar would."""
         with self._lock:
             current = self._current_bucket()
-            requests, accepts, refusals = self._totals(current.slice)
+            requests, answered, accepts, refusals = self._totals(current.slice)
             current.requests += 1
-            probability = self._probability(requests, accepts)
+            probability = self._probability(requests, answered, accepts)
             if probability <= 0 or self._draw() >= probability:
                 return
             retry_after = self._last_retry_after
@@ -112,26 +115,25 @@ class AdaptiveThrottle:
     def record(self, error: DualstreamClientError | None) -> None:
         """Count the sidecar's answer to an admitted attempt: ``None`` for success, else the
         error the call ended with (a capacity refusal is one with ``retry_after``)."""
-        if isinstance(error, ResourceExhaustedError) and error.retry_after is not None:
-            with self._lock:
-                self._current_bucket().refusals += 1
-                self._last_retry_after = error.retry_after
-            return
-        # A call past its deadline may have been refused, or never taken at all: it is no
-        # sign that the sidecar accepts calls.
-        if error is not None and error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return
         with self._lock:
-            self._current_bucket().accepts += 1
+            current = self._current_bucket()
+            current.answered += 1
+            if isinstance(error, ResourceExhaustedError) and error.retry_after is not None:
+                current.refusals += 1
+                self._last_retry_after = error.retry_after
+            # A call past its deadline may have been refused, or never taken at all: it is no
+            # sign that the sidecar accepts calls.
+            elif error is None or error.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                current.accepts += 1
 
     def refusal_probability(self) -> float:
         """The probability that the next attempt is held back, from the counts so far."""
         with self._lock:
-            requests, accepts, _ = self._totals(self._current_bucket().slice)
-            return self._probability(requests, accepts)
+            requests, answered, accepts, _ = self._totals(self._current_bucket().slice)
+            return self._probability(requests, answered, accepts)
 
-    def _probability(self, requests: int, accepts: int) -> float:
-        if requests < self.policy.min_requests:
+    def _probability(self, requests: int, answered: int, accepts: int) -> float:
+        if answered < self.policy.min_requests:
             return 0.0
         return max(0.0, (requests - self.policy.ratio * accepts) / (requests + 1))
 
@@ -141,14 +143,16 @@ class AdaptiveThrottle:
         bucket = self._buckets[current % BUCKETS]
         if bucket.slice != current:
             bucket.slice = current
-            bucket.requests = bucket.accepts = bucket.refusals = 0
+            bucket.requests = bucket.answered = bucket.accepts = bucket.refusals = 0
         return bucket
 
-    def _totals(self, current: int) -> tuple[int, int, int]:
-        """Requests, accepts and refusals of the window that ends with slice ``current``."""
+    def _totals(self, current: int) -> tuple[int, int, int, int]:
+        """Requests, answers, accepts and refusals of the window that ends with slice
+        ``current``."""
         live = [b for b in self._buckets if current - BUCKETS < b.slice <= current]
         return (
             sum(b.requests for b in live),
+            sum(b.answered for b in live),
             sum(b.accepts for b in live),
             sum(b.refusals for b in live),
         )

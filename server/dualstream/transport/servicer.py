@@ -229,7 +229,10 @@ class EventServicer(pb_grpc.EventServiceServicer):
     async def Publish(self, request: pb.PublishRequest, context: _Context) -> pb.PublishResponse:
         if not self._admission.try_admit():
             self._refuse("Publish", context)
-            return _REFUSED_PUBLISH  # Not sent: the status is not OK.
+            # grpc.aio drops a message answered with a status other than OK, but still sends
+            # an empty one before that status: clients must judge a call by its status (the
+            # Java client once took that empty message for an acknowledgement).
+            return _REFUSED_PUBLISH
         try:
             with self._call("Publish", context):
                 if isinstance(request, MalformedRequest):

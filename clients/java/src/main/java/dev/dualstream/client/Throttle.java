@@ -14,10 +14,11 @@ import java.util.function.Supplier;
  * all its publish attempts, thread-safe. The counts live in {@value #BUCKETS} buckets of a tenth of
  * the window each, on a monotonic clock, so old ones drop out as the clock moves.
  *
- * <p>An attempt the throttle refuses is counted as a request at once; one it sends, when its answer
- * comes, together with that answer. Counted when sent, the calls in flight would look like requests
- * the sidecar did not accept: a client starting with 32 calls at once would throttle the 21st
- * before any answer came, and its own refusals would then keep it shut.
+ * <p>Every attempt counts as a request when it is made, so calls left waiting at a sidecar that
+ * queues them weigh against it before it refuses any; its answer is counted when it comes. Nothing
+ * is held back until the sidecar has answered {@code minRequests} attempts within the window:
+ * otherwise a client starting with 32 calls at once would throttle the 21st before any answer came,
+ * and its own refusals would then keep it shut.
  */
 final class Throttle {
   /** The retry hint of a local refusal before the sidecar has given one. */
@@ -32,6 +33,7 @@ final class Throttle {
   // Bucket i holds the counts of the clock's bucket number epochs[i] (number = now / bucketNanos).
   private final long[] epochs = new long[BUCKETS];
   private final long[] requests = new long[BUCKETS];
+  private final long[] answers = new long[BUCKETS];
   private final long[] accepts = new long[BUCKETS];
   private final long[] refusals = new long[BUCKETS];
   private Duration lastHint = DEFAULT_HINT;
@@ -77,22 +79,22 @@ final class Throttle {
   }
 
   /**
-   * Decides on an attempt: returns null to send it (and {@link #answered} counts it later), or the
-   * refusal to fail it with, counted as a request now.
+   * Decides on an attempt, counted as a request now: returns null to send it ({@link #answered}
+   * counts its answer later), or the refusal to fail it with.
    */
   synchronized ResourceExhaustedException admit() {
     long now = nanoClock.getAsLong();
     long requested = sum(requests, now);
     long accepted = sum(accepts, now);
     long refused = sum(refusals, now);
-    if (requested < policy.minRequests()) {
+    add(requests, now);
+    if (sum(answers, now) < policy.minRequests()) {
       return null;
     }
     double probability = Math.max(0, (requested - policy.ratio() * accepted) / (requested + 1.0));
     if (uniform.getAsDouble() >= probability) {
       return null;
     }
-    add(requests, now);
     return new ResourceExhaustedException(
         "not sent: the sidecar refused "
             + refused
@@ -107,10 +109,10 @@ final class Throttle {
         true);
   }
 
-  /** Counts a sent attempt and the sidecar's answer to it: {@code failure} null for a success. */
+  /** Counts the sidecar's answer to a sent attempt: {@code failure} null for a success. */
   synchronized void answered(DualstreamException failure) {
     long now = nanoClock.getAsLong();
-    add(requests, now);
+    add(answers, now);
     if (failure != null && failure.isCapacityRefusal()) {
       add(refusals, now);
       lastHint = failure.retryAfter().orElse(lastHint);
@@ -131,6 +133,7 @@ final class Throttle {
     if (epochs[bucket] != epoch) {
       epochs[bucket] = epoch;
       requests[bucket] = 0;
+      answers[bucket] = 0;
       accepts[bucket] = 0;
       refusals[bucket] = 0;
     }

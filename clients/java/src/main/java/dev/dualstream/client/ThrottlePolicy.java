@@ -10,19 +10,21 @@ import java.util.Objects;
  * sidecar at twice its capacity spends its time on the calls it can take rather than on refusing.
  *
  * <p>Over the last {@code window}, the client counts its publish attempts ({@code requests},
- * including those it refused itself) and those the sidecar answered with anything but a capacity
- * refusal or {@code DEADLINE_EXCEEDED} ({@code accepts}). Once {@code requests} reaches {@code
- * minRequests}, it refuses an attempt with probability {@code max(0, (requests - ratio * accepts) /
- * (requests + 1))}: while the sidecar accepts everything, never; at twice its capacity, so that
- * about {@code ratio} times what the sidecar accepts is still sent. A refused attempt fails with a
- * {@link ResourceExhaustedException} that is {@link DualstreamException#throttled() throttled}, and
- * the {@link RetryPolicy} retries it like a refusal from the sidecar.
+ * counted when made, including those it refused itself) and those the sidecar answered with
+ * anything but a capacity refusal or {@code DEADLINE_EXCEEDED} ({@code accepts}). Once the sidecar
+ * has answered {@code minRequests} attempts within the window, it refuses an attempt with
+ * probability {@code max(0, (requests - ratio * accepts) / (requests + 1))}: while the sidecar
+ * accepts everything, never; at twice its capacity, so that about {@code ratio} times what the
+ * sidecar accepts is still sent. A refused attempt fails with a {@link ResourceExhaustedException}
+ * that is {@link DualstreamException#throttled() throttled}, and the {@link RetryPolicy} retries it
+ * like a refusal from the sidecar.
  *
  * @param ratio how many attempts to send per attempt the sidecar accepts: 0 turns the throttle off,
  *     otherwise at least 1 (below 1 the client would hold back calls even from a sidecar that
  *     accepts them all)
  * @param window how far back the counts reach (kept as 10 buckets of a tenth each), positive
- * @param minRequests attempts in the window before the throttle refuses any, at least 0
+ * @param minRequests attempts the sidecar must have answered within the window before the throttle
+ *     refuses any (so a burst not yet answered is never held back), at least 0
  */
 public record ThrottlePolicy(double ratio, Duration window, int minRequests) {
   /** Ratio 1.2 over 5 s, after 20 attempts: the client's default. */

@@ -39,6 +39,20 @@ class ThrottleTest {
   }
 
   @Test
+  void aBurstNotYetAnsweredIsSentThenCallsStillWaitingCountAgainstTheSidecar() {
+    Throttle throttle = throttle();
+    draw = 0;
+    for (int i = 0; i < 40; i++) {
+      assertNull(throttle.admit(), "no answer yet: attempt " + i + " is sent");
+    }
+    for (int i = 0; i < ThrottlePolicy.DEFAULT.minRequests(); i++) {
+      throttle.answered(null);
+    }
+    // 40 requests, 20 accepted: the 20 still waiting weigh against the sidecar.
+    assertNotNull(throttle.admit());
+  }
+
+  @Test
   void aSidecarThatAcceptsEverythingIsNeverThrottled() {
     Throttle throttle = throttle();
     draw = 0;

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 import redis.asyncio as redis
 from opentelemetry.sdk.trace import TracerProvider
@@ -30,6 +31,11 @@ TEST_PARTITIONS = 6
 # How long the first test that uses Jaeger may wait for its build, which `make test` starts in
 # the background (25 minutes measured cold beside the suite, at a load average of 20-40).
 JAEGER_BUILD_WAIT = 3600
+
+# The property tests check logic, not speed: on two cores shared with a CPU hog, one example
+# can take longer than Hypothesis's default deadline of 200 ms without anything being wrong.
+hypothesis.settings.register_profile("shared-cores", deadline=None)
+hypothesis.settings.load_profile("shared-cores")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

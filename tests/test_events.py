@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from dualstream.cloudevents import from_record, to_record
 from dualstream.errors import InvalidArgumentError
-from dualstream.events import Event, EventLimits, Source, prepare_batch, prepare_event
+from dualstream.events import (
+    Event,
+    EventLimits,
+    Source,
+    _check_event,
+    prepare_batch,
+    prepare_event,
+)
 from dualstream.ids import uuid7
 from dualstream.notifications import Notification, channel_for
 
@@ -204,3 +211,53 @@ def test_the_ascii_fast_path_agrees_with_the_character_check(value: str) -> None
             ):
                 expected = False
         assert accepted == expected, (field, value)
+
+
+_TRICKY_TEXT = st.text(alphabet=st.sampled_from('ab:.-/*?[]\\" é\t\u200b'), max_size=9)
+_SMALL = EventLimits(
+    max_payload_bytes=4,
+    max_id_length=8,
+    max_type_length=8,
+    max_source_type_length=6,
+    max_source_id_length=8,
+    max_content_type_length=8,
+    max_attributes=1,
+)
+
+
+@given(
+    id=_TRICKY_TEXT,
+    type=_TRICKY_TEXT,
+    source_type=_TRICKY_TEXT,
+    source_id=_TRICKY_TEXT,
+    content_type=_TRICKY_TEXT,
+    data=st.binary(max_size=6),
+    attributes=st.dictionaries(st.sampled_from(["k", "id", "K"]), _TRICKY_TEXT, max_size=2),
+)
+def test_the_whole_event_shortcut_accepts_what_the_field_checks_accept(**fields: object) -> None:
+    """An event is accepted, alone or in a batch, exactly when every field-by-field check
+    passes: the one-match shortcut for plain events lets nothing else through."""
+    event = Event(**fields)  # type: ignore[arg-type]
+    try:
+        _check_event(event, "event", _SMALL)
+    except InvalidArgumentError:
+        expected = False
+    else:
+        expected = True
+
+    def alone() -> Event:
+        return prepare_event(event, "event", _SMALL, NOW)
+
+    def in_batch() -> Event:
+        return prepare_batch([event], _SMALL, NOW)[0]
+
+    for prepare in (alone, in_batch):
+        try:
+            prepared = prepare()
+        except InvalidArgumentError:
+            assert not expected, fields
+        else:
+            assert expected, fields
+            assert prepared.id == (event.id or prepared.id)
+            assert prepared.id
+            assert prepared.time == NOW

@@ -48,22 +48,40 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
+_SPEC_VERSION_HEADER = ("ce_specversion", SPEC_VERSION.encode())
+
+
+@functools.lru_cache(maxsize=4096)
+def _source_header(source_type: str, source_id: str) -> tuple[str, bytes]:
+    return ("ce_source", source_uri(source_type, source_id).encode())
+
+
+@functools.lru_cache(maxsize=64)
+def _time_header(moment: datetime) -> tuple[str, bytes]:
+    # Cached: the events of a batch share the time it was received.
+    return ("ce_time", format_time(moment).encode())
+
+
 def to_record(event: Event, trace_headers: Mapping[str, str]) -> KafkaRecord:
     headers: Headers = [
-        ("ce_specversion", SPEC_VERSION.encode()),
+        _SPEC_VERSION_HEADER,
         ("ce_id", event.id.encode()),
         ("ce_type", event.type.encode()),
-        ("ce_source", source_uri(event.source_type, event.source_id).encode()),
+        _source_header(event.source_type, event.source_id),
     ]
     if event.time is not None:
-        headers.append(("ce_time", format_time(event.time).encode()))
+        headers.append(_time_header(event.time))
     if event.content_type:
         headers.append(("content-type", event.content_type.encode()))
-    headers.extend((f"ce_{name}", value.encode()) for name, value in event.attributes.items())
-    headers.extend((name, value.encode()) for name, value in trace_headers.items())
+    if event.attributes:
+        headers.extend((f"ce_{name}", value.encode()) for name, value in event.attributes.items())
+    if trace_headers:
+        headers.extend((name, value.encode()) for name, value in trace_headers.items())
     key = event.source_id.encode()
-    size = len(key) + len(event.data) + sum(len(n) + len(v) for n, v in headers)
-    return KafkaRecord(key=key, value=event.data, headers=headers, size=size)
+    size = len(key) + len(event.data)
+    for name, value in headers:
+        size += len(name) + len(value)
+    return KafkaRecord(key, event.data, headers, size)
 
 
 def from_record(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> Event:

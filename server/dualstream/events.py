@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from dualstream.errors import InvalidArgumentError
@@ -151,8 +151,33 @@ def check_source(source: Source, field_prefix: str, limits: EventLimits) -> None
     check_identifier(source.source_id, f"{field_prefix}.source_id", limits.max_source_id_length)
 
 
-def prepare_event(event: Event, field_prefix: str, limits: EventLimits, now: datetime) -> Event:
-    """Validate ``event`` and return it with a generated id and a receive time where unset."""
+def _is_plain(event: Event, limits: EventLimits) -> bool:
+    """Whether ``event`` passes every check of ``_check_event`` with no character left to look
+    at: plain ASCII names, no attributes, every size in bounds. A concatenation of plain
+    identifiers is one, so one match covers the four of them."""
+    type_, source_type, source_id, event_id = (
+        event.type,
+        event.source_type,
+        event.source_id,
+        event.id,
+    )
+    content_type = event.content_type
+    return (
+        0 < len(type_) <= limits.max_type_length
+        and 0 < len(source_type) <= limits.max_source_type_length
+        and 0 < len(source_id) <= limits.max_source_id_length
+        and len(event_id) <= limits.max_id_length
+        and len(content_type) <= limits.max_content_type_length
+        and len(event.data) <= limits.max_payload_bytes
+        and not event.attributes
+        and ":" not in source_type
+        and _PLAIN_IDENTIFIER.fullmatch(f"{type_}{source_type}{source_id}{event_id}") is not None
+        and (not content_type or _PLAIN_TEXT.fullmatch(content_type) is not None)
+    )
+
+
+def _check_event(event: Event, field_prefix: str, limits: EventLimits) -> None:
+    """Every check, in field order; the first that fails raises, naming its field."""
     check_identifier(event.type, f"{field_prefix}.type", limits.max_type_length)
     check_source(event.source, field_prefix, limits)
     if event.id:
@@ -182,10 +207,36 @@ def prepare_event(event: Event, field_prefix: str, limits: EventLimits, now: dat
         if name in RESERVED_ATTRIBUTE_NAMES:
             raise InvalidArgumentError(attribute_field, "is a reserved CloudEvents attribute name")
         _check_text(value, attribute_field, limits.max_attribute_value_length, identifier=False)
+
+
+def prepare_event(event: Event, field_prefix: str, limits: EventLimits, now: datetime) -> Event:
+    """Validate ``event`` and return it with a generated id and a receive time where unset."""
+    # The common event is checked by one cheap test; the field-by-field checks, with their
+    # field names, run for the rest (a batch of 100 spent a fifth of its CPU here).
+    if not _is_plain(event, limits):
+        _check_event(event, field_prefix, limits)
+    return _filled(event, now)
+
+
+def _filled(event: Event, now: datetime) -> Event:
+    """``event`` with a generated id and the receive time where unset, time zone UTC if none."""
     time = event.time
-    if time is not None and time.tzinfo is None:
+    if time is None:
+        time = now
+    elif time.tzinfo is None:
         time = time.replace(tzinfo=UTC)
-    return replace(event, id=event.id or uuid7(), time=time or now)
+    elif event.id:
+        return event
+    return Event(
+        event.id or uuid7(),
+        event.type,
+        event.source_type,
+        event.source_id,
+        event.data,
+        event.content_type,
+        time,
+        event.attributes,
+    )
 
 
 def prepare_batch(events: list[Event], limits: EventLimits, now: datetime) -> list[Event]:
@@ -196,4 +247,9 @@ def prepare_batch(events: list[Event], limits: EventLimits, now: datetime) -> li
         raise InvalidArgumentError(
             "events", f"has {len(events)} events, at most {limits.max_batch_events}"
         )
-    return [prepare_event(event, f"events[{i}]", limits, now) for i, event in enumerate(events)]
+    prepared = []
+    for i, event in enumerate(events):
+        if not _is_plain(event, limits):
+            _check_event(event, f"events[{i}]", limits)
+        prepared.append(_filled(event, now))
+    return prepared

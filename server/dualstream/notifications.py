@@ -38,14 +38,14 @@ class Notification:
     @classmethod
     def of(cls, event: Event, position: RecordPosition, traceparent: str = "") -> Notification:
         return cls(
-            id=event.id,
-            type=event.type,
-            source_type=event.source_type,
-            source_id=event.source_id,
-            topic=position.topic,
-            partition=position.partition,
-            offset=position.offset,
-            traceparent=traceparent,
+            event.id,
+            event.type,
+            event.source_type,
+            event.source_id,
+            position.topic,
+            position.partition,
+            position.offset,
+            traceparent,
         )
 
     @property

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dualstream.connections import RedisAddress
+from dualstream.events import Source
 from dualstream.holes import HoleReporter
 from dualstream.lifecycle import Service, cancel_and_wait
 from dualstream.notifications import Notification, channel_for
-from dualstream.resp import RespError, RespProtocolError, encode_command, read_reply
+from dualstream.resp import RespError, RespProtocolError, encode_publish, read_reply
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,12 @@ logger = logging.getLogger(__name__)
 HOLES_RETRY_INTERVAL = 1.0
 # Commands Redis has not read yet, beyond which the connection counts as stalled.
 MAX_UNSENT_BYTES = 8 * 1024 * 1024
+
+
+@functools.lru_cache(maxsize=4096)
+def _channel_name(prefix: str, source_type: str, source_id: str) -> bytes:
+    # Cached: a busy sidecar notifies the same few channels over and over.
+    return channel_for(Source(source_type, source_id), prefix).encode()
 
 
 class RedisLinkLostError(ConnectionError):
@@ -210,9 +218,6 @@ class RedisNotifier(Service):
         if link is not None:
             await link.close()
 
-    def channel(self, notification: Notification) -> str:
-        return channel_for(notification.source, self._channel_prefix)
-
     def _submit(self, commands: bytes, count: int) -> asyncio.Future[None]:
         if self._link is None or not self._link.open:
             self._link = _Link(self._address, self._timeout)
@@ -221,8 +226,12 @@ class RedisNotifier(Service):
         return future
 
     def _encode(self, notifications: Sequence[Notification]) -> bytes:
+        prefix = self._channel_prefix
         return b"".join(
-            encode_command(b"PUBLISH", self.channel(n).encode(), n.to_json()) for n in notifications
+            [
+                encode_publish(_channel_name(prefix, n.source_type, n.source_id), n.to_json())
+                for n in notifications
+            ]
         )
 
     async def notify(self, notification: Notification) -> bool:

@@ -54,6 +54,17 @@ def encode_command(*parts: str | bytes) -> bytes:
     return b"".join(out)
 
 
+def encode_publish(channel: bytes, message: bytes) -> bytes:
+    """``encode_command(b"PUBLISH", channel, message)`` in one step: the publish path sends one
+    per event."""
+    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        len(channel),
+        channel,
+        len(message),
+        message,
+    )
+
+
 async def read_reply(reader: asyncio.StreamReader) -> Reply:
     """Read one reply. Raises ``RespError`` for an error reply, ``RespProtocolError`` for
     anything malformed or unexpected, ``asyncio.IncompleteReadError`` when the stream ends

@@ -32,17 +32,23 @@ def _timestamp(message: Timestamp, field: str) -> datetime:
         raise InvalidArgumentError(field, f"is not a valid timestamp: {exc}") from exc
 
 
-def event_from_proto(message: pb.Event, field: str) -> Event:
-    time = _timestamp(message.time, f"{field}.time") if message.HasField("time") else None
+def event_from_proto(message: pb.Event, field: str, index: int | None = None) -> Event:
+    """The event of ``message``, found at ``field`` (``field[index]`` if an index is given: a
+    batch's events get a name of their own only when they need one)."""
+    time = None
+    if message.HasField("time"):
+        where = field if index is None else f"{field}[{index}]"
+        time = _timestamp(message.time, f"{where}.time")
+    attributes = message.attributes
     return Event(
-        id=message.id,
-        type=message.type,
-        source_type=message.source_type,
-        source_id=message.source_id,
-        data=message.data,
-        content_type=message.content_type,
-        time=time,
-        attributes=dict(message.attributes),
+        message.id,
+        message.type,
+        message.source_type,
+        message.source_id,
+        message.data,
+        message.content_type,
+        time,
+        dict(attributes) if attributes else {},
     )
 
 

@@ -258,7 +258,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
                 if isinstance(request, MalformedRequest):
                     raise request.error()
                 events = [
-                    convert.event_from_proto(event, f"events[{i}]")
+                    convert.event_from_proto(event, "events", i)
                     for i, event in enumerate(request.events)
                 ]
                 outcomes = await self._publisher.publish_batch(events)

@@ -13,9 +13,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from dualstream.connections import RedisAddress
+from dualstream.errors import UnavailableError as SidecarUnavailableError
+from dualstream.events import NotPublished, Published, PublishOutcome, RecordPosition
 from dualstream.notifications import Notification
 from dualstream.redis_notifier import RedisNotifier
 from dualstream.settings import Settings
+from dualstream.transport import convert
 from dualstream.transport.server import Sidecar
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
@@ -143,6 +146,26 @@ async def test_batch_results_in_request_order(
             if r.key == source.encode()
         ]
         assert values == sorted(values)
+
+
+def test_batch_response_carries_each_outcome_in_order() -> None:
+    """Results built in place: acknowledged events with their position, failed ones with the
+    status code and message of their error, each in its oneof."""
+    outcomes: list[PublishOutcome] = [
+        Published("a", RecordPosition("events", 2, 40), True),
+        NotPublished("b", SidecarUnavailableError("Kafka did not acknowledge the event")),
+        Published("c", RecordPosition("events", 0, 7), False),
+    ]
+    results = convert.batch_response(outcomes).results
+    assert [r.id for r in results] == ["a", "b", "c"]
+    assert [r.WhichOneof("outcome") for r in results] == ["published", "error", "published"]
+    assert results[0].published == pb.PublishResponse(
+        id="a", topic="events", partition=2, offset=40, notified=True
+    )
+    assert results[1].error == pb.Error(
+        code=grpc.StatusCode.UNAVAILABLE.value[0], message="Kafka did not acknowledge the event"
+    )
+    assert results[2].published == pb.PublishResponse(id="c", topic="events", offset=7)
 
 
 async def test_redis_down_still_publishes_with_notified_false(

@@ -262,9 +262,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
                     for i, event in enumerate(request.events)
                 ]
                 outcomes = await self._publisher.publish_batch(events)
-                return pb.PublishBatchResponse(
-                    results=[convert.batch_result(outcome) for outcome in outcomes]
-                )
+                return convert.batch_response(outcomes)
         except _StatusError as failure:
             await _end_call(context, failure)
             raise

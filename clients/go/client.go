@@ -108,10 +108,13 @@ func New(target string, options ...Option) (*Client, error) {
 	if config.token != "" {
 		dial = append(dial, grpc.WithPerRPCCredentials(bearerToken(config.token)))
 	}
+	var interceptors []grpc.UnaryClientInterceptor
 	if config.throttle.Ratio > 0 {
 		// First in the chain: a call held back never reaches the application's interceptors.
-		dial = append(dial, grpc.WithChainUnaryInterceptor(ThrottleInterceptor(config.throttle)))
+		interceptors = append(interceptors, ThrottleInterceptor(config.throttle))
 	}
+	// With or without the throttle, a refusal's hint may come only as the pushback trailer.
+	dial = append(dial, grpc.WithChainUnaryInterceptor(append(interceptors, pushbackInterceptor)...))
 	dial = append(dial, config.dialOptions...)
 	conn, err := grpc.NewClient(target, dial...)
 	if err != nil {

@@ -325,17 +325,21 @@ func (r *refusingService) reached() int {
 }
 
 func TestCapacityRefusalCarriesTheHintAndIsRetriedNoSoonerThanIt(t *testing.T) {
-	for _, pushbackOnly := range []bool{false, true} {
+	for _, tried := range []struct {
+		pushbackOnly bool
+		throttle     dualstream.ThrottlePolicy
+	}{{false, dualstream.DefaultThrottle}, {true, dualstream.DefaultThrottle}, {true, dualstream.NoThrottle}} {
+		pushbackOnly := tried.pushbackOnly
 		service := &refusingService{pushbackOnly: pushbackOnly}
 		retry := dualstream.RetryPolicy{MaxAttempts: 2, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}
-		client := fakeClient(t, service, dualstream.WithRetry(retry))
+		client := fakeClient(t, service, dualstream.WithRetry(retry), dualstream.WithThrottle(tried.throttle))
 		_, err := client.Publish(context.Background(), dualstream.Event{Type: "t", SourceType: "s", SourceID: "a"})
 		var failure *dualstream.Error
 		if !errors.As(err, &failure) || failure.Code != codes.ResourceExhausted || failure.Throttled {
 			t.Fatalf("want the sidecar's RESOURCE_EXHAUSTED, got %v", err)
 		}
 		if failure.RetryAfter != 150*time.Millisecond || !failure.Temporary() {
-			t.Errorf("pushback only %v: want a 150 ms hint on a temporary error, got %v", pushbackOnly, failure.RetryAfter)
+			t.Errorf("pushback only %v, throttle %+v: want a 150 ms hint on a temporary error, got %v", pushbackOnly, tried.throttle, failure.RetryAfter)
 		}
 		if len(service.calls) != 2 {
 			t.Fatalf("want 2 attempts, got %d", len(service.calls))

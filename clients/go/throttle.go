@@ -185,6 +185,15 @@ func ThrottleInterceptor(policy ThrottlePolicy) grpc.UnaryClientInterceptor {
 	}
 }
 
+// pushbackInterceptor reads the grpc-retry-pushback-ms trailer of every call, so a Client's
+// errors carry a hint that came only there whether or not it throttles.
+func pushbackInterceptor(ctx context.Context, method string, request, reply any, conn *grpc.ClientConn,
+	invoker grpc.UnaryInvoker, options ...grpc.CallOption,
+) error {
+	var trailer metadata.MD
+	return withPushback(invoker(ctx, method, request, reply, conn, append(options, grpc.Trailer(&trailer))...), trailer)
+}
+
 // withPushback makes a capacity refusal whose hint came only as the grpc-retry-pushback-ms
 // trailer an *Error carrying it; other errors are returned as they are.
 func withPushback(err error, trailer metadata.MD) error {

@@ -18,8 +18,14 @@ _FIXED32 = struct.Struct("<I")
 _DOUBLE = struct.Struct("<d")
 
 
+_ONE_BYTE_VARINTS = tuple(bytes((value,)) for value in range(0x80))
+
+
 def varint(value: int) -> bytes:
     """A non-negative integer as a varint (negative int64 values: add 2**64 first)."""
+    if 0 <= value < 0x80:
+        # Tags and most lengths: every message to a stream has several.
+        return _ONE_BYTE_VARINTS[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)

@@ -233,7 +233,11 @@ class _Stream:
                     async for item in self._live_backlog(received):
                         yield item
                     continue
-                delivery = await self._live(received)
+                delivery = (
+                    self._live_without_data(received)
+                    if self._fetcher is None
+                    else await self._live(received)
+                )
                 if delivery is not None:
                     yield delivery
             elif isinstance(received, Overflow):
@@ -427,16 +431,28 @@ class _Stream:
             yield deliveries[0]
 
     async def _live(self, notification: Notification) -> Delivery | None:
+        if self._fetcher is None:
+            return self._live_without_data(notification)
+        if not self._advance(notification):
+            return None
+        record = await self._fetcher.fetch(notification.partition, notification.offset)
+        event = from_record(record.value, record.headers)
+        return Delivery(notification, self._cursor(), False, event)
+
+    def _live_without_data(self, notification: Notification) -> Delivery | None:
+        # Not a coroutine: a fan-out makes one of these per stream for every notification.
+        if not self._advance(notification):
+            return None
+        return Delivery(notification, self._cursor(), False)
+
+    def _advance(self, notification: Notification) -> bool:
+        """Whether the stream delivers ``notification``; if so, the frontier moves past it."""
         if notification.topic != self._reader.topic:
-            return None
+            return False
         if notification.offset < self._seam.get(notification.partition, 0):
-            return None  # Replayed already, or published before the stream's start.
+            return False  # Replayed already, or published before the stream's start.
         if not self._selection.wants_type(notification.type):
-            return None
+            return False
         partition = notification.partition
         self._frontier[partition] = max(self._frontier.get(partition, 0), notification.offset + 1)
-        event = None
-        if self._fetcher is not None:
-            record = await self._fetcher.fetch(partition, notification.offset)
-            event = from_record(record.value, record.headers)
-        return Delivery(notification, self._cursor(), replayed=False, event=event)
+        return True

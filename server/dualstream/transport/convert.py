@@ -140,13 +140,18 @@ def event_to_proto(event: Event) -> pb.Event:
 
 
 def publish_response(outcome: Published) -> pb.PublishResponse:
-    return pb.PublishResponse(
-        id=outcome.event_id,
-        topic=outcome.position.topic,
-        partition=outcome.position.partition,
-        offset=outcome.position.offset,
-        notified=outcome.notified,
-    )
+    response = pb.PublishResponse()
+    _fill_publish_response(response, outcome)
+    return response
+
+
+def _fill_publish_response(message: pb.PublishResponse, outcome: Published) -> None:
+    position = outcome.position
+    message.id = outcome.event_id
+    message.topic = position.topic
+    message.partition = position.partition
+    message.offset = position.offset
+    message.notified = outcome.notified
 
 
 def batch_response(outcomes: Sequence[PublishOutcome]) -> pb.PublishBatchResponse:
@@ -162,14 +167,8 @@ def batch_response(outcomes: Sequence[PublishOutcome]) -> pb.PublishBatchRespons
             result.error.CopyFrom(
                 pb.Error(code=status_code_for(outcome.error).value[0], message=str(outcome.error))
             )
-            continue
-        position = outcome.position
-        published = result.published
-        published.id = outcome.event_id
-        published.topic = position.topic
-        published.partition = position.partition
-        published.offset = position.offset
-        published.notified = outcome.notified
+        else:
+            _fill_publish_response(result.published, outcome)
     return response
 
 

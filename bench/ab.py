@@ -30,10 +30,12 @@ from bench.run import (
     UNARY_CONCURRENCY,
     Broker,
     Sampler,
+    SubscriberProcesses,
     build_go_tools,
     fan_out_in_child,
     go_loadgen,
     overload,
+    rss_kib,
     start_sidecar,
     with_subscribers,
 )
@@ -98,6 +100,21 @@ def _overload(run: Run) -> dict[str, Any]:
     return {"capacity_calls_per_s": capacity, **overload(run.target, capacity, 5, run.pids)}
 
 
+def _idle_streams(run: Run) -> dict[str, Any]:
+    """RSS per idle stream, as ``make bench`` measures it but on the round's warmed sidecar:
+    2,000 streams, more than the heap's slack after the warm-up can hide."""
+    streams = 2000
+    time.sleep(1)
+    before = rss_kib(run.pids)
+    processes = SubscriberProcesses(run.workdir / "idle", "idle-streams", 1)
+    processes.subscribers(run.target, "idle-streams", streams, 120)
+    processes.wait_ready()
+    time.sleep(1)
+    after = rss_kib(run.pids)
+    processes.results(stop_after=0)
+    return {"streams": streams, "rss_per_idle_stream_kib": round((after - before) / streams, 2)}
+
+
 SCENARIOS: dict[str, Scenario] = {
     "unary": _unary,
     "batch": _batch,
@@ -106,6 +123,7 @@ SCENARIOS: dict[str, Scenario] = {
     "isolation": _isolation,
     "isolation_batched": _isolation_batched,
     "overload": _overload,
+    "idle": _idle_streams,
 }
 ISOLATION_FIGURES = [
     "subscribers_0.publish.p99_ms", "subscribers_10.publish.p99_ms",
@@ -136,6 +154,7 @@ SUMMARY: dict[str, list[str]] = {
     ],
     "isolation": ISOLATION_FIGURES,
     "isolation_batched": ISOLATION_FIGURES,
+    "idle": ["rss_per_idle_stream_kib"],
     "overload": [
         "capacity_calls_per_s", "overload_open_loop_2x.errors",
         "overload_open_loop_2x.error_messages", "overload_open_loop_2x.p99_ms",

@@ -11,11 +11,11 @@ published after the subscription was live, so Redis delivers it (or the hub repo
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from dualstream.cloudevents import from_record
@@ -42,6 +42,17 @@ class GapReason(enum.Enum):
     REDIS_OUTAGE = "redis_outage"
     NOT_NOTIFIED = "not_notified"
     EXPIRED = "expired"
+
+
+_Item = TypeVar("_Item")
+_NO_ITEMS: frozenset[Any] = frozenset()
+
+
+def frozen(items: Iterable[_Item]) -> frozenset[_Item]:
+    """``frozenset(items)``, or one shared empty set when there are none (Python 3.11 makes a
+    new empty set each time, and a stream keeps its sets as long as it is open)."""
+    result = frozenset(items)
+    return result if result else _NO_ITEMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,19 +112,18 @@ StreamItem = Subscribed | Delivery | Deliveries | Gap | CaughtUp
 class _Selection:
     """Which events a stream wants, for records read back from Kafka."""
 
-    exact: set[tuple[str, str]] = field(default_factory=set)
-    every_of_type: set[str] = field(default_factory=set)
+    exact: frozenset[tuple[str, str]] = frozenset()
+    every_of_type: frozenset[str] = frozenset()
     types: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, request: StreamRequest) -> _Selection:
-        selection = cls(types=request.types)
-        for source in request.sources:
-            if source.source_id == WILDCARD:
-                selection.every_of_type.add(source.source_type)
-            else:
-                selection.exact.add((source.source_type, source.source_id))
-        return selection
+        sources = request.sources
+        return cls(
+            exact=frozen((s.source_type, s.source_id) for s in sources if s.source_id != WILDCARD),
+            every_of_type=frozen(s.source_type for s in sources if s.source_id == WILDCARD),
+            types=request.types,
+        )
 
     def wants_type(self, event_type: str) -> bool:
         return not self.types or event_type in self.types
@@ -224,7 +234,7 @@ class _Stream:
             async with aclosing(self._replay(live_at)) as replayed:
                 async for item in replayed:
                     yield item
-        self._seam = dict(live_at)
+        self._seam = live_at  # Read from Kafka for this stream alone.
         outage_since: datetime | None = None
         while True:
             received = await self._subscription.next()
@@ -343,7 +353,7 @@ class _Stream:
         async with aclosing(self._replay(live_at)) as replayed:
             async for item in replayed:
                 yield item
-        self._seam = dict(live_at)
+        self._seam = live_at  # Read from Kafka for this stream alone.
 
     async def _replay(self, until: Mapping[int, int]) -> AsyncGenerator[StreamItem, None]:
         """The holes still to replay, then ``[frontier, until)``; ends with ``CaughtUp``."""

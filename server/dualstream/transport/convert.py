@@ -21,6 +21,7 @@ from dualstream.streams import (
     StreamItem,
     StreamRequest,
     Subscribed,
+    frozen,
 )
 from dualstream.transport.status import status_code_for
 from dualstream.v1 import event_service_pb2 as pb
@@ -84,7 +85,7 @@ def stream_request_from_proto(request: pb.SubscribeRequest) -> StreamRequest:
             start_time = _timestamp(request.start.time, "start.time")
     return StreamRequest(
         sources=tuple(Source(s.source_type, s.source_id) for s in request.sources),
-        types=frozenset(request.types),
+        types=frozen(request.types),
         resume_cursor=request.resume_cursor,
         start_earliest=start_earliest,
         start_time=start_time,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dualstream.cloudevents import from_record, to_record
+from dualstream.cloudevents import from_record, to_record, to_records
 from dualstream.errors import InvalidArgumentError
 from dualstream.events import (
     Event,
@@ -105,6 +105,16 @@ def test_uuid7_is_monotonic_and_versioned() -> None:
     assert parsed.variant == uuid.RFC_4122
 
 
+def test_uuid7_made_together_continue_the_order() -> None:
+    """A batch's ids, more than one millisecond's counter can hold, sort after the ids before
+    them and before the ids after them."""
+    ids = [uuid7(), *uuid7.many(5_000), uuid7(), *uuid7.many(3)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    assert uuid7.many(0) == []
+
+
 def test_record_round_trip() -> None:
     event = prepare_event(
         an_event(
@@ -127,6 +137,33 @@ def test_record_round_trip() -> None:
     assert headers["content-type"] == b"application/json"
     assert headers["ce_tenant"] == b"acme"
     assert from_record(record.value, record.headers) == event
+
+
+_ENCODABLE_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=6)
+
+
+@given(
+    id=_ENCODABLE_TEXT,
+    type=_ENCODABLE_TEXT,
+    source_type=_ENCODABLE_TEXT,
+    source_id=_ENCODABLE_TEXT,
+    data=st.binary(max_size=6),
+    content_type=_ENCODABLE_TEXT,
+    time=st.none() | st.just(NOW),
+    attributes=st.dictionaries(st.sampled_from(["k", "tenant"]), _ENCODABLE_TEXT, max_size=2),
+    trace=st.dictionaries(st.sampled_from(["traceparent", "tracestate"]), _ENCODABLE_TEXT),
+)
+def test_a_records_size_counts_its_key_value_and_headers(
+    trace: dict[str, str], **fields: object
+) -> None:
+    """The size the Kafka buffer is charged is the record's bytes, counted as they are built;
+    a batch's records are the records of its events one by one."""
+    event = Event(**fields)  # type: ignore[arg-type]
+    record = to_record(event, trace)
+    assert record.size == len(record.key) + len(record.value) + sum(
+        len(name) + len(value) for name, value in record.headers
+    )
+    assert to_records([event, event], trace) == [record, record]
 
 
 def test_notification_json_has_ids_and_no_payload() -> None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from dualstream.events import Event
@@ -28,8 +28,7 @@ SPEC_VERSION = "1.0"
 Headers = list[tuple[str, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaRecord:
+class KafkaRecord(NamedTuple):
     key: bytes
     value: bytes
     headers: Headers
@@ -49,6 +48,11 @@ def format_time(moment: datetime) -> str:
 
 
 _SPEC_VERSION_HEADER = ("ce_specversion", SPEC_VERSION.encode())
+# The bytes of the headers every record has that do not depend on the event: their names,
+# and the spec version's value.
+_FIXED_HEADERS_SIZE = sum(
+    map(len, ("ce_specversion", SPEC_VERSION, "ce_id", "ce_type", "ce_source"))
+)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -63,25 +67,53 @@ def _time_header(moment: datetime) -> tuple[str, bytes]:
 
 
 def to_record(event: Event, trace_headers: Mapping[str, str]) -> KafkaRecord:
-    headers: Headers = [
-        _SPEC_VERSION_HEADER,
-        ("ce_id", event.id.encode()),
-        ("ce_type", event.type.encode()),
-        _source_header(event.source_type, event.source_id),
-    ]
-    if event.time is not None:
-        headers.append(_time_header(event.time))
-    if event.content_type:
-        headers.append(("content-type", event.content_type.encode()))
-    if event.attributes:
-        headers.extend((f"ce_{name}", value.encode()) for name, value in event.attributes.items())
-    if trace_headers:
-        headers.extend((name, value.encode()) for name, value in trace_headers.items())
+    trace, trace_size = _encoded(trace_headers)
+    return _record(event, trace, trace_size)
+
+
+def to_records(events: Sequence[Event], trace_headers: Mapping[str, str]) -> list[KafkaRecord]:
+    """The records of a batch, whose events share one publish and so one trace context."""
+    trace, trace_size = _encoded(trace_headers)
+    return [_record(event, trace, trace_size) for event in events]
+
+
+def _encoded(headers: Mapping[str, str]) -> tuple[Headers, int]:
+    encoded = [(name, value.encode()) for name, value in headers.items()]
+    return encoded, sum(len(name) + len(value) for name, value in encoded)
+
+
+def _record(event: Event, trace: Headers, trace_size: int) -> KafkaRecord:
+    event_id = event.id.encode()
+    event_type = event.type.encode()
+    source = _source_header(event.source_type, event.source_id)
+    headers: Headers = [_SPEC_VERSION_HEADER, ("ce_id", event_id), ("ce_type", event_type), source]
     key = event.source_id.encode()
-    size = len(key) + len(event.data)
-    for name, value in headers:
-        size += len(name) + len(value)
-    return KafkaRecord(key, event.data, headers, size)
+    data = event.data
+    size = (
+        _FIXED_HEADERS_SIZE
+        + len(event_id)
+        + len(event_type)
+        + len(source[1])
+        + len(key)
+        + len(data)
+        + trace_size
+    )
+    if event.time is not None:
+        time = _time_header(event.time)
+        headers.append(time)
+        size += len(time[0]) + len(time[1])
+    if event.content_type:
+        content_type = event.content_type.encode()
+        headers.append(("content-type", content_type))
+        size += len("content-type") + len(content_type)
+    if event.attributes:
+        for name, value in event.attributes.items():
+            attribute = (f"ce_{name}", value.encode())
+            headers.append(attribute)
+            size += len(attribute[0]) + len(attribute[1])
+    if trace:
+        headers += trace
+    return KafkaRecord(key, data, headers, size)
 
 
 def from_record(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> Event:

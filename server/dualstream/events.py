@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import NamedTuple
 
 from dualstream.errors import InvalidArgumentError
 from dualstream.ids import uuid7
@@ -67,8 +69,14 @@ class Source:
     source_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
+
+# The values made for every event (an event, its position, its outcome, its notification) are
+# named tuples rather than frozen dataclasses: as immutable, and about four times cheaper to
+# build, since a frozen dataclass sets each field through object.__setattr__.
+
+
+class Event(NamedTuple):
     """An event as the publish path handles it: validated, with ``id`` and ``time`` filled."""
 
     id: str
@@ -78,15 +86,14 @@ class Event:
     data: bytes = b""
     content_type: str = ""
     time: datetime | None = None
-    attributes: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, str] = NO_ATTRIBUTES
 
     @property
     def source(self) -> Source:
         return Source(self.source_type, self.source_id)
 
 
-@dataclass(frozen=True, slots=True)
-class RecordPosition:
+class RecordPosition(NamedTuple):
     """Where Kafka stored a record."""
 
     topic: str
@@ -94,8 +101,7 @@ class RecordPosition:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
+class Published(NamedTuple):
     """An event Kafka acknowledged; ``notified`` says whether the Redis notification went out."""
 
     event_id: str
@@ -103,8 +109,7 @@ class Published:
     notified: bool
 
 
-@dataclass(frozen=True, slots=True)
-class NotPublished:
+class NotPublished(NamedTuple):
     """An event of a batch that Kafka did not acknowledge; it was not notified either."""
 
     event_id: str
@@ -215,10 +220,10 @@ def prepare_event(event: Event, field_prefix: str, limits: EventLimits, now: dat
     # field names, run for the rest (a batch of 100 spent a fifth of its CPU here).
     if not _is_plain(event, limits):
         _check_event(event, field_prefix, limits)
-    return _filled(event, now)
+    return _filled(event, now, uuid7)
 
 
-def _filled(event: Event, now: datetime) -> Event:
+def _filled(event: Event, now: datetime, new_id: Callable[[], str]) -> Event:
     """``event`` with a generated id and the receive time where unset, time zone UTC if none."""
     time = event.time
     if time is None:
@@ -228,7 +233,7 @@ def _filled(event: Event, now: datetime) -> Event:
     elif event.id:
         return event
     return Event(
-        event.id or uuid7(),
+        event.id or new_id(),
         event.type,
         event.source_type,
         event.source_id,
@@ -247,9 +252,8 @@ def prepare_batch(events: list[Event], limits: EventLimits, now: datetime) -> li
         raise InvalidArgumentError(
             "events", f"has {len(events)} events, at most {limits.max_batch_events}"
         )
-    prepared = []
     for i, event in enumerate(events):
         if not _is_plain(event, limits):
             _check_event(event, f"events[{i}]", limits)
-        prepared.append(_filled(event, now))
-    return prepared
+    new_ids = iter(uuid7.many(sum(1 for event in events if not event.id)))
+    return [_filled(event, now, new_ids.__next__) for event in events]

@@ -8,6 +8,9 @@ import time
 
 _COUNTER_BITS = 12
 _COUNTER_MAX = (1 << _COUNTER_BITS) - 1
+_MILLIS_MASK = (1 << 48) - 1
+_RAND_B_MASK = (1 << 62) - 1
+_VARIANT = 0b10 << 62
 # Random bytes are drawn from the OS in blocks: a read per id costs a system call, which also
 # gives up the GIL to gRPC's thread in the middle of the publish path.
 _ENTROPY_BLOCK = 8 * 1024
@@ -24,39 +27,44 @@ class _UUIDv7Generator:
         self._entropy = b""
         self._entropy_used = 0
 
-    def _random(self, size: int) -> int:
-        """``size`` bytes of OS randomness as an integer; call with the lock held."""
+    def _random(self, size: int) -> bytes:
+        """``size`` bytes of OS randomness; call with the lock held."""
         start = self._entropy_used
         if start + size > len(self._entropy):
-            self._entropy, start = os.urandom(_ENTROPY_BLOCK), 0
+            self._entropy, start = os.urandom(max(_ENTROPY_BLOCK, size)), 0
         self._entropy_used = start + size
-        return int.from_bytes(self._entropy[start : start + size], "big")
+        return self._entropy[start : start + size]
 
-    def _next(self) -> tuple[int, int, int]:
-        """The millisecond, the counter and 62 random bits of the next id."""
+    def __call__(self) -> str:
+        return self.many(1)[0]
+
+    def many(self, count: int) -> list[str]:
+        """``count`` new ids in order, made together: a batch pays for the lock, the clock
+        and the entropy once."""
         with self._lock:
             millis = time.time_ns() // 1_000_000
             if millis > self._millis:
-                self._millis = millis
-                # Start low in the counter space so a burst has room to count up.
-                self._counter = self._random(2) & (_COUNTER_MAX >> 1)
-            elif self._counter < _COUNTER_MAX:
-                self._counter += 1
+                # Start low in the counter space so a burst has room to count up; the first id
+                # below counts it up once more.
+                counter = (int.from_bytes(self._random(2)) & (_COUNTER_MAX >> 1)) - 1
             else:
-                # The counter is spent: borrow the next millisecond rather than repeat an id.
-                self._millis += 1
-                self._counter = 0
-            return self._millis, self._counter, self._random(8) & ((1 << 62) - 1)
-
-    def __call__(self) -> str:
-        millis, counter, rand_b = self._next()
-        value = (millis & ((1 << 48) - 1)) << 80
-        value |= 0x7 << 76
-        value |= counter << 64
-        value |= 0b10 << 62
-        value |= rand_b
-        digits = f"{value:032x}"
-        return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+                millis, counter = self._millis, self._counter
+            entropy = self._random(8 * count)
+            made = []
+            for start in range(0, 8 * count, 8):
+                if counter < _COUNTER_MAX:
+                    counter += 1
+                else:
+                    # The counter is spent: borrow the next millisecond rather than repeat an id.
+                    millis += 1
+                    counter = 0
+                # 48 bits of milliseconds, the version (7) and the counter as rand_a; then the
+                # variant (0b10) and 62 random bits as rand_b.
+                high = (millis & _MILLIS_MASK) << 16 | 0x7000 | counter
+                low = int.from_bytes(entropy[start : start + 8]) & _RAND_B_MASK | _VARIANT
+                made.append(f"{high:016x}{low:016x}")
+            self._millis, self._counter = millis, counter
+        return [f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in made]
 
 
 uuid7 = _UUIDv7Generator()

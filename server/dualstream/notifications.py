@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import json.encoder
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dualstream.events import Event, RecordPosition, Source
 
@@ -22,8 +22,7 @@ def channel_for(source: Source, prefix: str = DEFAULT_CHANNEL_PREFIX) -> str:
     return f"{prefix}:{source.source_type}:{source.source_id}"
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
+class Notification(NamedTuple):
     """A published event's identity and Kafka position, as sent on its Redis channel."""
 
     id: str

@@ -30,7 +30,7 @@ from opentelemetry.semconv.attributes.db_attributes import (
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from dualstream.cloudevents import to_record
+from dualstream.cloudevents import to_record, to_records
 from dualstream.errors import DualstreamError
 from dualstream.events import (
     Event,
@@ -178,7 +178,7 @@ class Publisher(Service):
             headers = trace_headers(span)
             started = perf_counter()
             try:
-                positions = await self._log.append_many([to_record(e, headers) for e in events])
+                positions = await self._log.append_many(to_records(events, headers))
             except Exception as exc:
                 self._kafka_sends.failed(error_type(exc), perf_counter() - started, len(events))
                 mark_failed(span, exc)

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 from dualstream.cloudevents import from_record
@@ -74,8 +74,9 @@ class Subscribed:
     cursor: str
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
+    """A notification as one stream receives it (a named tuple: one is built per stream)."""
+
     notification: Notification
     cursor: str
     replayed: bool

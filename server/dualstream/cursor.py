@@ -16,6 +16,7 @@ import functools
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dualstream.errors import InvalidArgumentError
 
@@ -37,8 +38,9 @@ class OffsetRange:
     end: int
 
 
-@dataclass(frozen=True, slots=True)
-class Cursor:
+class Cursor(NamedTuple):
+    """Where a stream is (a named tuple: one is made for every delivery)."""
+
     topic: str
     offsets: Mapping[int, int]
     # Ranges below the frontier still to replay, sorted, disjoint, at most MAX_HOLE_RANGES.

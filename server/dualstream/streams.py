@@ -11,8 +11,8 @@ published after the subscription was live, so Redis delivers it (or the hub repo
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Iterable, Mapping
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
@@ -165,7 +165,10 @@ class StreamService:
         self._hub = hub
         self._reader = reader
 
-    async def open(self, request: StreamRequest) -> AsyncGenerator[StreamItem, None]:
+    @asynccontextmanager
+    async def open(self, request: StreamRequest) -> AsyncIterator[AsyncIterator[StreamItem]]:
+        """A stream's items, for as long as the context lasts. A context rather than a
+        generator of its own: every message of every stream would pass through one more."""
         routes = self._hub.validate(request.sources, sorted(request.types))
         if request.resume_cursor and (request.start_earliest or request.start_time):
             raise InvalidArgumentError("start", "cannot be combined with resume_cursor")
@@ -179,8 +182,7 @@ class StreamService:
         try:
             stream = _Stream(request, subscription, self._reader, fetcher)
             async with aclosing(stream.run(resume, tuple(r.name for r in routes))) as items:
-                async for item in items:
-                    yield item
+                yield items
         finally:
             subscription.close()
             if fetcher is not None:
@@ -240,17 +242,15 @@ class _Stream:
         while True:
             received = await self._subscription.next()
             if isinstance(received, Notification):
+                delivered: Delivery | Deliveries | None
                 if self._request.max_per_message > 1:
-                    async for item in self._live_backlog(received):
-                        yield item
-                    continue
-                delivery = (
-                    self._live_without_data(received)
-                    if self._fetcher is None
-                    else await self._live(received)
-                )
-                if delivery is not None:
-                    yield delivery
+                    delivered = await self._live_backlog(received)
+                elif self._fetcher is None:
+                    delivered = self._live_without_data(received)
+                else:
+                    delivered = await self._live(received)
+                if delivered is not None:
+                    yield delivered
             elif isinstance(received, Overflow):
                 async with aclosing(
                     self._handle_gap(GapReason.SLOW_CONSUMER, received.missed, received.since)
@@ -428,18 +428,24 @@ class _Stream:
         now = datetime.now(UTC)
         return Gap(GapReason.EXPIRED, expired.count, self._cursor(), now, now)
 
-    async def _live_backlog(self, first: Notification) -> AsyncGenerator[StreamItem, None]:
-        """``first`` and the notifications queued behind it, delivered together."""
+    async def _live_backlog(self, first: Notification) -> Delivery | Deliveries | None:
+        """``first`` and the notifications queued behind it, to be delivered together."""
         queued = self._subscription.take_queued(self._request.max_per_message - 1)
-        deliveries = []
-        for notification in (first, *queued):
-            delivery = await self._live(notification)
-            if delivery is not None:
-                deliveries.append(delivery)
+        if self._fetcher is None:  # No coroutine per notification: the common fan-out.
+            deliveries = [
+                delivery
+                for notification in (first, *queued)
+                if (delivery := self._live_without_data(notification)) is not None
+            ]
+        else:
+            deliveries = [
+                delivery
+                for notification in (first, *queued)
+                if (delivery := await self._live(notification)) is not None
+            ]
         if len(deliveries) > 1:
-            yield Deliveries(tuple(deliveries))
-        elif deliveries:
-            yield deliveries[0]
+            return Deliveries(tuple(deliveries))
+        return deliveries[0] if deliveries else None
 
     async def _live(self, notification: Notification) -> Delivery | None:
         if self._fetcher is None:

@@ -7,7 +7,7 @@ import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, aclosing, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,7 +287,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
                     )
                 self._streams_by_peer[peer] += 1
                 try:
-                    async with aclosing(self._streams.open(stream_request)) as items:
+                    async with self._streams.open(stream_request) as items:
                         stream = span.get_span_context()
                         gate = self._admission.gate
                         first = True

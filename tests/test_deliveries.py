@@ -210,7 +210,8 @@ async def test_a_stream_that_opts_in_gets_queued_notifications_in_batches(
     sidecar: Sidecar, client: DualstreamClient, source_type: str
 ) -> None:
     """One PublishBatch notifies in one Redis pipeline, so the hub queues the notifications
-    for both streams in one go: the stream that opted in takes them together."""
+    for all streams in one go: the streams that opted in take them together, with the events
+    read from Kafka when asked for."""
     source = pb.Source(source_type=source_type, source_id="s")
     count = 40
     async with grpc.aio.insecure_channel(target_of(sidecar)) as channel:
@@ -219,14 +220,17 @@ async def test_a_stream_that_opts_in_gets_queued_notifications_in_batches(
         for request in (
             pb.SubscribeRequest(sources=[source], max_notifications_per_message=16),
             pb.SubscribeRequest(sources=[source]),
+            pb.SubscribeRequest(
+                sources=[source], max_notifications_per_message=16, include_data=True
+            ),
         ):
             live = asyncio.Event()
             readers.append(asyncio.create_task(_read_notifications(stub, request, count, live)))
             await asyncio.wait_for(live.wait(), 30)
         results = await client.publish_batch(
-            [EventInput("t", source_type, "s") for _ in range(count)]
+            [EventInput("t", source_type, "s", data=b"%d" % i) for i in range(count)]
         )
-        batched, single = await asyncio.wait_for(asyncio.gather(*readers), 30)
+        batched, single, with_data = await asyncio.wait_for(asyncio.gather(*readers), 30)
     published = [result.id for result in results]
     assert [n.id for n in _notifications_of(batched)] == published
     assert [n.id for n in _notifications_of(single)] == published
@@ -237,3 +241,7 @@ async def test_a_stream_that_opts_in_gets_queued_notifications_in_batches(
     cursors = [n.cursor for n in _notifications_of(batched)]
     assert cursors == [n.cursor for n in _notifications_of(single)]
     assert len(set(cursors)) == count
+    assert [(n.id, n.event.data) for n in _notifications_of(with_data)] == [
+        (id, b"%d" % i) for i, id in enumerate(published)
+    ]
+    assert all(len(m.notifications.notifications) <= 16 for m in with_data)

@@ -294,8 +294,12 @@ final class ResumingStream implements AutoCloseable {
     current = attempt;
     SubscribeRequest wire = Convert.subscribeRequest(request, cursor);
     caller.serverStreaming(EventServiceMethods.SUBSCRIBE, wire, attempt);
+    attempt.started();
     if (closed) {
-      attempt.cancel(); // close() ran before `current` was this attempt.
+      // close() ran before `current` was this attempt, or before its call was started: close()
+      // writes `closed` and then reads `started`, this thread the other way round, so (both
+      // volatile) at least one of the two cancels the call.
+      attempt.cancel();
     }
   }
 
@@ -303,6 +307,9 @@ final class ResumingStream implements AutoCloseable {
   private final class Attempt
       implements ClientResponseObserver<SubscribeRequest, SubscribeResponse> {
     private volatile ClientCallStreamObserver<SubscribeRequest> call;
+    // The call exists from beforeStart on, but gRPC sends the request only after that: a call
+    // cancelled in between fails the send with IllegalStateException on the thread starting it.
+    private volatile boolean started;
 
     @Override
     public void beforeStart(ClientCallStreamObserver<SubscribeRequest> requestStream) {
@@ -329,10 +336,15 @@ final class ResumingStream implements AutoCloseable {
       call.request(count);
     }
 
+    void started() {
+      started = true;
+    }
+
+    /** Cancels the call once it is started; before that, {@code startAttempt} cancels it. */
     void cancel() {
-      ClientCallStreamObserver<SubscribeRequest> started = call;
-      if (started != null) {
-        started.cancel("the subscription was closed", null);
+      ClientCallStreamObserver<SubscribeRequest> startedCall = call;
+      if (started && startedCall != null) {
+        startedCall.cancel("the subscription was closed", null);
       }
     }
 

@@ -6,6 +6,12 @@ import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.dualstream.v1.SubscribeResponse;
+import io.grpc.CallOptions;
+import io.grpc.Channel;
+import io.grpc.ClientCall;
+import io.grpc.ClientInterceptor;
+import io.grpc.ForwardingClientCall;
+import io.grpc.MethodDescriptor;
 import io.grpc.Status;
 import io.grpc.stub.ServerCallStreamObserver;
 import java.time.Duration;
@@ -15,6 +21,7 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.Flow;
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
@@ -146,6 +153,60 @@ class PublisherTest {
     assertTrue(recorder.subscribed.await(30, TimeUnit.SECONDS));
     recorder.subscription.request(0);
     assertInstanceOf(IllegalArgumentException.class, recorder.nextSignal());
+  }
+
+  @Test
+  void anInvalidRequestWhileTheCallStartsIsStillAnError() throws Exception {
+    // The request(0), which closes the stream, lands after gRPC made the call but before it sent
+    // the request: cancelling the call then made the starting thread's send throw, and the
+    // subscriber never heard anything (seen once in CI).
+    CountDownLatch sending = new CountDownLatch(1);
+    CountDownLatch requested = new CountDownLatch(1);
+    AtomicBoolean armed = new AtomicBoolean();
+    ClientInterceptor pauseBeforeSending =
+        new ClientInterceptor() {
+          @Override
+          public <ReqT, RespT> ClientCall<ReqT, RespT> interceptCall(
+              MethodDescriptor<ReqT, RespT> method, CallOptions options, Channel next) {
+            return new ForwardingClientCall.SimpleForwardingClientCall<>(
+                next.newCall(method, options)) {
+              @Override
+              public void sendMessage(ReqT message) {
+                if (!armed.get()) {
+                  super.sendMessage(message);
+                  return;
+                }
+                sending.countDown();
+                try {
+                  assertTrue(requested.await(30, TimeUnit.SECONDS));
+                } catch (InterruptedException e) {
+                  Thread.currentThread().interrupt();
+                }
+                super.sendMessage(message);
+              }
+            };
+          }
+        };
+    streamForever();
+    try (DualstreamClient pausing =
+        DualstreamClient.builder(sidecar.target()).intercept(pauseBeforeSending).build()) {
+      // A first stream, so the channel is connected and the next call is gRPC's real call, not
+      // one that waits for the connection (that one ignores a send after its cancellation).
+      Recorder first = new Recorder();
+      pausing.publisher(USERS).subscribe(first);
+      assertTrue(first.subscribed.await(30, TimeUnit.SECONDS));
+      first.subscription.request(1);
+      assertEquals("e1", ((Notification) first.nextSignal()).id());
+      first.subscription.cancel();
+      armed.set(true);
+      Recorder recorder = new Recorder();
+      pausing.publisher(USERS).subscribe(recorder);
+      assertTrue(recorder.subscribed.await(30, TimeUnit.SECONDS));
+      assertTrue(sending.await(30, TimeUnit.SECONDS));
+      recorder.subscription.request(0);
+      requested.countDown();
+      assertInstanceOf(IllegalArgumentException.class, recorder.nextSignal());
+    }
   }
 
   @Test

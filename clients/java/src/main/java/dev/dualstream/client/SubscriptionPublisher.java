@@ -87,6 +87,7 @@ final class SubscriptionPublisher implements Flow.Publisher<StreamMessage> {
 
     @Override
     public void run() {
+      boolean inSubscriber = false;
       try {
         stream.awaitLive(liveTimeout);
         while (awaitDemand()) {
@@ -94,7 +95,9 @@ final class SubscriptionPublisher implements Flow.Publisher<StreamMessage> {
           if (message == null) {
             break; // Closed: by cancel() or by an invalid request.
           }
+          inSubscriber = true;
           subscriber.onNext(message);
+          inSubscriber = false;
         }
         signalInvalidRequest();
       } catch (DualstreamException e) {
@@ -105,9 +108,16 @@ final class SubscriptionPublisher implements Flow.Publisher<StreamMessage> {
         stream.close();
         Thread.currentThread().interrupt();
       } catch (RuntimeException | Error e) {
-        // A subscriber that throws breaks §2.13; the stream is no use to it any more.
         stream.close();
-        throw e;
+        if (inSubscriber || e instanceof Error) {
+          // A subscriber that throws breaks §2.13; the stream is no use to it any more.
+          throw e;
+        }
+        // The stream failed in a way it does not translate (an interceptor that throws, say):
+        // the subscriber hears of it, as Subscription.next() would throw it, rather than wait.
+        if (!signalInvalidRequest() && !isCancelled()) {
+          subscriber.onError(e);
+        }
       }
     }
 

@@ -210,6 +210,35 @@ class PublisherTest {
   }
 
   @Test
+  void aStreamThatFailsUnexpectedlyIsAnError() throws Exception {
+    ClientInterceptor refuseToSend =
+        new ClientInterceptor() {
+          @Override
+          public <ReqT, RespT> ClientCall<ReqT, RespT> interceptCall(
+              MethodDescriptor<ReqT, RespT> method, CallOptions options, Channel next) {
+            return new ForwardingClientCall.SimpleForwardingClientCall<>(
+                next.newCall(method, options)) {
+              @Override
+              public void sendMessage(ReqT message) {
+                throw new IllegalStateException("this interceptor refuses every call");
+              }
+            };
+          }
+        };
+    streamForever();
+    try (DualstreamClient refusing =
+        DualstreamClient.builder(sidecar.target()).intercept(refuseToSend).build()) {
+      Recorder recorder = new Recorder();
+      refusing.publisher(USERS).subscribe(recorder);
+      assertTrue(recorder.subscribed.await(30, TimeUnit.SECONDS));
+      recorder.subscription.request(1);
+      Object signal = recorder.nextSignal();
+      assertInstanceOf(IllegalStateException.class, signal);
+      assertEquals("this interceptor refuses every call", ((Throwable) signal).getMessage());
+    }
+  }
+
+  @Test
   void eachSubscriberGetsItsOwnStream() throws Exception {
     AtomicInteger calls = new AtomicInteger();
     sidecar.subscribe =

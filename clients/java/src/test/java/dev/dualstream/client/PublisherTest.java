@@ -155,6 +155,24 @@ class PublisherTest {
     assertInstanceOf(IllegalArgumentException.class, recorder.nextSignal());
   }
 
+  /** An interceptor that runs {@code hook} on the calling thread before each request is sent. */
+  private static ClientInterceptor beforeSending(Runnable hook) {
+    return new ClientInterceptor() {
+      @Override
+      public <ReqT, RespT> ClientCall<ReqT, RespT> interceptCall(
+          MethodDescriptor<ReqT, RespT> method, CallOptions options, Channel next) {
+        return new ForwardingClientCall.SimpleForwardingClientCall<>(
+            next.newCall(method, options)) {
+          @Override
+          public void sendMessage(ReqT message) {
+            hook.run();
+            super.sendMessage(message);
+          }
+        };
+      }
+    };
+  }
+
   @Test
   void anInvalidRequestWhileTheCallStartsIsStillAnError() throws Exception {
     // The request(0), which closes the stream, lands after gRPC made the call but before it sent
@@ -164,29 +182,17 @@ class PublisherTest {
     CountDownLatch requested = new CountDownLatch(1);
     AtomicBoolean armed = new AtomicBoolean();
     ClientInterceptor pauseBeforeSending =
-        new ClientInterceptor() {
-          @Override
-          public <ReqT, RespT> ClientCall<ReqT, RespT> interceptCall(
-              MethodDescriptor<ReqT, RespT> method, CallOptions options, Channel next) {
-            return new ForwardingClientCall.SimpleForwardingClientCall<>(
-                next.newCall(method, options)) {
-              @Override
-              public void sendMessage(ReqT message) {
-                if (!armed.get()) {
-                  super.sendMessage(message);
-                  return;
-                }
+        beforeSending(
+            () -> {
+              if (armed.get()) {
                 sending.countDown();
                 try {
                   assertTrue(requested.await(30, TimeUnit.SECONDS));
                 } catch (InterruptedException e) {
                   Thread.currentThread().interrupt();
                 }
-                super.sendMessage(message);
               }
-            };
-          }
-        };
+            });
     streamForever();
     try (DualstreamClient pausing =
         DualstreamClient.builder(sidecar.target()).intercept(pauseBeforeSending).build()) {
@@ -212,19 +218,10 @@ class PublisherTest {
   @Test
   void aStreamThatFailsUnexpectedlyIsAnError() throws Exception {
     ClientInterceptor refuseToSend =
-        new ClientInterceptor() {
-          @Override
-          public <ReqT, RespT> ClientCall<ReqT, RespT> interceptCall(
-              MethodDescriptor<ReqT, RespT> method, CallOptions options, Channel next) {
-            return new ForwardingClientCall.SimpleForwardingClientCall<>(
-                next.newCall(method, options)) {
-              @Override
-              public void sendMessage(ReqT message) {
-                throw new IllegalStateException("this interceptor refuses every call");
-              }
-            };
-          }
-        };
+        beforeSending(
+            () -> {
+              throw new IllegalStateException("this interceptor refuses every call");
+            });
     streamForever();
     try (DualstreamClient refusing =
         DualstreamClient.builder(sidecar.target()).intercept(refuseToSend).build()) {

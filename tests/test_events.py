@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 import unicodedata
 import uuid
 from datetime import UTC, datetime
@@ -21,7 +23,7 @@ from dualstream.events import (
     prepare_batch,
     prepare_event,
 )
-from dualstream.ids import uuid7
+from dualstream.ids import _UUIDv7Generator, uuid7
 from dualstream.notifications import Notification, channel_for
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -113,6 +115,38 @@ def test_uuid7_made_together_continue_the_order() -> None:
     assert len(set(ids)) == len(ids)
     assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
     assert uuid7.many(0) == []
+
+
+def test_uuid7_text_is_the_rfc_layout_of_its_bits() -> None:
+    """Each id is the canonical text of the 128-bit UUIDv7 its clock, counter and entropy make:
+    48 bits of milliseconds, version 7, the 12-bit counter, variant 0b10, 62 random bits."""
+
+    class Scripted(_UUIDv7Generator):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drawn = b""
+
+        def _random(self, size: int) -> bytes:
+            self.drawn = os.urandom(size)
+            return self.drawn
+
+    generator = Scripted()
+    before = time.time_ns() // 1_000_000
+    ids = generator.many(5_000)  # More than one millisecond's counter: it borrows the next.
+    entropy = generator.drawn
+    assert len(entropy) == 8 * len(ids)
+    counters = []
+    for index, text in enumerate(ids):
+        value = uuid.UUID(text)
+        assert str(value) == text
+        assert value.version == 7
+        assert value.variant == uuid.RFC_4122
+        assert value.int >> 80 >= before
+        counters.append((value.int >> 80, value.int >> 64 & 0xFFF))
+        random_bits = int.from_bytes(entropy[8 * index : 8 * index + 8]) & ((1 << 62) - 1)
+        assert value.int & ((1 << 62) - 1) == random_bits
+    assert counters == sorted(counters)
+    assert len(set(counters)) == len(counters)
 
 
 def test_record_round_trip() -> None:

@@ -13,11 +13,14 @@ from dualstream.notifications import Notification
 from dualstream.redis_notifier import RedisNotifier
 from dualstream.resp import (
     MAX_BULK_BYTES,
+    MAX_LINE_BYTES,
     MAX_NESTING,
     Reply,
+    ReplyLines,
     RespError,
     RespProtocolError,
     encode_command,
+    one_line_reply,
     read_reply,
 )
 from stack.localstack import free_port
@@ -121,6 +124,46 @@ async def test_a_stream_ending_inside_a_frame_is_an_incomplete_read(cut: int) ->
         await read_reply(reader_of(frame[:cut]))
 
 
+def test_reply_lines_split_at_every_byte_give_the_same_lines() -> None:
+    """What the notifier reads: one-line replies, in chunks cut anywhere (inside a CRLF too)."""
+    stream = b":1\r\n:22\r\n+OK\r\n-ERR no\r\n:0\r\n"
+    expected = [b":1", b":22", b"+OK", b"-ERR no", b":0"]
+    for cut in range(len(stream) + 1):
+        lines = ReplyLines()
+        assert lines.feed(stream[:cut]) + lines.feed(stream[cut:]) == expected
+    lines = ReplyLines()
+    assert [line for byte in stream for line in lines.feed(bytes([byte]))] == expected
+
+
+def test_a_reply_line_past_the_bound_is_a_protocol_error() -> None:
+    lines = ReplyLines()
+    assert lines.feed(b":" + b"1" * (MAX_LINE_BYTES - 1)) == []
+    with pytest.raises(RespProtocolError, match="longer than"):
+        lines.feed(b"1")
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (b"$5", "several lines"),
+        (b"*2", "several lines"),
+        (b">2", "RESP3 push"),
+        (b"garbage", "unknown reply type"),
+        (b":x", "not an integer"),
+    ],
+)
+def test_one_line_replies_refuse_what_is_not_one(line: bytes, problem: str) -> None:
+    with pytest.raises(RespProtocolError, match=problem):
+        one_line_reply(line)
+
+
+def test_one_line_replies_read_as_read_reply_reads_them() -> None:
+    assert one_line_reply(b"+OK") == "OK"
+    assert one_line_reply(b":-42") == -42
+    with pytest.raises(RespError, match="NOAUTH"):
+        one_line_reply(b"-NOAUTH Authentication required.")
+
+
 def test_commands_are_arrays_of_bulk_strings() -> None:
     assert encode_command("PUBLISH", b"c\r\n", "é") == (
         b"*3\r\n$7\r\nPUBLISH\r\n$3\r\nc\r\n\r\n$2\r\n\xc3\xa9\r\n"
@@ -162,6 +205,25 @@ async def test_the_notifier_drops_a_connection_that_misbehaves_and_makes_a_new_o
             serving = asyncio.create_task(redis.serve_every_peer())
             assert await notifier.notify(_notification(2)) is True
             serving.cancel()
+
+
+async def test_an_error_reply_fails_only_the_calls_it_answers() -> None:
+    """Replies that come in one read with an error after them still answer their calls; the
+    error fails the call it answers and loses the connection."""
+    async with ScriptedRedis() as redis:
+        notifier = RedisNotifier(RedisAddress.from_url(redis.url), 5.0, "events")
+        async with notifier:
+            first = asyncio.create_task(notifier.notify_many([_notification(1), _notification(2)]))
+            peer = await redis.peer()
+            peer.answer(await peer.command())  # The PING that proves the connection.
+            await peer.command()
+            await peer.command()
+            second = asyncio.create_task(notifier.notify(_notification(3)))
+            await peer.command()
+            peer.send(b":1\r\n:1\r\n-OOM command not allowed\r\n")
+            assert await first == [True, True]
+            assert await second is False
+            assert "OOM" in notifier.stats.last_error
 
 
 async def test_the_notifier_gives_up_on_a_silent_redis_within_its_timeout() -> None:

@@ -9,8 +9,8 @@ import time
 _COUNTER_BITS = 12
 _COUNTER_MAX = (1 << _COUNTER_BITS) - 1
 _MILLIS_MASK = (1 << 48) - 1
-_RAND_B_MASK = (1 << 62) - 1
-_VARIANT = 0b10 << 62
+# A random hex digit's low two bits under the variant bits 0b10: rand_b's first digit.
+_VARIANT_DIGIT = {digit: "89ab"[int(digit, 16) & 0b11] for digit in "0123456789abcdef"}
 # Random bytes are drawn from the OS in blocks: a read per id costs a system call, which also
 # gives up the GIL to gRPC's thread in the middle of the publish path.
 _ENTROPY_BLOCK = 8 * 1024
@@ -40,7 +40,8 @@ class _UUIDv7Generator:
 
     def many(self, count: int) -> list[str]:
         """``count`` new ids in order, made together: a batch pays for the lock, the clock
-        and the entropy once."""
+        and the entropy once, and an id is assembled from hex text (the same id as the 128-bit
+        integer's, at about half the cost)."""
         with self._lock:
             millis = time.time_ns() // 1_000_000
             if millis > self._millis:
@@ -49,22 +50,31 @@ class _UUIDv7Generator:
                 counter = (int.from_bytes(self._random(2)) & (_COUNTER_MAX >> 1)) - 1
             else:
                 millis, counter = self._millis, self._counter
-            entropy = self._random(8 * count)
+            entropy = self._random(8 * count).hex()
             made = []
-            for start in range(0, 8 * count, 8):
+            prefix = _time_prefix(millis)
+            for start in range(0, 16 * count, 16):
                 if counter < _COUNTER_MAX:
                     counter += 1
                 else:
                     # The counter is spent: borrow the next millisecond rather than repeat an id.
                     millis += 1
                     counter = 0
-                # 48 bits of milliseconds, the version (7) and the counter as rand_a; then the
-                # variant (0b10) and 62 random bits as rand_b.
-                high = (millis & _MILLIS_MASK) << 16 | 0x7000 | counter
-                low = int.from_bytes(entropy[start : start + 8]) & _RAND_B_MASK | _VARIANT
-                made.append(f"{high:016x}{low:016x}")
+                    prefix = _time_prefix(millis)
+                # rand_a is the counter after the version (7); rand_b is 62 random bits after
+                # the variant (0b10), whose first hex digit keeps two random bits.
+                random = entropy[start : start + 16]
+                made.append(
+                    f"{prefix}{counter:03x}-{_VARIANT_DIGIT[random[0]]}{random[1:4]}-{random[4:]}"
+                )
             self._millis, self._counter = millis, counter
-        return [f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in made]
+        return made
+
+
+def _time_prefix(millis: int) -> str:
+    """An id's text up to its counter: 48 bits of milliseconds, then the version."""
+    digits = f"{millis & _MILLIS_MASK:012x}"
+    return f"{digits[:8]}-{digits[8:]}-7"
 
 
 uuid7 = _UUIDv7Generator()

@@ -28,7 +28,13 @@ from dualstream.events import Source
 from dualstream.holes import HoleReporter
 from dualstream.lifecycle import Service, cancel_and_wait
 from dualstream.notifications import Notification, channel_for
-from dualstream.resp import RespError, RespProtocolError, encode_publish, read_reply
+from dualstream.resp import (
+    ReplyLines,
+    RespError,
+    RespProtocolError,
+    encode_publish,
+    one_line_reply,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,8 @@ logger = logging.getLogger(__name__)
 HOLES_RETRY_INTERVAL = 1.0
 # Commands Redis has not read yet, beyond which the connection counts as stalled.
 MAX_UNSENT_BYTES = 8 * 1024 * 1024
+# Replies are read in chunks of up to this many bytes (a PUBLISH reply is a few).
+_READ_SIZE = 64 * 1024
 
 
 @functools.lru_cache(maxsize=4096)
@@ -112,20 +120,25 @@ class _Link:
             self.lose(f"could not connect to Redis at {address.location}: {detail}")
             return
         self._write_unsent()
+        lines = ReplyLines()
         try:
             while True:
-                await read_reply(reader)
-                future, count = self._waiting[0]
-                if count > 1:
-                    self._waiting[0] = (future, count - 1)
-                    continue
-                self._waiting.popleft()
-                if not future.done():
-                    future.set_result(None)
+                chunk = await reader.read(_READ_SIZE)
+                if not chunk:
+                    self.lose("the connection to Redis was lost (Redis closed it)")
+                    return
+                answered = 0
+                for line in lines.feed(chunk):
+                    if line[:1] != b":":  # Not PUBLISH's integer: an error, or no reply at all.
+                        self._answer(answered)
+                        answered = 0
+                        one_line_reply(line)
+                    answered += 1
+                self._answer(answered)
         except RespError as exc:
             # An error reply (NOAUTH, say) would answer every command alike.
             self.lose(f"Redis refused PUBLISH: {exc}")
-        except (OSError, EOFError) as exc:
+        except OSError as exc:
             self.lose(f"the connection to Redis was lost ({type(exc).__name__}: {exc})")
         except IndexError:
             self.lose("Redis sent a reply nobody asked for")
@@ -135,6 +148,19 @@ class _Link:
             # A bug, not Redis: say so with its traceback, and still only lose the link.
             logger.exception("the Redis notification link failed unexpectedly")
             self.lose(f"unexpected {exc!r}")
+
+    def _answer(self, replies: int) -> None:
+        """Resolve the calls that ``replies`` more replies answer, in the order they came."""
+        waiting = self._waiting
+        while replies:
+            future, count = waiting[0]  # IndexError: a reply nobody asked for.
+            if count > replies:
+                waiting[0] = (future, count - replies)
+                return
+            replies -= count
+            waiting.popleft()
+            if not future.done():
+                future.set_result(None)
 
     def lose(self, reason: str) -> None:
         """Close the connection (or stop making it) and fail every call still waiting on it."""

@@ -24,6 +24,8 @@ Reply = bytes | int | str | list["Reply"] | None
 MAX_BULK_BYTES = 16 * 1024 * 1024
 MAX_ARRAY_LENGTH = 1024 * 1024
 MAX_NESTING = 8
+# asyncio's StreamReader limit, which bounds a line read by read_reply.
+MAX_LINE_BYTES = 64 * 1024
 RESP3_TYPES = {
     b">": "push",
     b"%": "map",
@@ -78,12 +80,6 @@ async def _read(reader: asyncio.StreamReader, depth: int) -> Reply:
     except asyncio.LimitOverrunError as exc:
         raise RespProtocolError("a reply line longer than the reader's limit") from exc
     kind, body = line[:1], line[1:-2]
-    if kind == b"+":
-        return _text(body)
-    if kind == b"-":
-        raise RespError(_text(body))
-    if kind == b":":
-        return _integer(body)
     if kind == b"$":
         length = _length(body, MAX_BULK_BYTES, "bulk string")
         if length < 0:
@@ -99,11 +95,44 @@ async def _read(reader: asyncio.StreamReader, depth: int) -> Reply:
         if depth >= MAX_NESTING:
             raise RespProtocolError(f"arrays nested deeper than {MAX_NESTING}")
         return [await _read(reader, depth + 1) for _ in range(count)]
+    return one_line_reply(line[:-2])
+
+
+def one_line_reply(line: bytes) -> Reply:
+    """The reply that ``line`` (without its CRLF) is by itself: a simple string or an integer.
+    Raises ``RespError`` for an error reply and ``RespProtocolError`` for anything else,
+    including the first line of a longer reply."""
+    kind, body = line[:1], line[1:]
+    if kind == b"+":
+        return _text(body)
+    if kind == b"-":
+        raise RespError(_text(body))
+    if kind == b":":
+        return _integer(body)
+    if kind in (b"$", b"*"):
+        raise RespProtocolError("a reply of several lines where one line was expected")
     if kind in RESP3_TYPES:
         raise RespProtocolError(
             f"a RESP3 {RESP3_TYPES[kind]} reply on a connection that speaks RESP2"
         )
     raise RespProtocolError(f"unknown reply type {kind!r}")
+
+
+class ReplyLines:
+    """The complete lines of what a connection sent, chunk by chunk, for a connection whose
+    every reply is one line (PUBLISH answers with an integer). A chunk of a hundred replies is
+    split in one step, where ``read_reply`` would take them one at a time; each line is a
+    reply for ``one_line_reply``."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines ``chunk`` completes, without their CRLF; the rest waits for the next."""
+        *lines, self._partial = (self._partial + chunk).split(b"\r\n")
+        if len(self._partial) > MAX_LINE_BYTES:
+            raise RespProtocolError(f"a reply line longer than {MAX_LINE_BYTES} bytes")
+        return lines
 
 
 def _text(body: bytes) -> str:

@@ -248,7 +248,7 @@ class _Stream:
                 elif self._fetcher is None:
                     delivered = self._live_without_data(received)
                 else:
-                    delivered = await self._live(received)
+                    delivered = await self._live_with_data(self._fetcher, received)
                 if delivered is not None:
                     yield delivered
             elif isinstance(received, Overflow):
@@ -431,7 +431,8 @@ class _Stream:
     async def _live_backlog(self, first: Notification) -> Delivery | Deliveries | None:
         """``first`` and the notifications queued behind it, to be delivered together."""
         queued = self._subscription.take_queued(self._request.max_per_message - 1)
-        if self._fetcher is None:  # No coroutine per notification: the common fan-out.
+        fetcher = self._fetcher
+        if fetcher is None:  # No coroutine per notification: the common fan-out.
             deliveries = [
                 delivery
                 for notification in (first, *queued)
@@ -441,18 +442,18 @@ class _Stream:
             deliveries = [
                 delivery
                 for notification in (first, *queued)
-                if (delivery := await self._live(notification)) is not None
+                if (delivery := await self._live_with_data(fetcher, notification)) is not None
             ]
         if len(deliveries) > 1:
             return Deliveries(tuple(deliveries))
         return deliveries[0] if deliveries else None
 
-    async def _live(self, notification: Notification) -> Delivery | None:
-        if self._fetcher is None:
-            return self._live_without_data(notification)
+    async def _live_with_data(
+        self, fetcher: RecordFetcher, notification: Notification
+    ) -> Delivery | None:
         if not self._advance(notification):
             return None
-        record = await self._fetcher.fetch(notification.partition, notification.offset)
+        record = await fetcher.fetch(notification.partition, notification.offset)
         event = from_record(record.value, record.headers)
         return Delivery(notification, self._cursor(), False, event)
 

@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from dualstream.errors import InvalidArgumentError
-from dualstream.events import Event, NotPublished, Published, PublishOutcome, Source
+from dualstream.events import (
+    NO_ATTRIBUTES,
+    Event,
+    NotPublished,
+    Published,
+    PublishOutcome,
+    Source,
+)
 from dualstream.notifications import Notification
 from dualstream.status import ServingState, SidecarStatus
 from dualstream.streams import (
@@ -50,7 +57,7 @@ def event_from_proto(message: pb.Event, field: str, index: int | None = None) ->
         message.data,
         message.content_type,
         time,
-        dict(attributes) if attributes else {},
+        dict(attributes) if attributes else NO_ATTRIBUTES,
     )
 
 

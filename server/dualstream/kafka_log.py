@@ -32,7 +32,7 @@ from dualstream.connections import explained_connect_error, kafka_client_options
 from dualstream.errors import DualstreamError, InvalidArgumentError, UnavailableError
 from dualstream.events import RecordPosition
 from dualstream.kafka_batches import Batch, BatchWriter
-from dualstream.lifecycle import Service, cancel_and_wait
+from dualstream.lifecycle import Service, cancel_and_wait, wait_all_done
 from dualstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -291,19 +291,18 @@ class KafkaEventLog(Service):
         place in it. Raises only if the records could not be written at all."""
         writer = self._require_writer()
         # The whole call reserves its room first, so a full buffer never splits a batch call.
-        await self.buffer.acquire(
-            len(records), sum(record.size for record in records), self._settings.kafka_buffer_wait
-        )
+        size = sum([record.size for record in records])
+        await self.buffer.acquire(len(records), size, self._settings.kafka_buffer_wait)
         try:
             if not writer.placement.refresh():
                 await writer.wait_for_partitions()
             placed = writer.append(records)
         except BaseException:
-            self.buffer.release(len(records), sum(record.size for record in records))
+            self.buffer.release(len(records), size)
             raise
         # Waiting on the answers, not awaiting them: a caller that gives up (its timeout, its
         # cancellation) leaves the batch, shared with other calls, alone.
-        await asyncio.wait({batch.answer for batch, _ in placed})
+        await wait_all_done({batch.answer for batch, _ in placed})
         return placed
 
     async def append(self, record: KafkaRecord) -> RecordPosition:

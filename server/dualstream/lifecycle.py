@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -76,3 +77,32 @@ async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise
+
+
+async def wait_all_done(futures: Iterable[asyncio.Future[Any]]) -> None:
+    """Until every one of ``futures`` is done, without awaiting them: a caller cancelled
+    meanwhile leaves them alone (their outcomes stay for whoever reads them).
+
+    What ``asyncio.wait`` does with no timeout, at a fraction of its cost (no sets of done and
+    pending futures, no checks for coroutines): every publish waits this way for Kafka.
+    """
+    pending = [future for future in futures if not future.done()]
+    if not pending:
+        return
+    all_done = asyncio.get_running_loop().create_future()
+    remaining = len(pending)
+
+    def one_done(_: asyncio.Future[Any]) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if not remaining and not all_done.done():
+            all_done.set_result(None)
+
+    for future in pending:
+        future.add_done_callback(one_done)
+    try:
+        await all_done
+    except asyncio.CancelledError:
+        for future in pending:
+            future.remove_done_callback(one_done)
+        raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -287,6 +288,8 @@ def main() -> None:
                 finally:
                     sidecar.stop()
     print(report(args.scenario, versions, rows))
+    # The broker's log alone is hundreds of MB a sitting; a sitting that fails keeps it.
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _start(

@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -706,11 +707,10 @@ def overload(target: str, capacity: float, seconds: float, pids: list[int]) -> d
     return figures
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     smoke = args.smoke
     seconds = 2.0 if smoke else 10.0
     records = 20_000 if smoke else 500_000
-    workdir = Path(tempfile.mkdtemp(prefix="dualstream-bench-"))
     build_go_tools()
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -1285,7 +1285,10 @@ def main() -> None:
         )
         print(json.dumps(result))
         return
-    results = measure(args)
+    workdir = Path(tempfile.mkdtemp(prefix="dualstream-bench-"))
+    results = measure(args, workdir)
+    # Its Kafka log alone is hundreds of MB a run; a run that fails keeps it, with the logs.
+    shutil.rmtree(workdir, ignore_errors=True)
     stem = ("smoke-" if args.smoke else "") + datetime.date.today().isoformat()
     if args.smoke:
         global RESULTS

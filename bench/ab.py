@@ -57,6 +57,7 @@ class Run:
         self.redis_url = redis_url
         self.workdir = workdir
         self.seconds = 8.0
+        self.subscribe_target = target
 
     def sampled(self, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         with Sampler(self.pids, self.broker) as sampler:
@@ -79,13 +80,24 @@ def _open_1k(run: Run) -> dict[str, Any]:
 
 
 def _fan_out(run: Run) -> dict[str, Any]:
-    return fan_out_in_child(run.workdir / "fan", run.target, run.pids, smoke=False)
+    return fan_out_in_child(
+        run.workdir / "fan", run.target, run.pids, smoke=False,
+        subscribe_target=run.subscribe_target,
+    )  # fmt: skip
 
 
 def _isolation(run: Run, max_per_message: int = 0) -> dict[str, Any]:
     return {
         f"subscribers_{n}": with_subscribers(
-            run.workdir, run.target, run.redis_url, run.pids, n, 1000, 5, max_per_message
+            run.workdir,
+            run.target,
+            run.redis_url,
+            run.pids,
+            n,
+            1000,
+            5,
+            max_per_message,
+            subscribe_target=run.subscribe_target,
         )
         for n in (0, 10, 100, 1000)
     }
@@ -251,6 +263,10 @@ def main() -> None:
     parser.add_argument(
         "--sidecar-arg", action="append", default=[], help="an extra argument for every sidecar"
     )
+    parser.add_argument(
+        "--delivery-process", action="store_true",
+        help="streams go to a delivery process of their own (--subscribe-listen)",
+    )  # fmt: skip
     args = parser.parse_args()
     versions = dict(item.split("=", 1) for item in args.rev)
     scenario = SCENARIOS[args.scenario]
@@ -271,10 +287,10 @@ def main() -> None:
                 sidecar, target = _start(workdir / f"{name}-{number}", kafka, redis, tree, args)
                 try:
                     assert sidecar.pid is not None
-                    run = Run(
-                        target, [sidecar.pid], broker, redis.url, workdir / f"{name}-{number}"
-                    )
+                    pids = sidecar.worker_pids() if args.delivery_process else [sidecar.pid]
+                    run = Run(target, pids, broker, redis.url, workdir / f"{name}-{number}")
                     run.seconds = args.seconds
+                    run.subscribe_target = sidecar.subscribe_target
                     _warm_up(target)
                     if number == "profile":
                         args.profile.mkdir(parents=True, exist_ok=True)
@@ -297,7 +313,10 @@ def _start(
 ) -> tuple[Any, str]:
     os.environ["PYTHONPATH"] = str(tree)  # The sidecar process imports this version.
     try:
-        return start_sidecar(workdir, kafka.bootstrap, redis.url, *args.sidecar_arg)
+        return start_sidecar(
+            workdir, kafka.bootstrap, redis.url, *args.sidecar_arg,
+            subscribe_port=free_port() if args.delivery_process else None,
+        )  # fmt: skip
     finally:
         del os.environ["PYTHONPATH"]
 

@@ -566,7 +566,12 @@ class FanOut:
 
 
 async def fan_out(
-    workdir: Path, target: str, pids: list[int], shape: FanOut, name: str
+    workdir: Path,
+    target: str,
+    pids: list[int],
+    shape: FanOut,
+    name: str,
+    subscribe_target: str = "",
 ) -> dict[str, Any]:
     """``shape.streams`` local streams on one source, their client in a process of its own.
 
@@ -576,13 +581,15 @@ async def fan_out(
     names however slow a publish is): the latency of each event's last delivery, and the
     sidecar's CPU per 10,000 deliveries at that steady rate. Then the burst, published back to
     back: how many deliveries per second the sidecar sustains, and their CPU cost.
+    ``subscribe_target``, if set, is where the streams go (a delivery process).
     """
     streams = shape.streams
     rss_before = rss_kib(pids)
     processes = SubscriberProcesses(workdir, name, 1 + shape.paced + shape.burst)
     processes.subscribers(
-        target, name, streams, 120, shape.connections, max_per_message=shape.max_per_message
-    )
+        subscribe_target or target, name, streams, 120, shape.connections,
+        max_per_message=shape.max_per_message,
+    )  # fmt: skip
     await asyncio.to_thread(processes.wait_ready)
     await asyncio.sleep(1)
     rss_idle = rss_kib(pids)
@@ -660,25 +667,37 @@ async def sampled_fan_outs(
     connections: int,
     prefix: str = "",
     suffix: str = "",
+    subscribe_target: str = "",
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for variant, shape in fan_out_shapes(smoke=smoke, connections=connections).items():
         name = f"{prefix}fan_out{suffix}{variant}"
         with Sampler(pids) as sampler:
-            result = await fan_out(workdir, target, pids, shape, name.replace("_", "-"))
+            result = await fan_out(
+                workdir, target, pids, shape, name.replace("_", "-"), subscribe_target
+            )
         figures[name] = {**result, **sampler.figures()}
     return figures
 
 
 def fan_out_in_child(
-    workdir: Path, target: str, pids: list[int], *, smoke: bool, prefix: str = "", suffix: str = ""
+    workdir: Path,
+    target: str,
+    pids: list[int],
+    *,
+    smoke: bool,
+    prefix: str = "",
+    suffix: str = "",
+    subscribe_target: str = "",
+    connections: int = 1,
 ) -> dict[str, Any]:
     """The fan-out runs from a fresh process: grpc.aio serves only the first event loop of a
     process, and this one's is used by the runs against the single-worker sidecar."""
     command = [
         sys.executable, "-m", "bench.run", "--fan-out-against", target,
         "--pids", ",".join(map(str, pids)), "--workdir", str(workdir),
-        "--prefix", prefix, "--suffix", suffix, *(["--smoke"] if smoke else []),
+        "--prefix", prefix, "--suffix", suffix, "--connections", str(connections),
+        "--subscribe-against", subscribe_target, *(["--smoke"] if smoke else []),
     ]  # fmt: skip
     finished = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
@@ -934,9 +953,9 @@ def start_sidecar(
 def delivery_process(
     workdir: Path, bootstrap: str, redis_url: str, seconds: float, *, smoke: bool
 ) -> dict[str, Any]:
-    """Isolation again, against a sidecar whose streams have a process of their own
-    (``--subscribe-listen``, at the default lower CPU priority): the publishes go to the listen
-    address, the subscribers to the delivery process's. The smoke run checks the plumbing
+    """Isolation and the fan-out again, against a sidecar whose streams have a process of
+    their own (``--subscribe-listen``, at the default lower CPU priority): the publishes go to
+    the listen address, the subscribers to the delivery process's. The smoke run checks the plumbing
     only, at equal priority: CI may run it beside a CPU hog, which a niceness of 19 would
     leave the delivery process next to no CPU to start in."""
     sidecar, target = start_sidecar(
@@ -953,6 +972,12 @@ def delivery_process(
                 workdir / name, target, redis_url, pids, subscribers, 1000, seconds, batched,
                 subscribe_target=sidecar.subscribe_target,
             )  # fmt: skip
+        figures.update(
+            fan_out_in_child(
+                workdir / "fan-delivery-process", target, pids, smoke=smoke,
+                suffix="_delivery_process", subscribe_target=sidecar.subscribe_target,
+            )
+        )  # fmt: skip
     finally:
         sidecar.stop()
     return figures
@@ -1002,8 +1027,14 @@ def several_workers(
         # the kernel spreads across the workers.
         time.sleep(0 if smoke else 10)
         figures.update(
+            # The streams go over 8 connections, which the kernel spreads across the workers.
             fan_out_in_child(
-                workdir / f"fan-{workers}", target, pids, smoke=smoke, suffix=f"_{workers}_workers"
+                workdir / f"fan-{workers}",
+                target,
+                pids,
+                smoke=smoke,
+                suffix=f"_{workers}_workers",
+                connections=8,
             )
         )
         for batch, concurrency in ((1, UNARY_CONCURRENCY), (100, 8), (1000, 8)):
@@ -1091,6 +1122,20 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         "fan_out_burst_deliveries_per_s (target >= 50000)": fan_out["deliveries_per_s"],
         "fan_out_batched_burst_deliveries_per_s": batched["deliveries_per_s"],
         "fan_out_2_workers_burst_deliveries_per_s": ours["fan_out_2_workers"]["deliveries_per_s"],
+        # Streams in a delivery process of their own: the publishes no longer wait behind the
+        # deliveries, so a burst's notifications queue up and batched streams take them 64 a
+        # message.
+        "fan_out_delivery_process_single_and_batched_cpu_s_per_10k_deliveries_paced": [
+            ours[f"fan_out_delivery_process{kind}"]["paced_cpu_s_per_10k_deliveries"]
+            for kind in ("", "_batched")
+        ],
+        "fan_out_delivery_process_single_and_batched_last_delivery_p99_ms": [
+            ours[f"fan_out_delivery_process{kind}"]["last_delivery"]["p99_ms"]
+            for kind in ("", "_batched")
+        ],
+        "fan_out_delivery_process_single_and_batched_burst_deliveries_per_s": [
+            ours[f"fan_out_delivery_process{kind}"]["deliveries_per_s"] for kind in ("", "_batched")
+        ],
         "rss_per_idle_stream_kib (target <= 30)": ours["idle_streams_fresh_sidecar"][
             "rss_per_idle_stream_kib"
         ],
@@ -1267,6 +1312,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", default="", help=argparse.SUPPRESS)
     parser.add_argument("--suffix", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--subscribe-against", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--connections", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fan_out_against:
         pids = [int(pid) for pid in args.pids.split(",")]
@@ -1276,11 +1323,10 @@ def main() -> None:
                 args.fan_out_against,
                 pids,
                 smoke=args.smoke,
-                # Against several workers the streams go over 8 connections, which the kernel
-                # spreads across them.
-                connections=8 if args.suffix else 1,
+                connections=args.connections,
                 prefix=args.prefix,
                 suffix=args.suffix,
+                subscribe_target=args.subscribe_against,
             )
         )
         print(json.dumps(result))

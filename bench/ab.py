@@ -265,7 +265,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--delivery-process", action="store_true",
-        help="streams go to a delivery process of their own (--subscribe-listen)",
+        help="streams go to a delivery process of their own (--subscribe-listen); CPU counts "
+        "both processes, --profile samples the publishing one",
     )  # fmt: skip
     args = parser.parse_args()
     versions = dict(item.split("=", 1) for item in args.rev)

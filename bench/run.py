@@ -955,9 +955,9 @@ def delivery_process(
 ) -> dict[str, Any]:
     """Isolation and the fan-out again, against a sidecar whose streams have a process of
     their own (``--subscribe-listen``, at the default lower CPU priority): the publishes go to
-    the listen address, the subscribers to the delivery process's. The smoke run checks the plumbing
-    only, at equal priority: CI may run it beside a CPU hog, which a niceness of 19 would
-    leave the delivery process next to no CPU to start in."""
+    the listen address, the subscribers to the delivery process's. The smoke run checks the
+    plumbing only, at equal priority: CI may run it beside a CPU hog, which a niceness of 19
+    would leave the delivery process next to no CPU to start in."""
     sidecar, target = start_sidecar(
         workdir / "sidecar-delivery-process", bootstrap, redis_url,
         *(["--delivery-nice", "0"] if smoke else []), subscribe_port=free_port(),
@@ -1027,7 +1027,6 @@ def several_workers(
         # the kernel spreads across the workers.
         time.sleep(0 if smoke else 10)
         figures.update(
-            # The streams go over 8 connections, which the kernel spreads across the workers.
             fan_out_in_child(
                 workdir / f"fan-{workers}",
                 target,
@@ -1123,8 +1122,8 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         "fan_out_batched_burst_deliveries_per_s": batched["deliveries_per_s"],
         "fan_out_2_workers_burst_deliveries_per_s": ours["fan_out_2_workers"]["deliveries_per_s"],
         # Streams in a delivery process of their own: the publishes no longer wait behind the
-        # deliveries, so a burst's notifications queue up and batched streams take them 64 a
-        # message.
+        # deliveries, so a burst's notifications queue up and batched streams take them up to
+        # 64 to a message.
         "fan_out_delivery_process_single_and_batched_cpu_s_per_10k_deliveries_paced": [
             ours[f"fan_out_delivery_process{kind}"]["paced_cpu_s_per_10k_deliveries"]
             for kind in ("", "_batched")

@@ -49,7 +49,13 @@ class Run:
     """One measured run: a sidecar of one version, and where the stack is."""
 
     def __init__(
-        self, target: str, pids: list[int], broker: Broker, redis_url: str, workdir: Path
+        self,
+        target: str,
+        pids: list[int],
+        broker: Broker,
+        redis_url: str,
+        workdir: Path,
+        subscribe_target: str,
     ) -> None:
         self.target = target
         self.pids = pids
@@ -57,7 +63,7 @@ class Run:
         self.redis_url = redis_url
         self.workdir = workdir
         self.seconds = 8.0
-        self.subscribe_target = target
+        self.subscribe_target = subscribe_target  # The listen address, or a delivery process's.
 
     def sampled(self, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         with Sampler(self.pids, self.broker) as sampler:
@@ -120,7 +126,7 @@ def _idle_streams(run: Run) -> dict[str, Any]:
     time.sleep(1)
     before = rss_kib(run.pids)
     processes = SubscriberProcesses(run.workdir / "idle", "idle-streams", 1)
-    processes.subscribers(run.target, "idle-streams", streams, 120)
+    processes.subscribers(run.subscribe_target, "idle-streams", streams, 120)
     processes.wait_ready()
     time.sleep(1)
     after = rss_kib(run.pids)
@@ -289,9 +295,11 @@ def main() -> None:
                 try:
                     assert sidecar.pid is not None
                     pids = sidecar.worker_pids() if args.delivery_process else [sidecar.pid]
-                    run = Run(target, pids, broker, redis.url, workdir / f"{name}-{number}")
+                    run = Run(
+                        target, pids, broker, redis.url, workdir / f"{name}-{number}",
+                        sidecar.subscribe_target,
+                    )  # fmt: skip
                     run.seconds = args.seconds
-                    run.subscribe_target = sidecar.subscribe_target
                     _warm_up(target)
                     if number == "profile":
                         args.profile.mkdir(parents=True, exist_ok=True)

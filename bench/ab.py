@@ -270,12 +270,20 @@ def main() -> None:
         "--sidecar-arg", action="append", default=[], help="an extra argument for every sidecar"
     )
     parser.add_argument(
+        "--rev-arg", action="append", default=[], metavar="NAME=ARG",
+        help="an extra argument for one version's sidecar (the same tree with other settings)",
+    )  # fmt: skip
+    parser.add_argument(
         "--delivery-process", action="store_true",
         help="streams go to a delivery process of their own (--subscribe-listen); CPU counts "
         "both processes, --profile samples the publishing one",
     )  # fmt: skip
     args = parser.parse_args()
     versions = dict(item.split("=", 1) for item in args.rev)
+    version_args: dict[str, list[str]] = {name: [] for name in versions}
+    for item in args.rev_arg:
+        name, _, arg = item.partition("=")
+        version_args[name].append(arg)
     scenario = SCENARIOS[args.scenario]
     workdir = Path(tempfile.mkdtemp(prefix="dualstream-ab-"))
     build_go_tools()  # Go's build cache makes this quick, and a stale tool misleads.
@@ -291,7 +299,9 @@ def main() -> None:
         rounds = [*range(args.rounds)] + (["profile"] if args.profile else [])
         for number in rounds:
             for name, tree in trees.items():
-                sidecar, target = _start(workdir / f"{name}-{number}", kafka, redis, tree, args)
+                sidecar, target = _start(
+                    workdir / f"{name}-{number}", kafka, redis, tree, args, version_args[name]
+                )
                 try:
                     assert sidecar.pid is not None
                     pids = sidecar.worker_pids() if args.delivery_process else [sidecar.pid]
@@ -318,12 +328,17 @@ def main() -> None:
 
 
 def _start(
-    workdir: Path, kafka: KafkaBroker, redis: RedisServer, tree: Path, args: argparse.Namespace
+    workdir: Path,
+    kafka: KafkaBroker,
+    redis: RedisServer,
+    tree: Path,
+    args: argparse.Namespace,
+    own_args: list[str],
 ) -> tuple[Any, str]:
     os.environ["PYTHONPATH"] = str(tree)  # The sidecar process imports this version.
     try:
         return start_sidecar(
-            workdir, kafka.bootstrap, redis.url, *args.sidecar_arg,
+            workdir, kafka.bootstrap, redis.url, *args.sidecar_arg, *own_args,
             subscribe_port=free_port() if args.delivery_process else None,
         )  # fmt: skip
     finally:

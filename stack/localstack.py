@@ -1479,6 +1479,7 @@ class TestStack:
     target: str
     auth_target: str
     unix_target: str
+    streams_target: str
     token: str
     kafka: str
     redis: str
@@ -1489,6 +1490,7 @@ class TestStack:
             "DUALSTREAM_TEST_TARGET": self.target,
             "DUALSTREAM_TEST_AUTH_TARGET": self.auth_target,
             "DUALSTREAM_TEST_UNIX_TARGET": self.unix_target,
+            "DUALSTREAM_TEST_STREAMS_TARGET": self.streams_target,
             "DUALSTREAM_TEST_TOKEN": self.token,
             "DUALSTREAM_TEST_KAFKA": self.kafka,
             "DUALSTREAM_TEST_REDIS": self.redis,
@@ -1498,10 +1500,13 @@ class TestStack:
 
 @contextlib.contextmanager
 def test_stack(workdir: Path) -> Iterator[TestStack]:
-    """Kafka (topic ``events``, 6 partitions), Redis and three sidecars: one open and one that
-    wants a bearer token on free ports, one open on a unix socket. Everything is stopped on
-    leaving, whatever happened."""
-    kafka_port, controller_port, redis_port, open_port, auth_port = free_ports(5)
+    """Kafka (topic ``events``, 6 partitions), Redis and four sidecars: one open and one that
+    wants a bearer token on free ports, one open on a unix socket, and one whose streams have
+    a delivery process of their own, served by its own HTTP/2 (``--subscribe-server h2``).
+    Everything is stopped on leaving, whatever happened."""
+    kafka_port, controller_port, redis_port, open_port, auth_port, streams_port, subscribe_port = (
+        free_ports(7)
+    )
     token = base64.urlsafe_b64encode(os.urandom(18)).decode()
     logs = workdir / "logs"
     redis = RedisServer(workdir / "redis", redis_port, log_dir=logs)
@@ -1510,12 +1515,14 @@ def test_stack(workdir: Path) -> Iterator[TestStack]:
         SidecarProcess(
             workdir / name, port, kafka.bootstrap, redis.url, WITH_STACK_TOPIC, log_dir=logs,
             extra_args=extra_args, name=name, unix_socket=unix_socket,
+            subscribe_port=subscribe_port if name == "sidecar-streams" else None,
         )
         for name, port, extra_args, unix_socket in (
             ("sidecar", open_port, (), None),
             # `=`: a token may start with "-", which argparse would take for an option.
             ("sidecar-auth", auth_port, (f"--auth-token={token}",), None),
             ("sidecar-unix", 0, (), workdir / "sidecar.sock"),
+            ("sidecar-streams", streams_port, ("--subscribe-server=h2",), None),
         )
     ]  # fmt: skip
     with contextlib.ExitStack() as running:
@@ -1536,6 +1543,7 @@ def test_stack(workdir: Path) -> Iterator[TestStack]:
             target=sidecars[0].listen,
             auth_target=sidecars[1].listen,
             unix_target=sidecars[2].listen,
+            streams_target=sidecars[3].subscribe_target,
             token=token,
             kafka=kafka.bootstrap,
             redis=redis.url,
@@ -1559,7 +1567,8 @@ def with_stack(command: Sequence[str]) -> int:
             _say(
                 "stack",
                 f"ready in {time.monotonic() - began:.1f}s: sidecars {stack.target}, "
-                f"{stack.auth_target} (token), {stack.unix_target}; kafka {stack.kafka}, "
+                f"{stack.auth_target} (token), {stack.unix_target}, streams "
+                f"{stack.streams_target}; kafka {stack.kafka}, "
                 f"redis {stack.redis}",
             )
             _say("stack", f"running: {shlex.join(command)}")

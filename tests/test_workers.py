@@ -14,7 +14,7 @@ import pytest
 
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
-from dualstream_client import DualstreamClient, EventInput
+from dualstream_client import DualstreamClient, DualstreamClientError, EventInput
 from stack.localstack import (
     TCP_ESTABLISHED,
     TCP_LISTEN,
@@ -141,9 +141,11 @@ async def test_streams_on_the_subscribe_listener_have_a_process_that_yields_the_
     kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path, source_type: str
 ) -> None:
     delivery_admin = f"127.0.0.1:{free_port()}"
+    # On grpcio: the default, h2, has a test of its own below.
     async with with_delivery_process(
-        kafka, shared_redis, topic, tmp_path, "--delivery-admin-listen", delivery_admin
-    ) as sidecar:
+        kafka, shared_redis, topic, tmp_path,
+        "--delivery-admin-listen", delivery_admin, "--subscribe-server", "grpcio",
+    ) as sidecar:  # fmt: skip
         assert sidecar.subscribe_port is not None
         listening = tcp_socket_inodes(sidecar.subscribe_port, TCP_LISTEN)
         delivering = delivery_pid(sidecar)
@@ -210,5 +212,42 @@ async def test_a_hung_delivery_process_fails_healthz_on_the_sidecars_admin_liste
         finally:
             os.kill(delivering, signal.SIGCONT)
         await eventually(lambda: healthz_status(200), timeout=60)
+        sidecar.request_stop()
+        assert await asyncio.to_thread(sidecar.wait_exit, 30) == 0
+
+
+async def test_the_delivery_process_can_serve_streams_with_its_own_http2(
+    kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path, source_type: str
+) -> None:
+    """``--subscribe-server h2``, the default: gRPC clients subscribe, read status and check
+    health as on grpcio; anything else is refused naming where to publish."""
+    async with with_delivery_process(kafka, shared_redis, topic, tmp_path) as sidecar:
+        async with (
+            DualstreamClient(sidecar.subscribe_target) as streams,
+            DualstreamClient(sidecar.listen) as publisher,
+        ):
+            stream = streams.subscribe([(source_type, "own-h2")])
+            await stream.wait_live()
+            published = [
+                await publisher.publish(EventInput("t", source_type, "own-h2", data=b"%d" % n))
+                for n in range(20)
+            ]
+            received = [(await next_notification(stream)).id for _ in published]
+            assert received == [reply.id for reply in published]
+            status = await streams.status()
+            assert status.streams == 1
+            with pytest.raises(DualstreamClientError) as refused:
+                await streams.publish(EventInput("t", source_type, "own-h2"))
+            assert refused.value.code == grpc.StatusCode.UNIMPLEMENTED
+            assert "publish on the sidecar's main address" in refused.value.details
+            stream.close()
+        status_code, output = await health(
+            env={
+                "DUALSTREAM_LISTEN": sidecar.listen,
+                "DUALSTREAM_SUBSCRIBE_LISTEN": sidecar.subscribe_target,
+                "DUALSTREAM_ADMIN_LISTEN": f"127.0.0.1:{sidecar.admin_port}",
+            }
+        )
+        assert status_code == 0, output
         sidecar.request_stop()
         assert await asyncio.to_thread(sidecar.wait_exit, 30) == 0

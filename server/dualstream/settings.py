@@ -17,6 +17,7 @@ from dualstream.heartbeats import BEAT_INTERVAL
 
 ENV_PREFIX = "DUALSTREAM_"
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SUBSCRIBE_SERVERS = ("grpcio", "h2")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
@@ -41,6 +42,12 @@ class Settings:
         19,
         "the CPU niceness (0-19) of the subscribe_listen process: higher yields more of the "
         "CPU to publishes",
+    )
+    subscribe_server: str = _setting(
+        "h2",
+        "what serves the subscribe_listen process's gRPC: h2, the sidecar's own HTTP/2 (about "
+        "half of grpcio's CPU per delivery; Subscribe, GetStatus and health checks only), or "
+        "grpcio, gRPC's own server (every method, and reflection)",
     )
     delivery_admin_listen: str = _setting(
         "",
@@ -213,6 +220,10 @@ class Settings:
             raise ValueError(
                 f"setting worker_stall_timeout must be at least {2 * BEAT_INTERVAL:g} s (each "
                 f"process answers once every {BEAT_INTERVAL:g} s), got {self.worker_stall_timeout}"
+            )
+        if self.subscribe_server not in SUBSCRIBE_SERVERS:
+            raise ValueError(
+                f"setting subscribe_server must be grpcio or h2, not {self.subscribe_server!r}"
             )
         if not 0 <= self.delivery_nice <= 19:
             raise ValueError(f"setting delivery_nice must be 0 to 19, got {self.delivery_nice}")

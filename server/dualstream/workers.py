@@ -41,6 +41,8 @@ def _serve_here(
     telemetry: TelemetrySettings,
     version: str,
     heartbeat: Heartbeat | None = None,
+    *,
+    delivery_process: bool = False,
 ) -> None:
     # Imported here: the supervisor itself never loads gRPC.
     import uvloop
@@ -65,6 +67,7 @@ def _serve_here(
                 on_serving=_freeze_startup_heap,
                 metrics=SidecarMetrics(telemetry, version=version),
                 heartbeat=heartbeat,
+                delivery_process=delivery_process,
             )
         )
     finally:
@@ -83,11 +86,12 @@ def _freeze_startup_heap() -> None:
 @dataclass(frozen=True)
 class _Role:
     """What one process of a supervised sidecar is: a name for people, its settings, its
-    niceness."""
+    niceness, and whether it is the delivery process (of streams: see subscribe_server)."""
 
     name: str
     settings: Settings
     niceness: int = 0
+    delivery_process: bool = False
 
 
 def _worker_main(
@@ -100,7 +104,9 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _stop_with_parent()
     heartbeat = Heartbeat(board, slot, role.settings.worker_stall_timeout)
-    _serve_here(role.settings, telemetry, version, heartbeat)
+    _serve_here(
+        role.settings, telemetry, version, heartbeat, delivery_process=role.delivery_process
+    )
 
 
 def _stop_with_parent() -> None:
@@ -137,7 +143,9 @@ def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -
             admin_listen=settings.delivery_admin_listen,
             workers=1,
         )
-        roles.append(_Role("the delivery process", delivering, settings.delivery_nice))
+        roles.append(
+            _Role("the delivery process", delivering, settings.delivery_nice, delivery_process=True)
+        )
     board = HeartbeatBoard.create(context, [role.name for role in roles])
     workers = [
         context.Process(

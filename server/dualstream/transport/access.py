@@ -10,6 +10,7 @@ import grpc
 
 # Probes must work without credentials, as for grpc_health_probe and kubelet checks.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+TOKEN_REFUSED = "missing or wrong token: send metadata `authorization: Bearer <token>`"
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -37,13 +38,11 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
 
 
 def _refusal(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    message = "missing or wrong token: send metadata `authorization: Bearer <token>`"
-
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, TOKEN_REFUSED)
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, TOKEN_REFUSED)
         yield  # pragma: no cover - abort raises
 
     if handler.unary_stream is not None:

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,13 @@ from dualstream.status import SidecarStatus, sidecar_status
 from dualstream.streams import StreamService
 from dualstream.transport.access import TokenAuthInterceptor
 from dualstream.transport.admission import Admission, QueueProbe
-from dualstream.transport.servicer import SERVICE_NAME, EventServicer, tolerant_parser
+from dualstream.transport.h2_server import H2Server, Method, tls_context
+from dualstream.transport.servicer import (
+    SERVICE_NAME,
+    CallContext,
+    EventServicer,
+    tolerant_parser,
+)
 from dualstream.v1 import event_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -90,13 +96,19 @@ class Sidecar(Service):
         tracer: Tracer,
         metrics: SidecarMetrics | None = None,
         heartbeat: Heartbeat | None = None,
+        *,
+        delivery_process: bool = False,
     ) -> None:
         """``metrics`` defaults to ones served for Prometheus only; the sidecar starts and
         stops them with itself, and the admin listener serves them on /metrics.
 
         ``heartbeat``, for a process of several: beaten while this one runs, and read by its
-        admin listener's /healthz, which thereby speaks for them all."""
+        admin listener's /healthz, which thereby speaks for them all.
+
+        ``delivery_process``: this is the process of ``subscribe_listen``, whose streams are
+        served by ``subscribe_server``."""
         self.settings = settings
+        self.own_http2 = delivery_process and settings.subscribe_server == "h2"
         self.metrics = metrics or SidecarMetrics()
         self.admission = Admission(settings.max_concurrent_rpcs, settings.max_queue_delay)
         self.publisher = build_publisher(
@@ -119,6 +131,7 @@ class Sidecar(Service):
         self.metrics.watch(self.publisher, self.hub)
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
+        self._h2_server: H2Server | None = None
         self._health_watch: asyncio.Task[None] | None = None
         self.port: int | None = None
         self.heartbeat = heartbeat
@@ -158,6 +171,9 @@ class Sidecar(Service):
         await self.publisher.start()
         await self.reader.start()
         await self.hub.start()
+        if self.own_http2:
+            await self._serve_http2()
+            return
         max_message = (
             self.settings.max_payload_bytes * min(self.settings.max_batch_events, 16)
             + MESSAGE_SIZE_HEADROOM
@@ -212,6 +228,63 @@ class Sidecar(Service):
             os.chmod(self.settings.listen.removeprefix("unix:"), UNIX_SOCKET_MODE)
         await self._report_health()
         self._health_watch = asyncio.create_task(self._watch_health(), name="health-watch")
+
+    async def _serve_http2(self) -> None:
+        """The delivery process's own HTTP/2 server (``transport/h2_server.py``): Subscribe,
+        GetStatus and health checks; no publishes, so no admission probe."""
+        settings = self.settings
+        servicer = self._servicer
+        parse_subscribe = tolerant_parser(pb.SubscribeRequest)
+        parse_status = tolerant_parser(pb.GetStatusRequest)
+
+        def subscribe(request: bytes, context: CallContext) -> AsyncIterator[bytes]:
+            return servicer.Subscribe(parse_subscribe(request), context)
+
+        async def get_status(request: bytes, context: CallContext) -> bytes:
+            response = await servicer.GetStatus(parse_status(request), context)
+            return response.SerializeToString()
+
+        async def check_health(request: bytes, context: CallContext) -> bytes:
+            service = health_pb2.HealthCheckRequest.FromString(request).service
+            if service not in ("", SERVICE_NAME):
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
+            response: bytes = health_pb2.HealthCheckResponse(
+                status=self._serving()
+            ).SerializeToString()
+            return response
+
+        server = H2Server(
+            settings.listen,
+            {
+                f"/{SERVICE_NAME}/Subscribe": Method(stream=subscribe),
+                f"/{SERVICE_NAME}/GetStatus": Method(unary=get_status),
+                "/grpc.health.v1.Health/Check": Method(unary=check_health),
+            },
+            max_calls_per_connection=self._calls_per_connection(),
+            shutdown_grace=settings.shutdown_grace,
+            token=self._auth_token(),
+            ssl_context=(
+                tls_context(settings.tls_cert_file, settings.tls_key_file)
+                if settings.tls_cert_file
+                else None
+            ),
+        )
+        try:
+            await server.start()
+        except OSError as exc:
+            raise ListenError(
+                f"the streams' HTTP/2 server cannot listen on {settings.listen} ({exc})"
+            ) from exc
+        self._h2_server = server
+        self.port = server.port
+        if settings.listen.startswith("unix:"):
+            os.chmod(settings.listen.removeprefix("unix:"), UNIX_SOCKET_MODE)
+
+    def _serving(self) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+        # SERVING only while the Kafka leg can work; Redis trouble is degraded, not down.
+        if self.publisher.event_log.ready and not self.draining:
+            return health_pb2.HealthCheckResponse.SERVING
+        return health_pb2.HealthCheckResponse.NOT_SERVING
 
     def _calls_per_connection(self) -> int:
         """HTTP/2's bound on the calls one connection has open at once, told to the client,
@@ -282,12 +355,7 @@ class Sidecar(Service):
         return sidecar_status(self.publisher, self.hub, self.draining)
 
     async def _report_health(self) -> None:
-        # SERVING only while the Kafka leg can work; Redis trouble is degraded, not down.
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if self.publisher.event_log.ready
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = self._serving()
         await self._health.set("", status)
         await self._health.set(SERVICE_NAME, status)
 
@@ -315,6 +383,9 @@ class Sidecar(Service):
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
             self._server = None
+        if self._h2_server is not None:
+            await self._h2_server.stop()
+            self._h2_server = None
         await self.reader.stop()
         await self.publisher.stop()
         await self.metrics.stop()
@@ -331,18 +402,21 @@ async def run(
     on_serving: Callable[[], None] = lambda: None,
     metrics: SidecarMetrics | None = None,
     heartbeat: Heartbeat | None = None,
+    *,
+    delivery_process: bool = False,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop; ``on_serving`` runs once started.
 
     ``metrics`` are the sidecar's metrics (by default served for Prometheus only); ``heartbeat``
-    is this process's, when it is one of several (see ``Sidecar``).
+    is this process's, when it is one of several, and ``delivery_process`` says whether it is
+    the one of streams (see ``Sidecar``).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with Sidecar(settings, tracer, metrics, heartbeat):
+        async with Sidecar(settings, tracer, metrics, heartbeat, delivery_process=delivery_process):
             on_serving()
             await stop.wait()
     finally:

@@ -6,10 +6,10 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -46,6 +46,28 @@ from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 SERVICE_NAME = "dualstream.v1.EventService"
 _Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class CallContext(Protocol):
+    """What the handlers other than the publishes use of a call's context: grpc.aio's, or the
+    delivery process's own HTTP/2 server's (``transport/h2_server.py``)."""
+
+    def invocation_metadata(self) -> Iterable[tuple[str, str | bytes]] | None: ...
+
+    def peer(self) -> str: ...
+
+    def time_remaining(self) -> float | None: ...
+
+    def cancelled(self) -> bool: ...
+
+    async def abort(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> NoReturn: ...
+
+
 _REFUSED_PUBLISH = pb.PublishResponse()
 _REFUSED_BATCH = pb.PublishBatchResponse()
 
@@ -78,7 +100,7 @@ class _Calls:
 
     @contextmanager
     def __call__(
-        self, method: str, context: _Context, *, streaming: bool = False
+        self, method: str, context: CallContext, *, streaming: bool = False
     ) -> Iterator[Span]:
         """A streaming handler yields between its steps, possibly resumed in another context,
         so its span is not made current (that would leave a context token that cannot be
@@ -123,7 +145,7 @@ class _Calls:
             span.end()
 
 
-async def _end_call(context: _Context, failure: _StatusError) -> None:
+async def _end_call(context: CallContext, failure: _StatusError) -> None:
     """End the call with ``failure``'s status; always raises.
 
     When the caller is already gone (it cancelled, or its deadline passed) no status can reach
@@ -270,7 +292,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
             self._admission.release()
 
     async def Subscribe(  # type: ignore[override]  # Bytes: the handler's serializer is none.
-        self, request: pb.SubscribeRequest, context: _Context
+        self, request: pb.SubscribeRequest, context: CallContext
     ) -> AsyncIterator[bytes]:
         """Yields ``SubscribeResponse`` messages already encoded (the method's serializer is
         the identity): a live notification's shared fields are encoded once for all streams."""
@@ -368,7 +390,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
         gaps.value += 1
         missed.value += gap.missed
 
-    async def GetStatus(
-        self, request: pb.GetStatusRequest, context: _Context
+    async def GetStatus(  # type: ignore[override]  # Also served by transport/h2_server.py.
+        self, request: pb.GetStatusRequest, context: CallContext
     ) -> pb.GetStatusResponse:
         return convert.status_to_proto(self._status())

@@ -1,4 +1,4 @@
-// Against the real stack (Kafka, Redis, two sidecars) that `with-stack` starts on free ports.
+// Against the real stack (Kafka, Redis, four sidecars) that `with-stack` starts on free ports.
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { readFile, writeFile } from "node:fs/promises";
@@ -232,6 +232,41 @@ describe("subscribing", () => {
 });
 
 describe("connecting", () => {
+  it("streams from a delivery process's own HTTP/2 server, live and replayed in batches", TEST, async () => {
+    const streams = new DualstreamClient({ target: stackEnv("DUALSTREAM_TEST_STREAMS_TARGET"), timeoutMs: PATIENCE_MS });
+    try {
+      const sourceId = unique("h2");
+      const live = streams.subscribe({ sources: [["user", sourceId]] });
+      const liveMessages = iterate(live);
+      await readUntil(liveMessages, (s) => s.length === 1, "subscribed");
+      const ids: string[] = [];
+      for (let n = 0; n < 3; n++) {
+        ids.push((await client.publish({ type: "t.h2", sourceType: "user", sourceId })).id);
+      }
+      const seen = notifications(await readUntil(liveMessages, (s) => notifications(s).length >= 3, "3 notifications"));
+      assert.deepEqual(
+        seen.map((n) => [n.id, n.replayed]),
+        ids.map((id) => [id, false]),
+      );
+      live.close();
+      const resumed = streams.subscribe({
+        sources: [["user", sourceId]],
+        resumeCursor: seen[0]?.cursor,
+        maxNotificationsPerMessage: 16,
+      });
+      const replay = notifications(
+        await readUntil(iterate(resumed), (s) => s.some((m) => m.kind === "caughtUp"), "caught_up"),
+      );
+      assert.deepEqual(
+        replay.map((n) => [n.id, n.replayed]),
+        ids.slice(1).map((id) => [id, true]),
+      );
+      resumed.close();
+    } finally {
+      streams.close();
+    }
+  });
+
   it("reaches a sidecar on a unix socket", TEST, async () => {
     const target = stackEnv("DUALSTREAM_TEST_UNIX_TARGET");
     assert.match(target, /^unix:\//);

@@ -265,6 +265,41 @@ class LiveSidecarTest {
   }
 
   @Test
+  void aDeliveryProcessWithItsOwnHttp2ServesLiveAndReplayedNotifications() {
+    List<String> ids = new ArrayList<>();
+    String cursor;
+    try (DualstreamClient streams =
+        DualstreamClient.builder(env("DUALSTREAM_TEST_STREAMS_TARGET")).build()) {
+      try (Subscription live = streams.subscribe(only(sourceType, "h2"))) {
+        for (int i = 0; i < 3; i++) {
+          ids.add(client.publish(EventInput.of("t.x", sourceType, "h2", new byte[0])).id());
+        }
+        Notification first = nextNotification(live);
+        assertEquals(ids.get(0), first.id());
+        assertFalse(first.replayed());
+        cursor = first.cursor();
+        for (String id : ids.subList(1, 3)) {
+          assertEquals(id, nextNotification(live).id());
+        }
+      }
+      SubscriptionRequest batched =
+          SubscriptionRequest.builder()
+              .source(sourceType, "h2")
+              .resumeFrom(cursor)
+              .maxNotificationsPerMessage(16)
+              .build();
+      try (Subscription resumed = streams.subscribe(batched)) {
+        for (String id : ids.subList(1, 3)) {
+          Notification notification = nextNotification(resumed);
+          assertEquals(id, notification.id());
+          assertTrue(notification.replayed());
+        }
+        assertInstanceOf(CaughtUp.class, next(resumed));
+      }
+    }
+  }
+
+  @Test
   void aUnixSocketTargetReachesTheSidecar() {
     try (DualstreamClient overUnix =
             DualstreamClient.builder(env("DUALSTREAM_TEST_UNIX_TARGET")).build();

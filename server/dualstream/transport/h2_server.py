@@ -1,0 +1,508 @@
+"""gRPC over the sidecar's own HTTP/2 connections, for the delivery process's streams.
+
+Why not grpc.aio here: every message grpc.aio writes to a stream goes from the event loop to
+gRPC's core and back through its completion queue, about 40 µs of CPU per message on this
+machine even for an empty server (``make bench``'s floor), so a notification to 1,000 streams
+costs 40 ms of CPU in gRPC alone. Here a message is a gRPC length prefix and an HTTP/2 DATA
+frame built by ``h2`` (a few µs), and a connection's frames leave in one write per loop turn.
+The protocol's state (settings, flow control, pings, resets, HPACK) is ``h2``'s, a mature
+implementation; this module maps its events to calls.
+
+What a call may do is what the delivery process needs: unary and server-streaming methods
+whose handlers take the request's bytes and return or yield the response's bytes. Requests
+may not be compressed (gRPC clients compress only when told to). ``CallContext`` offers what
+the handlers use of grpc.aio's servicer context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import logging
+import ssl
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NoReturn, cast
+
+import grpc
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import hyperframe.frame
+
+from dualstream.lifecycle import Service, cancel_and_wait
+from dualstream.transport.access import EXEMPT_PREFIXES, TOKEN_REFUSED
+
+logger = logging.getLogger(__name__)
+
+Metadatum = tuple[str, str | bytes]
+UnaryHandler = Callable[[bytes, "CallContext"], Awaitable[bytes]]
+StreamHandler = Callable[[bytes, "CallContext"], AsyncIterator[bytes]]
+
+# A request's message is at most this large: the delivery process takes only small requests.
+MAX_REQUEST_BYTES = 1024 * 1024
+# Bytes a connection may have queued for its socket before its streams wait (asyncio pauses
+# the protocol past it): a notification to 1,000 streams on one connection is ~150 KiB.
+WRITE_BUFFER_HIGH = 4 * 1024 * 1024
+_RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """A method's handler: ``stream`` yields response messages, ``unary`` returns one."""
+
+    unary: UnaryHandler | None = None
+    stream: StreamHandler | None = None
+
+
+class _AbortedError(Exception):
+    """Raised by ``CallContext.abort``: the call ends with this status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailers: Sequence[Metadatum]) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailers = trailers
+
+
+class CallContext:
+    """A call's metadata, peer and deadline, and the way to end it with a status."""
+
+    def __init__(self, metadata: list[Metadatum], peer: str, deadline: float | None) -> None:
+        self._metadata = metadata
+        self._peer = peer
+        self._deadline = deadline
+        self._cancelled = False
+
+    def invocation_metadata(self) -> list[Metadatum]:
+        return self._metadata
+
+    def peer(self) -> str:
+        return self._peer
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Sequence[Metadatum] = ()
+    ) -> NoReturn:
+        raise _AbortedError(code, details, trailing_metadata)
+
+
+def _percent_encoded(message: str) -> bytes:
+    """``grpc-message``'s encoding: UTF-8, bytes outside printable ASCII (and ``%``) as %XX."""
+    return urllib.parse.quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()
+
+
+def _trailers(
+    code: grpc.StatusCode, details: str, extra: Iterable[Metadatum]
+) -> list[tuple[bytes, bytes]]:
+    headers = [(b"grpc-status", str(code.value[0]).encode())]
+    if details:
+        headers.append((b"grpc-message", _percent_encoded(details)))
+    for key, value in extra:
+        if key.endswith("-bin"):
+            raw = value if isinstance(value, bytes) else value.encode()
+            headers.append((key.encode(), base64.b64encode(raw)))
+        else:
+            headers.append((key.encode(), value.encode() if isinstance(value, str) else value))
+    return headers
+
+
+def _deadline(timeout: bytes | None) -> float | None:
+    """The call's deadline on the monotonic clock, from ``grpc-timeout`` (``100m``: 100 ms)."""
+    if not timeout:
+        return None
+    text = timeout.decode("ascii", "replace")
+    unit = _TIMEOUT_UNITS.get(text[-1:])
+    if unit is None or not text[:-1].isdigit():
+        return None
+    return time.monotonic() + int(text[:-1]) * unit
+
+
+def _peer_name(transport: asyncio.BaseTransport) -> str:
+    """The peer as gRPC names it (``ipv4:127.0.0.1:5000``); a unix socket's callers: ``unix:``."""
+    address = transport.get_extra_info("peername")
+    if isinstance(address, tuple) and len(address) == 2:
+        return f"ipv4:{address[0]}:{address[1]}"
+    if isinstance(address, tuple) and len(address) == 4:
+        return f"ipv6:[{address[0]}]:{address[1]}"
+    return "unix:"
+
+
+class _Call:
+    """One HTTP/2 stream: its request, its handler's task, and the writing of its responses."""
+
+    def __init__(
+        self, connection: _Connection, stream_id: int, method: Method, context: CallContext
+    ) -> None:
+        self.connection = connection
+        self.stream_id = stream_id
+        self.method = method
+        self.context = context
+        self.request = bytearray()
+        self.task: asyncio.Task[None] | None = None
+        self.headers_sent = False
+        self.ended = False
+        self._deadline_timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        remaining = self.context.time_remaining()
+        if remaining is not None:
+            self._deadline_timer = asyncio.get_running_loop().call_later(
+                max(remaining, 0.0), self._deadline_passed
+            )
+
+    def _deadline_passed(self) -> None:
+        self.end(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        self.cancel()
+
+    def cancel(self) -> None:
+        """The client is gone (reset, or the connection closed): the handler is cancelled."""
+        self.context._cancelled = True
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        try:
+            message = self._request_message()
+            method = self.method
+            if method.stream is not None:
+                async for response in method.stream(message, self.context):
+                    await self.send(response)
+            elif method.unary is not None:
+                await self.send(await method.unary(message, self.context))
+            self.end(grpc.StatusCode.OK, "")
+        except _AbortedError as aborted:
+            self.end(aborted.code, aborted.details, aborted.trailers)
+        except Exception:
+            logger.exception("a call on stream %d failed unexpectedly", self.stream_id)
+            self.end(grpc.StatusCode.INTERNAL, "internal error; see the sidecar log")
+        finally:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            self.connection.forget(self)
+
+    def _request_message(self) -> bytes:
+        request = bytes(self.request)
+        if len(request) < 5:
+            raise _AbortedError(grpc.StatusCode.INTERNAL, "the request has no gRPC message", ())
+        if request[0]:
+            raise _AbortedError(
+                grpc.StatusCode.UNIMPLEMENTED, "this address takes uncompressed requests only", ()
+            )
+        length = int.from_bytes(request[1:5], "big")
+        if length != len(request) - 5:
+            raise _AbortedError(
+                grpc.StatusCode.INTERNAL, "the request is not exactly one gRPC message", ()
+            )
+        return request[5:]
+
+    async def send(self, message: bytes) -> None:
+        """Queue one response message; waits only while HTTP/2's flow control (or the socket)
+        has no room for it."""
+        connection = self.connection
+        h2_connection = connection.h2
+        stream_id = self.stream_id
+        if not self.headers_sent:
+            h2_connection.send_headers(stream_id, _RESPONSE_HEADERS)
+            self.headers_sent = True
+        data = b"\x00" + len(message).to_bytes(4, "big") + message
+        while data:
+            room = min(
+                h2_connection.local_flow_control_window(stream_id),
+                h2_connection.max_outbound_frame_size,
+            )
+            if room <= 0 or connection.paused:
+                await connection.writable()
+                continue
+            h2_connection.send_data(stream_id, data[:room])
+            data = data[room:]
+            connection.flush_soon()
+
+    def end(self, code: grpc.StatusCode, details: str, trailers: Iterable[Metadatum] = ()) -> None:
+        """End the stream with this status (once; later calls do nothing)."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.context.cancelled() or self.connection.closed:
+            return
+        headers = _trailers(code, details, trailers)
+        if not self.headers_sent:
+            headers = [*_RESPONSE_HEADERS, *headers]  # Trailers-only.
+        try:
+            self.connection.h2.send_headers(self.stream_id, headers, end_stream=True)
+        except h2.exceptions.StreamClosedError:
+            return
+        self.connection.flush_soon()
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: H2Server) -> None:
+        self.server = server
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: server.max_calls_per_connection,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 16 * 1024,
+            },
+        )
+        self.calls: dict[int, _Call] = {}
+        self.transport: asyncio.Transport | None = None
+        self.peer = "unix:"
+        self.paused = False
+        self.closed = False
+        self.going_away = False
+        self._flush_pending = False
+        self._room: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, though they are one.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self.peer = _peer_name(transport)
+        self.server.connections.add(self)
+        self.h2.initiate_connection()
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        for call in list(self.calls.values()):
+            call.cancel()
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._wake()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            logger.info("closing an HTTP/2 connection from %s: %s", self.peer, exc)
+            self.flush()
+            self.close()
+            return
+        for event in events:
+            self._handle(event)
+        self.flush()
+
+    def _handle(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._request(event.stream_id, event.headers or [])
+        elif isinstance(event, h2.events.DataReceived):
+            self._data(event)
+        elif isinstance(event, h2.events.StreamEnded):
+            call = self.calls.get(event.stream_id)
+            if call is not None and call.task is None:
+                call.start()
+        elif isinstance(event, h2.events.StreamReset):
+            call = self.calls.pop(event.stream_id, None)
+            if call is not None:
+                call.ended = True
+                call.cancel()
+            self._wake()
+        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            self._wake()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.close()
+
+    def _data(self, event: h2.events.DataReceived) -> None:
+        self.h2.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id)
+        call = self.calls.get(event.stream_id)
+        if call is None or call.task is not None:
+            return
+        call.request += event.data or b""
+        if len(call.request) > MAX_REQUEST_BYTES + 5:
+            call.end(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the request is over {MAX_REQUEST_BYTES} bytes",
+            )
+            self.calls.pop(event.stream_id, None)
+
+    def _request(self, stream_id: int, raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
+        headers: dict[bytes, bytes] = {}
+        metadata: list[Metadatum] = []
+        for name, value in raw_headers:
+            headers[name] = value
+            if not name.startswith(b":") and name not in (b"content-type", b"te"):
+                key = name.decode("ascii", "replace")
+                if not key.endswith("-bin"):  # The handlers read text metadata only.
+                    metadata.append((key, value.decode("latin-1")))
+        context = CallContext(metadata, self.peer, _deadline(headers.get(b"grpc-timeout")))
+        path = headers.get(b":path", b"").decode("ascii", "replace")
+        method = self.server.methods.get(path)
+        if self.going_away:  # A call sent before the client read the GOAWAY: retry elsewhere.
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        call = _Call(self, stream_id, method or Method(), context)
+        self.calls[stream_id] = call
+        refusal = self._refusal(path, method, headers)
+        if refusal is not None:
+            call.end(*refusal)
+            self.calls.pop(stream_id, None)
+
+    def _refusal(
+        self, path: str, method: Method | None, headers: Mapping[bytes, bytes]
+    ) -> tuple[grpc.StatusCode, str] | None:
+        if not headers.get(b"content-type", b"").startswith(b"application/grpc"):
+            return grpc.StatusCode.UNKNOWN, "not a gRPC request (content-type)"
+        if method is None:
+            return (
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{path or 'this method'} is not served on this address, which serves "
+                "Subscribe streams; publish on the sidecar's main address",
+            )
+        expected = self.server.expected_authorization
+        if (
+            expected
+            and not path.startswith(EXEMPT_PREFIXES)
+            and not hmac.compare_digest(headers.get(b"authorization", b""), expected)
+        ):
+            return grpc.StatusCode.UNAUTHENTICATED, TOKEN_REFUSED
+        return None
+
+    def forget(self, call: _Call) -> None:
+        if self.calls.get(call.stream_id) is call:
+            del self.calls[call.stream_id]
+        self.server.call_done()
+
+    async def writable(self) -> None:
+        """Until flow control or the socket may have room again (or the connection closed)."""
+        if self.closed:
+            raise asyncio.CancelledError
+        if self._room is None:
+            self._room = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._room)
+
+    def _wake(self) -> None:
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    def flush_soon(self) -> None:
+        """Write what h2 has queued once the streams woken in this loop turn have queued theirs:
+        one write for all of them."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def goaway(self) -> None:
+        """Tell the client no new calls will be taken; the ones under way go on.
+
+        Written by hand: h2's ``close_connection`` closes its side at once, so the calls under
+        way could no longer end with a status."""
+        if self.closed or self.transport is None:
+            return
+        self.going_away = True
+        self.flush()
+        frame = hyperframe.frame.GoAwayFrame(
+            0, last_stream_id=self.h2.highest_inbound_stream_id, error_code=0
+        )
+        self.transport.write(frame.serialize())
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+
+class H2Server(Service):
+    """Serves ``methods`` (by path: ``/package.Service/Method``) on ``listen``: ``host:port``
+    or ``unix:/path``. ``port`` is the TCP port bound (for ``host:0``)."""
+
+    def __init__(
+        self,
+        listen: str,
+        methods: Mapping[str, Method],
+        *,
+        max_calls_per_connection: int,
+        shutdown_grace: float = 0.0,
+        token: str = "",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.listen = listen
+        self.shutdown_grace = shutdown_grace
+        self.methods = dict(methods)
+        self.max_calls_per_connection = max_calls_per_connection
+        self.expected_authorization = f"Bearer {token}".encode() if token else b""
+        self.ssl_context = ssl_context
+        self.connections: set[_Connection] = set()
+        self.port: int | None = None
+        self._server: asyncio.Server | None = None
+        self._idle: asyncio.Event | None = None
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.listen.startswith("unix:"):
+            self._server = await loop.create_unix_server(
+                lambda: _Connection(self), self.listen.removeprefix("unix:"), ssl=self.ssl_context
+            )
+            return
+        host, _, port = self.listen.rpartition(":")
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host.strip("[]") or None, int(port), ssl=self.ssl_context
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def call_done(self) -> None:
+        if self._idle is not None and not any(c.calls for c in self.connections):
+            self._idle.set()
+
+    async def _stop(self) -> None:
+        """Stop taking connections and calls, let the calls under way finish for up to
+        ``shutdown_grace`` seconds, end the rest UNAVAILABLE, then close every connection."""
+        grace = self.shutdown_grace
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for connection in list(self.connections):
+            connection.goaway()
+        if grace > 0 and any(c.calls for c in self.connections):
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+        calls = [call for connection in self.connections for call in connection.calls.values()]
+        for call in calls:
+            call.end(grpc.StatusCode.UNAVAILABLE, "the sidecar is stopping")
+            await cancel_and_wait(call.task)
+        for connection in list(self.connections):
+            connection.flush()
+            connection.close()
+        if server is not None:
+            await server.wait_closed()
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server TLS context offering HTTP/2 only, as gRPC clients expect (ALPN ``h2``)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    context.set_alpn_protocols(["h2"])
+    return context

@@ -1,0 +1,197 @@
+"""The delivery process's own HTTP/2 server (``transport/h2_server.py``), against gRPC's client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from dualstream.transport.access import TOKEN_REFUSED
+from dualstream.transport.h2_server import CallContext, H2Server, Method
+from dualstream.transport.status import retry_trailers
+
+_STREAM = "/test.Service/Stream"
+_UNARY = "/test.Service/Unary"
+_HEALTH = "/grpc.health.v1.Health/Check"
+
+
+def _stream(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream(_STREAM, None, None)
+
+
+def _unary(
+    channel: grpc.aio.Channel, path: str = _UNARY
+) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+    return channel.unary_unary(path, None, None)
+
+
+class _Handlers:
+    """Handlers that record what they saw and when they ended."""
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+        self.cancelled = False
+        self.metadata: dict[str, str | bytes] = {}
+        self.peer = ""
+        self.remaining: float | None = None
+
+    async def stream(self, request: bytes, context: CallContext) -> AsyncIterator[bytes]:
+        self.metadata = dict(context.invocation_metadata())
+        self.peer = context.peer()
+        self.remaining = context.time_remaining()
+        count, _, size = request.decode().partition(":")
+        try:
+            for number in range(int(count)):
+                yield str(number).encode().ljust(int(size or 0), b".")
+            await asyncio.Event().wait()  # Until the client goes or the deadline passes.
+        except asyncio.CancelledError:
+            self.cancelled = context.cancelled()
+            raise
+        finally:
+            self.ended.set()
+
+    async def unary(self, request: bytes, context: CallContext) -> bytes:
+        if request == b"refuse":
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "full: 100 % — retry",
+                retry_trailers(grpc.StatusCode.RESOURCE_EXHAUSTED, "full", 0.25),
+            )
+        if request == b"fail":
+            raise RuntimeError("a bug")
+        return request[::-1]
+
+
+@pytest.fixture
+async def handlers() -> _Handlers:
+    return _Handlers()
+
+
+@pytest.fixture
+async def server(handlers: _Handlers) -> AsyncIterator[H2Server]:
+    methods = {
+        _STREAM: Method(stream=handlers.stream),
+        _UNARY: Method(unary=handlers.unary),
+        _HEALTH: Method(unary=handlers.unary),
+    }
+    async with H2Server("127.0.0.1:0", methods, max_calls_per_connection=100) as running:
+        yield running
+
+
+@pytest.fixture
+async def channel(server: H2Server) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as opened:
+        yield opened
+
+
+async def test_a_stream_gets_its_messages_metadata_and_peer(
+    channel: grpc.aio.Channel, handlers: _Handlers
+) -> None:
+    call = _stream(channel)(b"3", metadata=(("traceparent", "00-ab-cd-01"),))
+    assert [await call.read() for _ in range(3)] == [b"0", b"1", b"2"]
+    assert handlers.metadata["traceparent"] == "00-ab-cd-01"
+    assert handlers.peer.startswith("ipv4:127.0.0.1:")
+    assert handlers.remaining is None
+    call.cancel()
+    # The client's RST_STREAM cancels the handler.
+    await asyncio.wait_for(handlers.ended.wait(), 30)
+    assert handlers.cancelled
+
+
+async def test_messages_larger_than_a_frame_and_the_flow_control_window(
+    channel: grpc.aio.Channel,
+) -> None:
+    # 40 messages of 100 KiB: past HTTP/2's 16 KiB frames and its 64 KiB initial window, so
+    # the writer waits for the client's WINDOW_UPDATEs.
+    call = _stream(channel)(b"40:102400")
+    for number in range(40):
+        message = await call.read()
+        assert isinstance(message, bytes)
+        assert len(message) == 102400
+        assert message.startswith(str(number).encode())
+    call.cancel()
+
+
+async def test_a_deadline_ends_the_stream_deadline_exceeded(
+    channel: grpc.aio.Channel, handlers: _Handlers
+) -> None:
+    call = _stream(channel)(b"1", timeout=30)
+    assert await call.read() == b"0"
+    assert handlers.remaining is not None
+    assert 0 < handlers.remaining <= 30
+    short = _stream(channel)(b"0", timeout=0.5)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await short.read()
+    assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    call.cancel()
+
+
+async def test_unary_calls_and_an_abort_with_its_trailers(channel: grpc.aio.Channel) -> None:
+    assert await _unary(channel)(b"abc") == b"cba"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _unary(channel)(b"refuse")
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.details() == "full: 100 % — retry"  # Percent-encoded on the wire.
+    trailers: dict[str, str | bytes] = dict(refused.value.trailing_metadata() or ())  # type: ignore[arg-type]
+    assert trailers["grpc-retry-pushback-ms"] == "250"
+    assert isinstance(trailers["grpc-status-details-bin"], bytes)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await _unary(channel)(b"fail")
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert "see the sidecar log" in (failed.value.details() or "")
+
+
+async def test_an_unknown_method_is_unimplemented(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _unary(channel, "/test.Service/Publish")(b"")
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "/test.Service/Publish is not served on this address" in (refused.value.details() or "")
+
+
+async def test_compressed_requests_are_refused(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _unary(channel)(b"x" * 100, compression=grpc.Compression.Gzip)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_a_token_is_required_except_for_health_checks(handlers: _Handlers) -> None:
+    methods = {_UNARY: Method(unary=handlers.unary), _HEALTH: Method(unary=handlers.unary)}
+    async with (
+        H2Server("127.0.0.1:0", methods, max_calls_per_connection=10, token="s3cret") as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _unary(channel)(b"ab", metadata=(("authorization", "Bearer no"),))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert refused.value.details() == TOKEN_REFUSED
+        allowed = (("authorization", "Bearer s3cret"),)
+        assert await _unary(channel)(b"ab", metadata=allowed) == b"ba"
+        assert await _unary(channel, _HEALTH)(b"ab") == b"ba"
+
+
+async def test_stopping_ends_the_streams_unavailable(handlers: _Handlers) -> None:
+    methods = {_STREAM: Method(stream=handlers.stream)}
+    server = H2Server("127.0.0.1:0", methods, max_calls_per_connection=10, shutdown_grace=0.1)
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = _stream(channel)(b"1")
+        assert await call.read() == b"0"
+        await server.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await call.read()
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert handlers.ended.is_set()
+    await server.stop()  # Idempotent.
+
+
+async def test_a_unix_socket(tmp_path: Path, handlers: _Handlers) -> None:
+    path = f"{tmp_path}/h2.sock"
+    methods = {_UNARY: Method(unary=handlers.unary)}
+    async with (
+        H2Server(f"unix:{path}", methods, max_calls_per_connection=10),
+        grpc.aio.insecure_channel(f"unix:{path}") as channel,
+    ):
+        assert await _unary(channel)(b"ab") == b"ba"

@@ -293,3 +293,24 @@ async def test_on_a_unix_socket_callers_do_not_share_one_per_client_cap(
                 stream.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_tls_and_the_per_client_cap_on_the_delivery_process_own_http2(
+    sidecar_settings: Any, tracer: Any, tls_files: tuple[Path, Path], source_type: str
+) -> None:
+    key, cert = tls_files
+    config = sidecar_settings(
+        tls_cert_file=str(cert), tls_key_file=str(key), max_streams_per_client=1
+    )
+    async with Sidecar(config, tracer, delivery_process=True) as sidecar:
+        target = f"localhost:{sidecar.port}"
+        async with DualstreamClient(target, tls_root_certificates=cert.read_bytes()) as client:
+            stream = client.subscribe([(source_type, "a")])
+            await stream.wait_live()
+            with pytest.raises(ResourceExhaustedError, match="this client"):
+                await client.subscribe([(source_type, "b")]).wait_live()
+            assert (await client.status()).streams == 1
+            stream.close()
+        async with DualstreamClient(target, timeout=3) as plaintext:
+            with pytest.raises(Exception, match="UNAVAILABLE"):
+                await plaintext.status()

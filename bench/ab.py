@@ -213,14 +213,15 @@ def _warm_up(target: str) -> None:
     go_loadgen(target, "closed", 2, "--concurrency", "8")
 
 
-def _profile(scenario: Scenario, run: Run, out: Path, *, native: bool) -> None:
-    """Run the scenario once with py-spy sampling the sidecar: by default, without stopping
-    it, the Python stacks of whichever thread holds the GIL (where the sidecar's own CPU goes);
-    with ``native``, every thread's native frames as well, pausing the process per sample."""
+def _profile(scenario: Scenario, run: Run, out: Path, *, native: bool, pid: int) -> None:
+    """Run the scenario once with py-spy sampling the sidecar process ``pid``: by default,
+    without stopping it, the Python stacks of whichever thread holds the GIL (where the
+    sidecar's own CPU goes); with ``native``, every thread's native frames as well, pausing the
+    process per sample."""
     mode = ["--native", "--rate", "100"] if native else ["--nonblocking", "--gil", "--rate", "250"]
     spy = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(run.pids[0]),
+            str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
             *mode, "--format", "raw", "--output", f"{out}.folded",
         ],
         stdout=subprocess.DEVNULL,
@@ -267,6 +268,10 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="also profile each version with py-spy")
     parser.add_argument("--native", action="store_true", help="profile native frames too")
     parser.add_argument(
+        "--profile-delivery", action="store_true",
+        help="with --delivery-process, --profile samples the delivery process instead",
+    )  # fmt: skip
+    parser.add_argument(
         "--sidecar-arg", action="append", default=[], help="an extra argument for every sidecar"
     )
     parser.add_argument(
@@ -276,7 +281,7 @@ def main() -> None:
     parser.add_argument(
         "--delivery-process", action="store_true",
         help="streams go to a delivery process of their own (--subscribe-listen); CPU counts "
-        "both processes, --profile samples the publishing one",
+        "both processes, --profile samples the publishing one (see --profile-delivery)",
     )  # fmt: skip
     args = parser.parse_args()
     versions = dict(item.split("=", 1) for item in args.rev)
@@ -314,7 +319,8 @@ def main() -> None:
                     if number == "profile":
                         args.profile.mkdir(parents=True, exist_ok=True)
                         out = args.profile / f"{args.scenario}-{name}"
-                        _profile(scenario, run, out, native=args.native)
+                        pid = run.pids[-1] if args.profile_delivery else run.pids[0]
+                        _profile(scenario, run, out, native=args.native, pid=pid)
                         continue
                     figures = scenario(run)
                     rows[name].append(figures)

@@ -5,6 +5,9 @@
 or several queued ones in one ``notifications`` batch when the stream asked for batches: no
 Kafka, no Redis, no cursor, no encoding per stream. What that costs per delivered message is
 what grpc.aio costs, and so the least any Python sidecar's fan-out can cost here.
+
+``python -m bench.empty_server PORT h2`` serves the same service with the delivery process's
+own HTTP/2 server (``transport/h2_server.py``) instead: that server's floor.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import grpc
 import uvloop
 
 from dualstream.protowire import length_delimited
+from dualstream.transport.h2_server import CallContext, H2Server, Method
 from dualstream.v1 import event_service_pb2 as pb
 
 _RESPONSE = pb.PublishResponse(id="x", topic="events", partition=0, offset=0, notified=True)
@@ -68,6 +72,24 @@ class EmptyService:
             self.streams.discard(stream)
 
 
+async def serve_h2(port: int) -> None:
+    service = EmptyService()
+
+    async def publish(request: bytes, context: CallContext) -> bytes:
+        response = await service.Publish(pb.PublishRequest.FromString(request), context)
+        return response.SerializeToString()
+
+    def subscribe(request: bytes, context: CallContext) -> AsyncIterator[bytes]:
+        return service.Subscribe(pb.SubscribeRequest.FromString(request), context)
+
+    methods = {
+        "/dualstream.v1.EventService/Publish": Method(unary=publish),
+        "/dualstream.v1.EventService/Subscribe": Method(stream=subscribe),
+    }
+    async with H2Server(f"127.0.0.1:{port}", methods, max_calls_per_connection=10_000):
+        await asyncio.Event().wait()
+
+
 async def serve(port: int) -> None:
     server = grpc.aio.server()
     service = EmptyService()
@@ -90,4 +112,4 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(serve(int(sys.argv[1])))
+    uvloop.run((serve_h2 if sys.argv[2:] == ["h2"] else serve)(int(sys.argv[1])))

@@ -76,6 +76,21 @@ def delivery_pid(sidecar: SidecarProcess) -> int:
     return delivering
 
 
+async def _both_healthy(sidecar: SidecarProcess) -> None:
+    """`dualstream health`, from the same environment as `serve`, checks both processes."""
+    status, output = await health(
+        env={
+            "DUALSTREAM_LISTEN": sidecar.listen,
+            "DUALSTREAM_SUBSCRIBE_LISTEN": sidecar.subscribe_target,
+            "DUALSTREAM_ADMIN_LISTEN": f"127.0.0.1:{sidecar.admin_port}",
+        }
+    )
+    assert status == 0, output
+    assert output.startswith(
+        f"healthy: gRPC {sidecar.listen} SERVING; gRPC {sidecar.subscribe_target} SERVING; "
+    ), output
+
+
 @pytest.fixture
 async def two_workers(
     kafka: KafkaBroker, shared_redis: RedisServer, topic: str, tmp_path: Path
@@ -168,18 +183,7 @@ async def test_streams_on_the_subscribe_listener_have_a_process_that_yields_the_
             assert await _open_streams(delivery_admin) == 1
             assert await _open_streams(f"127.0.0.1:{sidecar.admin_port}") == 0
             stream.close()
-        # `dualstream health`, from the same environment as `serve`, checks both processes.
-        status, output = await health(
-            env={
-                "DUALSTREAM_LISTEN": sidecar.listen,
-                "DUALSTREAM_SUBSCRIBE_LISTEN": sidecar.subscribe_target,
-                "DUALSTREAM_ADMIN_LISTEN": f"127.0.0.1:{sidecar.admin_port}",
-            }
-        )
-        assert status == 0, output
-        assert output.startswith(
-            f"healthy: gRPC {sidecar.listen} SERVING; gRPC {sidecar.subscribe_target} SERVING; "
-        ), output
+        await _both_healthy(sidecar)
         sidecar.request_stop()
         assert await asyncio.to_thread(sidecar.wait_exit, 30) == 0
         assert not _alive(delivering)
@@ -241,13 +245,6 @@ async def test_the_delivery_process_can_serve_streams_with_its_own_http2(
             assert refused.value.code == grpc.StatusCode.UNIMPLEMENTED
             assert "publish on the sidecar's main address" in refused.value.details
             stream.close()
-        status_code, output = await health(
-            env={
-                "DUALSTREAM_LISTEN": sidecar.listen,
-                "DUALSTREAM_SUBSCRIBE_LISTEN": sidecar.subscribe_target,
-                "DUALSTREAM_ADMIN_LISTEN": f"127.0.0.1:{sidecar.admin_port}",
-            }
-        )
-        assert status_code == 0, output
+        await _both_healthy(sidecar)
         sidecar.request_stop()
         assert await asyncio.to_thread(sidecar.wait_exit, 30) == 0

@@ -221,10 +221,20 @@ func TestSubscribeWithAWildcard(t *testing.T) {
 
 func TestResumeFromACursor(t *testing.T) {
 	client := connect(t, "DUALSTREAM_TEST_TARGET")
+	resumeFromACursor(t, client, client)
+}
+
+// The delivery process's own HTTP/2 server (--subscribe-server h2) speaks gRPC to this client
+// as grpc-go's server would: live notifications, a resumed cursor's replay, live again.
+func TestResumeFromACursorOnTheDeliveryProcess(t *testing.T) {
+	resumeFromACursor(t, connect(t, "DUALSTREAM_TEST_TARGET"), connect(t, "DUALSTREAM_TEST_STREAMS_TARGET"))
+}
+
+func resumeFromACursor(t *testing.T, client, streams *dualstream.Client) {
 	ctx := testContext(t)
 	kind := sourceType(t)
 	sources := []dualstream.Source{{Type: kind, ID: "a"}}
-	first, err := client.Subscribe(ctx, sources)
+	first, err := streams.Subscribe(ctx, sources)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +248,7 @@ func TestResumeFromACursor(t *testing.T) {
 	first.Close()
 	publishAll(t, client, dualstream.Event{ID: "r-2", Type: "t", SourceType: kind, SourceID: "a"})
 
-	resumed, err := client.Subscribe(ctx, sources, dualstream.WithResumeCursor(cursor))
+	resumed, err := streams.Subscribe(ctx, sources, dualstream.WithResumeCursor(cursor))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,43 +343,5 @@ func TestQuickstartRunsAsWritten(t *testing.T) {
 	}
 	if strings.Fields(lines[0])[1] != strings.Fields(lines[1])[1] {
 		t.Errorf("the notification is not the published event's:\n%s", output)
-	}
-}
-
-// The delivery process's own HTTP/2 server (--subscribe-server h2) speaks gRPC to this client
-// as grpc-go's server would: live notifications, batches of replayed ones, a resumed cursor.
-func TestStreamsFromTheDeliveryProcess(t *testing.T) {
-	publisher := connect(t, "DUALSTREAM_TEST_TARGET")
-	streams := connect(t, "DUALSTREAM_TEST_STREAMS_TARGET")
-	ctx := testContext(t)
-	kind := sourceType(t)
-	sources := []dualstream.Source{{Type: kind, ID: "a"}}
-	live, err := streams.Subscribe(ctx, sources)
-	if err != nil {
-		t.Fatal(err)
-	}
-	publishAll(t, publisher,
-		dualstream.Event{ID: "d-0", Type: "t", SourceType: kind, SourceID: "a"},
-		dualstream.Event{ID: "d-1", Type: "t", SourceType: kind, SourceID: "a"},
-		dualstream.Event{ID: "d-2", Type: "t", SourceType: kind, SourceID: "a"},
-	)
-	pull, stop := iterPull(live)
-	got := next(t, pull, 3)
-	stop()
-	live.Close()
-	if fmt.Sprint(ids(got)) != "[d-0 d-1 d-2]" || got[0].Replayed {
-		t.Fatalf("want d-0 d-1 d-2 live, got %v (%+v)", ids(got), got)
-	}
-	resumed, err := streams.Subscribe(ctx, sources,
-		dualstream.WithResumeCursor(got[0].Cursor()), dualstream.WithBatching(16))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resumed.Close()
-	pull, stop = iterPull(resumed)
-	defer stop()
-	replayed := next(t, pull, 2)
-	if fmt.Sprint(ids(replayed)) != "[d-1 d-2]" || !replayed[0].Replayed {
-		t.Errorf("want d-1 d-2 replayed, got %v (%+v)", ids(replayed), replayed)
 	}
 }

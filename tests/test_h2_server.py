@@ -77,7 +77,9 @@ async def server(handlers: _Handlers) -> AsyncIterator[H2Server]:
         _UNARY: Method(unary=handlers.unary),
         _HEALTH: Method(unary=handlers.unary),
     }
-    async with H2Server("127.0.0.1:0", methods, max_calls_per_connection=100) as running:
+    async with H2Server(
+        "127.0.0.1:0", methods, max_calls_per_connection=100, max_request_bytes=1000
+    ) as running:
         yield running
 
 
@@ -151,10 +153,13 @@ async def test_an_unknown_method_is_unimplemented(channel: grpc.aio.Channel) -> 
     assert "/test.Service/Publish is not served on this address" in (refused.value.details() or "")
 
 
-async def test_compressed_requests_are_refused(channel: grpc.aio.Channel) -> None:
+async def test_gzip_requests_and_the_request_size_limit(channel: grpc.aio.Channel) -> None:
+    request = b"ab" * 400
+    assert await _unary(channel)(request, compression=grpc.Compression.Gzip) == request[::-1]
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await _unary(channel)(b"x" * 100, compression=grpc.Compression.Gzip)
-    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        await _unary(channel)(b"x" * 1001)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limit of 1000 bytes" in (refused.value.details() or "")
 
 
 async def test_a_token_is_required_except_for_health_checks(handlers: _Handlers) -> None:

@@ -10,8 +10,8 @@ implementation; this module maps its events to calls.
 
 What a call may do is what the delivery process needs: unary and server-streaming methods
 whose handlers take the request's bytes and return or yield the response's bytes. Requests
-may not be compressed (gRPC clients compress only when told to). ``CallContext`` offers what
-the handlers use of grpc.aio's servicer context.
+may be compressed with gzip or deflate; responses are not. ``CallContext`` offers what the
+handlers use of grpc.aio's servicer context.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gzip
 import hmac
 import logging
 import ssl
 import time
 import urllib.parse
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, cast
@@ -46,7 +48,8 @@ Metadatum = tuple[str, str | bytes]
 UnaryHandler = Callable[[bytes, "CallContext"], Awaitable[bytes]]
 StreamHandler = Callable[[bytes, "CallContext"], AsyncIterator[bytes]]
 
-# A request's message is at most this large: the delivery process takes only small requests.
+# A request's message is at most this large unless the server is told otherwise: the
+# delivery process takes only small requests.
 MAX_REQUEST_BYTES = 1024 * 1024
 # Bytes a connection may have queued for its socket before its streams wait (asyncio pauses
 # the protocol past it): a notification to 1,000 streams on one connection is ~150 KiB.
@@ -57,7 +60,7 @@ _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1
 
 @dataclass(frozen=True, slots=True)
 class Method:
-    """A method's handler: ``stream`` yields response messages, ``unary`` returns one."""
+    """A method's handler: ``unary`` returns one response message, ``stream`` yields them."""
 
     unary: UnaryHandler | None = None
     stream: StreamHandler | None = None
@@ -152,6 +155,7 @@ class _Call:
         self.method = method
         self.context = context
         self.request = bytearray()
+        self.encoding = b"identity"
         self.task: asyncio.Task[None] | None = None
         self.headers_sent = False
         self.ended = False
@@ -177,13 +181,12 @@ class _Call:
 
     async def _run(self) -> None:
         try:
-            message = self._request_message()
             method = self.method
             if method.stream is not None:
-                async for response in method.stream(message, self.context):
+                async for response in method.stream(self._request_message(), self.context):
                     await self.send(response)
             elif method.unary is not None:
-                await self.send(await method.unary(message, self.context))
+                await self.send(await method.unary(self._request_message(), self.context))
             self.end(grpc.StatusCode.OK, "")
         except _AbortedError as aborted:
             self.end(aborted.code, aborted.details, aborted.trailers)
@@ -196,19 +199,37 @@ class _Call:
             self.connection.forget(self)
 
     def _request_message(self) -> bytes:
-        request = bytes(self.request)
-        if len(request) < 5:
-            raise _AbortedError(grpc.StatusCode.INTERNAL, "the request has no gRPC message", ())
-        if request[0]:
-            raise _AbortedError(
-                grpc.StatusCode.UNIMPLEMENTED, "this address takes uncompressed requests only", ()
-            )
-        length = int.from_bytes(request[1:5], "big")
-        if length != len(request) - 5:
+        """The one request message of a unary or server-streaming call."""
+        request = self.request
+        if len(request) < 5 or int.from_bytes(request[1:5], "big") != len(request) - 5:
             raise _AbortedError(
                 grpc.StatusCode.INTERNAL, "the request is not exactly one gRPC message", ()
             )
-        return request[5:]
+        return self._decoded(request[0], bytes(request[5:]))
+
+    def _decoded(self, compressed: int, message: bytes) -> bytes:
+        if not compressed:
+            return message
+        try:
+            if self.encoding == b"gzip":
+                return gzip.decompress(message)
+            if self.encoding == b"deflate":
+                return zlib.decompress(message)
+        except (OSError, zlib.error, EOFError) as exc:
+            raise _AbortedError(
+                grpc.StatusCode.INTERNAL, f"the request does not decompress ({exc})", ()
+            ) from exc
+        raise _AbortedError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"request compression {self.encoding.decode(errors='replace')!r} is not supported; "
+            "use gzip, deflate or none",
+            (),
+        )
+
+    def take_data(self, data: bytes, limit: int) -> bool:
+        """Add request bytes; False once they are more than a message of ``limit`` bytes."""
+        self.request += data
+        return len(self.request) <= limit + 5
 
     async def send(self, message: bytes) -> None:
         """Queue one response message; waits only while HTTP/2's flow control (or the socket)
@@ -332,11 +353,11 @@ class _Connection(asyncio.Protocol):
         call = self.calls.get(event.stream_id)
         if call is None or call.task is not None:
             return
-        call.request += event.data or b""
-        if len(call.request) > MAX_REQUEST_BYTES + 5:
+        limit = self.server.max_request_bytes
+        if not call.take_data(event.data or b"", limit):
             call.end(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the request is over {MAX_REQUEST_BYTES} bytes",
+                f"the request message is larger than this server's limit of {limit} bytes",
             )
             self.calls.pop(event.stream_id, None)
 
@@ -356,6 +377,7 @@ class _Connection(asyncio.Protocol):
             self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         call = _Call(self, stream_id, method or Method(), context)
+        call.encoding = headers.get(b"grpc-encoding", b"identity")
         self.calls[stream_id] = call
         refusal = self._refusal(path, method, headers)
         if refusal is not None:
@@ -434,7 +456,8 @@ class _Connection(asyncio.Protocol):
 
 class H2Server(Service):
     """Serves ``methods`` (by path: ``/package.Service/Method``) on ``listen``: ``host:port``
-    or ``unix:/path``. ``port`` is the TCP port bound (for ``host:0``)."""
+    or ``unix:/path``, with TLS if given a context. ``port`` is the TCP port bound (for
+    ``host:0``)."""
 
     def __init__(
         self,
@@ -442,11 +465,13 @@ class H2Server(Service):
         methods: Mapping[str, Method],
         *,
         max_calls_per_connection: int,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
         shutdown_grace: float = 0.0,
         token: str = "",
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.listen = listen
+        self.max_request_bytes = max_request_bytes
         self.shutdown_grace = shutdown_grace
         self.methods = dict(methods)
         self.max_calls_per_connection = max_calls_per_connection

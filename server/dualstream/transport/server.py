@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,9 @@ from dualstream.status import SidecarStatus, sidecar_status
 from dualstream.streams import StreamService
 from dualstream.transport.access import TokenAuthInterceptor
 from dualstream.transport.admission import Admission, QueueProbe
-from dualstream.transport.h2_server import H2Server, Method, tls_context
-from dualstream.transport.servicer import (
-    SERVICE_NAME,
-    CallContext,
-    EventServicer,
-    tolerant_parser,
-)
+from dualstream.transport.h2_methods import streams_methods
+from dualstream.transport.h2_server import H2Server, tls_context
+from dualstream.transport.servicer import SERVICE_NAME, EventServicer, tolerant_parser
 from dualstream.v1 import event_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -233,33 +229,9 @@ class Sidecar(Service):
         """The delivery process's own HTTP/2 server (``transport/h2_server.py``): Subscribe,
         GetStatus and health checks; no publishes, so no admission probe."""
         settings = self.settings
-        servicer = self._servicer
-        parse_subscribe = tolerant_parser(pb.SubscribeRequest)
-        parse_status = tolerant_parser(pb.GetStatusRequest)
-
-        def subscribe(request: bytes, context: CallContext) -> AsyncIterator[bytes]:
-            return servicer.Subscribe(parse_subscribe(request), context)
-
-        async def get_status(request: bytes, context: CallContext) -> bytes:
-            response = await servicer.GetStatus(parse_status(request), context)
-            return response.SerializeToString()
-
-        async def check_health(request: bytes, context: CallContext) -> bytes:
-            service = health_pb2.HealthCheckRequest.FromString(request).service
-            if service not in ("", SERVICE_NAME):
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
-            response: bytes = health_pb2.HealthCheckResponse(
-                status=self._serving()
-            ).SerializeToString()
-            return response
-
         server = H2Server(
             settings.listen,
-            {
-                f"/{SERVICE_NAME}/Subscribe": Method(stream=subscribe),
-                f"/{SERVICE_NAME}/GetStatus": Method(unary=get_status),
-                "/grpc.health.v1.Health/Check": Method(unary=check_health),
-            },
+            streams_methods(self._servicer, self._serving),
             max_calls_per_connection=self._calls_per_connection(),
             shutdown_grace=settings.shutdown_grace,
             token=self._auth_token(),

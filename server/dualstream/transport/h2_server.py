@@ -54,6 +54,8 @@ MAX_REQUEST_BYTES = 1024 * 1024
 # Bytes a connection may have queued for its socket before its streams wait (asyncio pauses
 # the protocol past it): a notification to 1,000 streams on one connection is ~150 KiB.
 WRITE_BUFFER_HIGH = 4 * 1024 * 1024
+# How long a stopping server waits for its connections to close before it cuts them.
+CLOSE_TIMEOUT = 5.0
 _RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
@@ -241,6 +243,16 @@ class _Call:
             h2_connection.send_headers(stream_id, _RESPONSE_HEADERS)
             self.headers_sent = True
         data = b"\x00" + len(message).to_bytes(4, "big") + message
+        if len(data) <= h2_connection.max_outbound_frame_size and not connection.paused:
+            # The usual case, one frame: h2 checks the flow-control window itself, and refuses
+            # before changing anything, so it is not asked for the window twice.
+            try:
+                h2_connection.send_data(stream_id, data)
+            except h2.exceptions.FlowControlError:
+                pass
+            else:
+                connection.flush_soon()
+                return
         while data:
             room = min(
                 h2_connection.local_flow_control_window(stream_id),
@@ -304,10 +316,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
         for call in list(self.calls.values()):
             call.cancel()
         self._wake()
+        self.server.connection_lost(self)
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -453,6 +465,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
 
 class H2Server(Service):
     """Serves ``methods`` (by path: ``/package.Service/Method``) on ``listen``: ``host:port``
@@ -481,6 +497,7 @@ class H2Server(Service):
         self.port: int | None = None
         self._server: asyncio.Server | None = None
         self._idle: asyncio.Event | None = None
+        self._no_connections: asyncio.Event | None = None
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -520,8 +537,22 @@ class H2Server(Service):
         for connection in list(self.connections):
             connection.flush()
             connection.close()
+        # Until each is closed (TLS says goodbye first): a transport left to the garbage
+        # collector is a ResourceWarning and a socket held open meanwhile.
+        if self.connections:
+            self._no_connections = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._no_connections.wait()
+            for connection in list(self.connections):
+                connection.abort()
         if server is not None:
             await server.wait_closed()
+
+    def connection_lost(self, connection: _Connection) -> None:
+        self.connections.discard(connection)
+        if not self.connections and self._no_connections is not None:
+            self._no_connections.set()
 
 
 def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:

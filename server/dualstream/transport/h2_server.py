@@ -243,16 +243,6 @@ class _Call:
             h2_connection.send_headers(stream_id, _RESPONSE_HEADERS)
             self.headers_sent = True
         data = b"\x00" + len(message).to_bytes(4, "big") + message
-        if len(data) <= h2_connection.max_outbound_frame_size and not connection.paused:
-            # The usual case, one frame: h2 checks the flow-control window itself, and refuses
-            # before changing anything, so it is not asked for the window twice.
-            try:
-                h2_connection.send_data(stream_id, data)
-            except h2.exceptions.FlowControlError:
-                pass
-            else:
-                connection.flush_soon()
-                return
         while data:
             room = min(
                 h2_connection.local_flow_control_window(stream_id),

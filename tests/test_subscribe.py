@@ -263,3 +263,21 @@ async def test_subscribe_and_unsubscribe_racing_on_one_channel_miss_nothing(
 
 def _probe(source_type: str, offset: int) -> bytes:
     return Notification(f"p{offset}", "t", source_type, "x", "topic", 0, offset).to_json()
+
+
+@pytest.mark.parametrize("delivery_process", [False, True])
+async def test_a_stopped_sidecar_leaves_no_stream_handler_running(
+    settings: Any, tracer: Any, source_type: str, delivery_process: bool
+) -> None:
+    """Streams whose clients just went, and streams still open, have all finished once the
+    sidecar has stopped: none is left for the event loop's close to cancel (which grpc.aio
+    logs as an unhandled error)."""
+    sidecar = Sidecar(settings, tracer, delivery_process=delivery_process)
+    async with sidecar, DualstreamClient(target_of(sidecar), timeout=30) as client:
+        streams = [client.subscribe([(source_type, f"s{n}")]) for n in range(6)]
+        for stream in streams:
+            await stream.wait_live()
+        for stream in streams[:3]:
+            stream.close()
+        assert sidecar.running_streams > 0
+    assert sidecar.running_streams == 0

@@ -143,6 +143,11 @@ class Sidecar(Service):
         )
 
     @property
+    def running_streams(self) -> int:
+        """Subscribe handlers still running (a stopped sidecar has none)."""
+        return self._servicer.running_streams.count
+
+    @property
     def admin_port(self) -> int | None:
         return self.admin.port if self.admin is not None else None
 
@@ -355,6 +360,13 @@ class Sidecar(Service):
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
             self._server = None
+        running = self._servicer.running_streams
+        if not await running.none_within(self.settings.shutdown_grace):
+            logger.warning(
+                "%d Subscribe streams were still closing %g s after the server stopped",
+                running.count,
+                self.settings.shutdown_grace,
+            )
         if self._h2_server is not None:
             await self._h2_server.stop()
             self._h2_server = None

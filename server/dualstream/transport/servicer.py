@@ -194,6 +194,38 @@ def tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Any]:
     return parse
 
 
+class RunningStreams:
+    """How many Subscribe handlers are running, and a wait for none to be.
+
+    A stream whose client went away is over for gRPC's core at once, so the server's stop does
+    not wait for its handler, which may still be closing its subscription. A handler left
+    running when the event loop closes is cancelled there, and grpc.aio logs that as an
+    unhandled error; the sidecar waits for them after the server stopped."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    def started(self) -> None:
+        self.count += 1
+        self._none.clear()
+
+    def finished(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self._none.set()
+
+    async def none_within(self, timeout: float) -> bool:
+        """Until no handler runs, for up to ``timeout`` seconds; whether none does."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._none.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
 class EventServicer(pb_grpc.EventServiceServicer):
     def __init__(
         self,
@@ -220,6 +252,7 @@ class EventServicer(pb_grpc.EventServiceServicer):
         self._status = status
         self._max_streams_per_client = max_streams_per_client
         self._streams_by_peer: collections.Counter[str] = collections.Counter()
+        self.running_streams = RunningStreams()
         self._encoder = DeliveryEncoder()
         # Our own bound on publish calls (grpc.aio's maximum_concurrent_rpcs is not reliable:
         # it can stop counting), and refusal past capacity.
@@ -296,19 +329,14 @@ class EventServicer(pb_grpc.EventServiceServicer):
     ) -> AsyncIterator[bytes]:
         """Yields ``SubscribeResponse`` messages already encoded (the method's serializer is
         the identity): a live notification's shared fields are encoded once for all streams."""
+        running = self.running_streams
+        running.started()
         try:
             with self._call("Subscribe", context, streaming=True) as span:
                 if isinstance(request, MalformedRequest):
                     raise request.error()
                 stream_request = convert.stream_request_from_proto(request)
-                peer = client_connection(context.peer())
-                if peer and self._streams_by_peer[peer] >= self._max_streams_per_client:
-                    raise ResourceExhaustedError(
-                        f"this client already has {self._max_streams_per_client} streams open, "
-                        "its limit"
-                    )
-                self._streams_by_peer[peer] += 1
-                try:
+                with self._client_stream(client_connection(context.peer())):
                     async with self._streams.open(stream_request) as items:
                         stream = span.get_span_context()
                         gate = self._admission.gate
@@ -352,12 +380,25 @@ class EventServicer(pb_grpc.EventServiceServicer):
                                 if isinstance(item, Gap):
                                     self._count_gap(item)
                                 yield convert.stream_item_to_proto(item).SerializeToString()
-                finally:
-                    self._streams_by_peer[peer] -= 1
-                    if not self._streams_by_peer[peer]:
-                        del self._streams_by_peer[peer]
         except _StatusError as failure:
             await _end_call(context, failure)
+        finally:
+            running.finished()
+
+    @contextmanager
+    def _client_stream(self, peer: str) -> Iterator[None]:
+        """One more stream of this client's, within ``max_streams_per_client``."""
+        if peer and self._streams_by_peer[peer] >= self._max_streams_per_client:
+            raise ResourceExhaustedError(
+                f"this client already has {self._max_streams_per_client} streams open, its limit"
+            )
+        self._streams_by_peer[peer] += 1
+        try:
+            yield
+        finally:
+            self._streams_by_peer[peer] -= 1
+            if not self._streams_by_peer[peer]:
+                del self._streams_by_peer[peer]
 
     def _count_delivery(self, delivery: Delivery) -> None:
         counter = self._replayed_deliveries if delivery.replayed else self._live_deliveries

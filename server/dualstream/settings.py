@@ -17,8 +17,8 @@ from dualstream.heartbeats import BEAT_INTERVAL
 
 ENV_PREFIX = "DUALSTREAM_"
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SUBSCRIBE_SERVERS = ("grpcio", "h2")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SUBSCRIBE_SERVERS = ("grpcio", "h2")
 
 
 def _setting(default: Any, help: str) -> Any:

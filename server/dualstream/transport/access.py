@@ -13,11 +13,27 @@ EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 TOKEN_REFUSED = "missing or wrong token: send metadata `authorization: Bearer <token>`"
 
 
+class BearerToken:
+    """The one check of a call's ``authorization`` against the sidecar's token, for grpc.aio's
+    interceptor and the delivery process's own HTTP/2 server alike."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def admits(self, method: str, presented: str | bytes) -> bool:
+        """Whether a call of ``method`` (``/package.Service/Method``) presenting this
+        ``authorization`` value may go on: health checks always may."""
+        if method.startswith(EXEMPT_PREFIXES):
+            return True
+        raw = presented.encode() if isinstance(presented, str) else bytes(presented)
+        return hmac.compare_digest(raw, self._expected)
+
+
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Answers UNAUTHENTICATED unless metadata has ``authorization: Bearer <token>``."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._token = BearerToken(token)
 
     async def intercept_service(
         self,
@@ -27,12 +43,10 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method or ""
-        if handler is None or method.startswith(EXEMPT_PREFIXES):
+        if handler is None:
             return handler
         presented = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        raw = presented.encode() if isinstance(presented, str) else bytes(presented)
-        if hmac.compare_digest(raw, self._expected):
+        if self._token.admits(handler_call_details.method or "", presented):
             return handler
         return _refusal(handler)
 

@@ -20,7 +20,6 @@ import asyncio
 import base64
 import contextlib
 import gzip
-import hmac
 import logging
 import ssl
 import time
@@ -40,7 +39,7 @@ import h2.settings
 import hyperframe.frame
 
 from dualstream.lifecycle import Service, cancel_and_wait
-from dualstream.transport.access import EXEMPT_PREFIXES, TOKEN_REFUSED
+from dualstream.transport.access import TOKEN_REFUSED, BearerToken
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +98,10 @@ class CallContext:
     def cancelled(self) -> bool:
         return self._cancelled
 
+    def mark_cancelled(self) -> None:
+        """The client went away (or the deadline passed): the handler is being cancelled."""
+        self._cancelled = True
+
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Sequence[Metadatum] = ()
     ) -> NoReturn:
@@ -150,14 +153,19 @@ class _Call:
     """One HTTP/2 stream: its request, its handler's task, and the writing of its responses."""
 
     def __init__(
-        self, connection: _Connection, stream_id: int, method: Method, context: CallContext
+        self,
+        connection: _Connection,
+        stream_id: int,
+        method: Method,
+        context: CallContext,
+        encoding: bytes = b"identity",
     ) -> None:
         self.connection = connection
         self.stream_id = stream_id
         self.method = method
         self.context = context
         self.request = bytearray()
-        self.encoding = b"identity"
+        self.encoding = encoding  # The request's grpc-encoding.
         self.task: asyncio.Task[None] | None = None
         self.headers_sent = False
         self.ended = False
@@ -177,7 +185,7 @@ class _Call:
 
     def cancel(self) -> None:
         """The client is gone (reset, or the connection closed): the handler is cancelled."""
-        self.context._cancelled = True
+        self.context.mark_cancelled()
         if self.task is not None:
             self.task.cancel()
 
@@ -364,6 +372,9 @@ class _Connection(asyncio.Protocol):
             self.calls.pop(event.stream_id, None)
 
     def _request(self, stream_id: int, raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
+        if self.going_away:  # A call sent before the client read the GOAWAY: retry elsewhere.
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
         headers: dict[bytes, bytes] = {}
         metadata: list[Metadatum] = []
         for name, value in raw_headers:
@@ -375,11 +386,8 @@ class _Connection(asyncio.Protocol):
         context = CallContext(metadata, self.peer, _deadline(headers.get(b"grpc-timeout")))
         path = headers.get(b":path", b"").decode("ascii", "replace")
         method = self.server.methods.get(path)
-        if self.going_away:  # A call sent before the client read the GOAWAY: retry elsewhere.
-            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            return
-        call = _Call(self, stream_id, method or Method(), context)
-        call.encoding = headers.get(b"grpc-encoding", b"identity")
+        encoding = headers.get(b"grpc-encoding", b"identity")
+        call = _Call(self, stream_id, method or Method(), context, encoding)
         self.calls[stream_id] = call
         refusal = self._refusal(path, method, headers)
         if refusal is not None:
@@ -397,12 +405,8 @@ class _Connection(asyncio.Protocol):
                 f"{path or 'this method'} is not served on this address, which serves "
                 "Subscribe streams; publish on the sidecar's main address",
             )
-        expected = self.server.expected_authorization
-        if (
-            expected
-            and not path.startswith(EXEMPT_PREFIXES)
-            and not hmac.compare_digest(headers.get(b"authorization", b""), expected)
-        ):
+        token = self.server.token
+        if token is not None and not token.admits(path, headers.get(b"authorization", b"")):
             return grpc.StatusCode.UNAUTHENTICATED, TOKEN_REFUSED
         return None
 
@@ -481,7 +485,7 @@ class H2Server(Service):
         self.shutdown_grace = shutdown_grace
         self.methods = dict(methods)
         self.max_calls_per_connection = max_calls_per_connection
-        self.expected_authorization = f"Bearer {token}".encode() if token else b""
+        self.token = BearerToken(token) if token else None
         self.ssl_context = ssl_context
         self.connections: set[_Connection] = set()
         self.port: int | None = None

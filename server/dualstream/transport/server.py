@@ -104,7 +104,7 @@ class Sidecar(Service):
         ``delivery_process``: this is the process of ``subscribe_listen``, whose streams are
         served by ``subscribe_server``."""
         self.settings = settings
-        self.own_http2 = delivery_process and settings.subscribe_server == "h2"
+        self._own_http2 = delivery_process and settings.subscribe_server == "h2"
         self.metrics = metrics or SidecarMetrics()
         self.admission = Admission(settings.max_concurrent_rpcs, settings.max_queue_delay)
         self.publisher = build_publisher(
@@ -172,7 +172,7 @@ class Sidecar(Service):
         await self.publisher.start()
         await self.reader.start()
         await self.hub.start()
-        if self.own_http2:
+        if self._own_http2:
             await self._serve_http2()
             return
         max_message = (

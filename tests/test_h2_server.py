@@ -123,7 +123,8 @@ async def test_a_deadline_ends_the_stream_deadline_exceeded(
     call = _stream(channel)(b"1", timeout=30)
     assert await call.read() == b"0"
     assert handlers.remaining is not None
-    assert 0 < handlers.remaining <= 30
+    # gRPC's client rounds the grpc-timeout it sends up, to a coarser unit when it must.
+    assert 0 < handlers.remaining <= 31
     short = _stream(channel)(b"0", timeout=0.5)
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await short.read()

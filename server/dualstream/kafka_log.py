@@ -14,7 +14,6 @@ of several dying is not "unreachable": the probe asks every known broker in turn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from dualstream.connections import explained_connect_error, kafka_client_options
 from dualstream.errors import DualstreamError, InvalidArgumentError, UnavailableError
 from dualstream.events import RecordPosition
 from dualstream.kafka_batches import Batch, BatchWriter
-from dualstream.lifecycle import Service, cancel_and_wait, wait_all_done
+from dualstream.lifecycle import Service, cancel_and_wait, event_set_within, wait_all_done
 from dualstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -114,9 +113,7 @@ class KafkaEventLog(Service):
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for the log to be ready; whether it is."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._ready.wait()
+        await event_set_within(self._ready, timeout)
         return self.ready
 
     def _new_producer(self) -> AIOKafkaProducer:

@@ -79,6 +79,16 @@ async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
             raise
 
 
+async def event_set_within(event: asyncio.Event, timeout: float) -> bool:
+    """Until ``event`` is set, for up to ``timeout`` seconds; whether it is."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 async def wait_all_done(futures: Iterable[asyncio.Future[Any]]) -> None:
     """Until every one of ``futures`` is done, without awaiting them: a caller cancelled
     meanwhile leaves them alone (their outcomes stay for whoever reads them).

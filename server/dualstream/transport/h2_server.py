@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import gzip
 import logging
 import ssl
@@ -41,7 +40,7 @@ import h2.settings
 import h2.stream
 import hyperframe.frame
 
-from dualstream.lifecycle import Service, cancel_and_wait
+from dualstream.lifecycle import Service, cancel_and_wait, event_set_within
 from dualstream.transport.access import TOKEN_REFUSED, BearerToken
 
 logger = logging.getLogger(__name__)
@@ -567,9 +566,7 @@ class H2Server(Service):
             connection.goaway()
         if grace > 0 and any(c.calls for c in self.connections):
             self._idle = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    await self._idle.wait()
+            await event_set_within(self._idle, grace)
         calls = [call for connection in self.connections for call in connection.calls.values()]
         for call in calls:
             call.end(grpc.StatusCode.UNAVAILABLE, "the sidecar is stopping")
@@ -581,9 +578,7 @@ class H2Server(Service):
         # collector is a ResourceWarning and a socket held open meanwhile.
         if self.connections:
             self._no_connections = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await self._no_connections.wait()
+            await event_set_within(self._no_connections, CLOSE_TIMEOUT)
             for connection in list(self.connections):
                 connection.abort()
         if server is not None:

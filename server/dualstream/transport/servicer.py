@@ -24,6 +24,7 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from dualstream.errors import DualstreamError, InvalidArgumentError, ResourceExhaustedError
+from dualstream.lifecycle import event_set_within
 from dualstream.metrics import Count, RpcCalls, SidecarMetrics
 from dualstream.publisher import Publisher
 from dualstream.status import SidecarStatus
@@ -218,12 +219,7 @@ class RunningStreams:
 
     async def none_within(self, timeout: float) -> bool:
         """Until no handler runs, for up to ``timeout`` seconds; whether none does."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._none.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await event_set_within(self._none, timeout)
 
 
 class EventServicer(pb_grpc.EventServiceServicer):

@@ -9,6 +9,7 @@ session on first use; the tests that use it run last (see ``pytest_collection_mo
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -138,6 +139,9 @@ def make_settings(
         # Tests fire bursts of calls on a machine that may be loaded, and check what the
         # sidecar does with them; refusing them for queueing has tests of its own.
         "max_queue_delay": 30.0,
+        # The whole suite runs on either server of the publishing address, as `serve` would
+        # be told (`DUALSTREAM_API_SERVER=h2 make test`).
+        "api_server": os.environ.get("DUALSTREAM_API_SERVER", "grpcio"),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -7,15 +7,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
 import pytest
 
 from dualstream.transport.access import TOKEN_REFUSED
-from dualstream.transport.h2_server import CallContext, H2Server, Method
+from dualstream.transport.h2_server import CallContext, H2Server, Method, _ServerConnection
 from dualstream.transport.status import retry_trailers
 
 _STREAM = "/test.Service/Stream"
 _UNARY = "/test.Service/Unary"
 _HEALTH = "/grpc.health.v1.Health/Check"
+_BIDI = "/test.Service/Bidi"
 
 
 def _stream(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
@@ -62,7 +68,18 @@ class _Handlers:
             )
         if request == b"fail":
             raise RuntimeError("a bug")
+        if request == b"set":
+            context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.set_details("set, not raised")
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", "10"),))
+            return b"dropped"
         return request[::-1]
+
+    async def bidi(
+        self, requests: AsyncIterator[bytes], context: CallContext
+    ) -> AsyncIterator[bytes]:
+        async for request in requests:
+            yield request.upper()
 
 
 @pytest.fixture
@@ -76,6 +93,7 @@ async def server(handlers: _Handlers) -> AsyncIterator[H2Server]:
         _STREAM: Method(stream=handlers.stream),
         _UNARY: Method(unary=handlers.unary),
         _HEALTH: Method(unary=handlers.unary),
+        _BIDI: Method(bidi=handlers.bidi),
     }
     async with H2Server(
         "127.0.0.1:0", methods, max_calls_per_connection=100, max_request_bytes=1000
@@ -188,6 +206,28 @@ async def test_gzip_requests_and_the_request_size_limit(channel: grpc.aio.Channe
     assert "limit of 1000 bytes" in (refused.value.details() or "")
 
 
+async def test_a_status_set_instead_of_raised_drops_the_response(
+    channel: grpc.aio.Channel,
+) -> None:
+    call = _unary(channel)(b"set")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.details() == "set, not raised"
+    assert ("grpc-retry-pushback-ms", "10") in tuple(await call.trailing_metadata() or ())
+
+
+async def test_a_bidirectional_call_answers_each_message_as_it_comes(
+    channel: grpc.aio.Channel,
+) -> None:
+    call = channel.stream_stream(_BIDI, None, None)(None)
+    for word in (b"one", b"two"):
+        await call.write(word)
+        assert await call.read() == word.upper()
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+
+
 async def test_a_token_is_required_except_for_health_checks(handlers: _Handlers) -> None:
     methods = {_UNARY: Method(unary=handlers.unary), _HEALTH: Method(unary=handlers.unary)}
     async with (
@@ -218,11 +258,89 @@ async def test_stopping_ends_the_streams_unavailable(handlers: _Handlers) -> Non
     await server.stop()  # Idempotent.
 
 
-async def test_a_unix_socket(tmp_path: Path, handlers: _Handlers) -> None:
+async def test_a_unix_socket_and_a_private_abstract_one(
+    tmp_path: Path, handlers: _Handlers
+) -> None:
     path = f"{tmp_path}/h2.sock"
+    private = f"unix-abstract:dualstream-test-{id(handlers)}"
     methods = {_UNARY: Method(unary=handlers.unary)}
     async with (
-        H2Server(f"unix:{path}", methods, max_calls_per_connection=10),
+        H2Server(f"unix:{path}", methods, max_calls_per_connection=10, private_listen=[private]),
         grpc.aio.insecure_channel(f"unix:{path}") as channel,
+        grpc.aio.insecure_channel(private) as private_channel,
     ):
         assert await _unary(channel)(b"ab") == b"ba"
+        assert await _unary(private_channel)(b"cd") == b"dc"
+
+
+async def test_a_refusal_before_the_handler_and_a_release_for_each_admitted_call(
+    handlers: _Handlers,
+) -> None:
+    admitted: list[bool] = []
+    released: list[int] = []
+
+    def admit() -> tuple[str, list[tuple[str, str | bytes]]] | None:
+        if len(admitted) % 2:
+            admitted.append(False)
+            return "no room; retry in 10 ms", [("grpc-retry-pushback-ms", "10")]
+        admitted.append(True)
+        return None
+
+    methods = {
+        _UNARY: Method(unary=handlers.unary, admit=admit, release=lambda: released.append(1))
+    }
+    async with (
+        H2Server("127.0.0.1:0", methods, max_calls_per_connection=10) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        assert await _unary(channel)(b"ab") == b"ba"
+        call = _unary(channel)(b"fail")  # Refused before its handler could fail.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.details() == "no room; retry in 10 ms"
+        assert ("grpc-retry-pushback-ms", "10") in tuple(await call.trailing_metadata() or ())
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await _unary(channel)(b"fail")  # Admitted: its handler's failure is its status.
+        assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert admitted == [True, False, True]
+    assert len(released) == 2
+
+
+def test_the_streams_a_connection_holds_stay_within_its_limit() -> None:
+    # h2 would go through every stream it holds for each stream opened; the server counts
+    # them only at the limit, and still refuses a stream past it.
+    limit = 10
+    server = _ServerConnection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    server.local_settings = h2.settings.Settings(
+        client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limit}
+    )
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    request = [
+        (":method", "POST"),
+        (":path", _UNARY),
+        (":scheme", "http"),
+        (":authority", "test"),
+        ("content-type", "application/grpc"),
+    ]
+    for stream_id in range(1, 200, 2):  # 100 calls, one after another, each answered.
+        client.send_headers(stream_id, request, end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(stream_id, [(":status", "200"), ("grpc-status", "0")], True)
+        client.receive_data(server.data_to_send())
+        assert len(server.streams) <= limit
+    # A client that does not keep to the limit.
+    client.remote_settings = h2.settings.Settings(
+        client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000}
+    )
+    for stream_id in range(201, 201 + 2 * limit, 2):  # As many open at once as allowed.
+        client.send_headers(stream_id, request)
+    events = server.receive_data(client.data_to_send())
+    assert sum(isinstance(event, h2.events.RequestReceived) for event in events) == limit
+    client.send_headers(201 + 2 * limit, request)
+    with pytest.raises(h2.exceptions.TooManyStreamsError):
+        server.receive_data(client.data_to_send())

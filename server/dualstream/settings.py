@@ -17,8 +17,8 @@ from dualstream.heartbeats import BEAT_INTERVAL
 
 ENV_PREFIX = "DUALSTREAM_"
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+GRPC_SERVERS = ("grpcio", "h2")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-SUBSCRIBE_SERVERS = ("grpcio", "h2")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -42,6 +42,12 @@ class Settings:
         19,
         "the CPU niceness (0-19) of the subscribe_listen process: higher yields more of the "
         "CPU to publishes",
+    )
+    api_server: str = _setting(
+        "h2",
+        "what serves gRPC on listen: h2, the sidecar's own HTTP/2 (about two thirds of grpcio's "
+        "CPU per publish, and refusals past capacity at a fraction of a call's cost), or grpcio, "
+        "gRPC's own server",
     )
     subscribe_server: str = _setting(
         "h2",
@@ -221,10 +227,11 @@ class Settings:
                 f"setting worker_stall_timeout must be at least {2 * BEAT_INTERVAL:g} s (each "
                 f"process answers once every {BEAT_INTERVAL:g} s), got {self.worker_stall_timeout}"
             )
-        if self.subscribe_server not in SUBSCRIBE_SERVERS:
-            raise ValueError(
-                f"setting subscribe_server must be grpcio or h2, not {self.subscribe_server!r}"
-            )
+        for name in ("api_server", "subscribe_server"):
+            if getattr(self, name) not in GRPC_SERVERS:
+                raise ValueError(
+                    f"setting {name} must be grpcio or h2, not {getattr(self, name)!r}"
+                )
         if not 0 <= self.delivery_nice <= 19:
             raise ValueError(f"setting delivery_nice must be 0 to 19, got {self.delivery_nice}")
         if self.admin_listen:

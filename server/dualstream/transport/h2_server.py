@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 Metadatum = tuple[str, str | bytes]
 UnaryHandler = Callable[[bytes, "CallContext"], Awaitable[bytes]]
 StreamHandler = Callable[[bytes, "CallContext"], AsyncIterator[bytes]]
+BidiHandler = Callable[[AsyncIterator[bytes], "CallContext"], AsyncIterator[bytes]]
+# A refusal before the handler: the status's details and its trailers.
+Refusal = tuple[str, Sequence[Metadatum]]
 
 # A request's message is at most this large unless the server is told otherwise: the
 # delivery process takes only small requests.
@@ -67,10 +70,17 @@ _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1
 
 @dataclass(frozen=True, slots=True)
 class Method:
-    """A method's handler: ``unary`` returns one response message, ``stream`` yields them."""
+    """A method's handler: ``unary`` returns one response message, ``stream`` yields them;
+    ``bidi`` takes the request messages as they come and yields responses."""
 
     unary: UnaryHandler | None = None
     stream: StreamHandler | None = None
+    bidi: BidiHandler | None = None
+    # Asked once the request has come, before its handler's task exists: a refusal ends the
+    # call there, at the cost of its trailers alone. A call admitted is released when its task
+    # is done, however it ended (a task cancelled before it ran never runs its handler).
+    admit: Callable[[], Refusal | None] | None = None
+    release: Callable[[], None] | None = None
 
 
 class _AbortedError(Exception):
@@ -91,6 +101,10 @@ class CallContext:
         self._peer = peer
         self._deadline = deadline
         self._cancelled = False
+        # A unary handler may set a status instead of aborting; its response is then dropped.
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+        self.trailers: Sequence[Metadatum] = ()
 
     def invocation_metadata(self) -> list[Metadatum]:
         return self._metadata
@@ -112,6 +126,15 @@ class CallContext:
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Sequence[Metadatum] = ()
     ) -> NoReturn:
         raise _AbortedError(code, details, trailing_metadata)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def set_trailing_metadata(self, trailing_metadata: Sequence[Metadatum]) -> None:
+        self.trailers = trailing_metadata
 
 
 def _percent_encoded(message: str) -> bytes:
@@ -172,13 +195,25 @@ class _Call:
         self.context = context
         self.request = bytearray()
         self.encoding = encoding  # The request's grpc-encoding.
+        # A bidirectional call's request messages as they arrive; None: the last has come.
+        self.requests: asyncio.Queue[bytes | None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.headers_sent = False
         self.ended = False
         self._deadline_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
+        method = self.method
+        if method.admit is not None:
+            refusal = method.admit()
+            if refusal is not None:
+                self.end(grpc.StatusCode.RESOURCE_EXHAUSTED, *refusal)
+                self.connection.forget(self)
+                return
         self.task = asyncio.get_running_loop().create_task(self._run())
+        if method.release is not None:
+            release = method.release
+            self.task.add_done_callback(lambda _: release())
         remaining = self.context.time_remaining()
         if remaining is not None:
             self._deadline_timer = asyncio.get_running_loop().call_later(
@@ -198,11 +233,20 @@ class _Call:
     async def _run(self) -> None:
         try:
             method = self.method
-            if method.stream is not None:
-                async for response in method.stream(self._request_message(), self.context):
+            context = self.context
+            if method.bidi is not None:
+                async for response in method.bidi(self._request_messages(), context):
+                    await self.send(response)
+            elif method.stream is not None:
+                async for response in method.stream(self._request_message(), context):
                     await self.send(response)
             elif method.unary is not None:
-                await self.send(await method.unary(self._request_message(), self.context))
+                response = await method.unary(self._request_message(), context)
+                if context.code not in (None, grpc.StatusCode.OK):
+                    # Set, not aborted: the status the handler chose, without its response.
+                    self.end(context.code or grpc.StatusCode.OK, context.details, context.trailers)
+                    return
+                await self.send(response)
             self.end(grpc.StatusCode.OK, "")
         except _AbortedError as aborted:
             self.end(aborted.code, aborted.details, aborted.trailers)
@@ -243,9 +287,26 @@ class _Call:
         )
 
     def take_data(self, data: bytes, limit: int) -> bool:
-        """Add request bytes; False once they are more than a message of ``limit`` bytes."""
+        """Add request bytes; a bidirectional call's complete messages go to its handler.
+        False if a message is over ``limit`` bytes."""
         self.request += data
-        return len(self.request) <= limit + 5
+        request = self.request
+        while len(request) >= 5:
+            length = int.from_bytes(request[1:5], "big")
+            if length > limit:
+                return False
+            if self.requests is None:
+                return len(request) <= limit + 5
+            if len(request) < 5 + length:
+                return True
+            self.requests.put_nowait(self._decoded(request[0], bytes(request[5 : 5 + length])))
+            del request[: 5 + length]
+        return True
+
+    async def _request_messages(self) -> AsyncIterator[bytes]:
+        assert self.requests is not None
+        while (message := await self.requests.get()) is not None:
+            yield message
 
     async def send(self, message: bytes) -> None:
         """Queue one response message; waits only while HTTP/2's flow control (or the socket)
@@ -288,10 +349,28 @@ class _Call:
         self.connection.flush_soon()
 
 
+class _ServerConnection(h2.connection.H2Connection):
+    """h2's connection, with its count of open streams made cheap."""
+
+    @property
+    def open_inbound_streams(self) -> int:
+        """h2 counts open streams for every stream a client opens, by going through all the
+        streams it holds (forgetting the closed ones as it goes). With thousands of calls on a
+        connection that costs more than the call: under overload a refusal cost half a
+        millisecond, and the sidecar refused about 1,000 calls a second while clients queued
+        the rest for tens of seconds. The streams held are never fewer than the open ones, so
+        while they are below the limit that count is enough; h2's own goes through them only
+        when they reach it, which also keeps the streams held within it."""
+        held = len(self.streams)
+        if held < self.local_settings.max_concurrent_streams:
+            return held
+        return super().open_inbound_streams
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: H2Server) -> None:
         self.server = server
-        self.h2 = h2.connection.H2Connection(
+        self.h2 = _ServerConnection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
         self.h2.local_settings = h2.settings.Settings(
@@ -355,7 +434,9 @@ class _Connection(asyncio.Protocol):
             self._data(event)
         elif isinstance(event, h2.events.StreamEnded):
             call = self.calls.get(event.stream_id)
-            if call is not None and call.task is None:
+            if call is not None and call.requests is not None:
+                call.requests.put_nowait(None)
+            elif call is not None and call.task is None:
                 call.start()
         elif isinstance(event, h2.events.StreamReset):
             call = self.calls.pop(event.stream_id, None)
@@ -371,7 +452,7 @@ class _Connection(asyncio.Protocol):
     def _data(self, event: h2.events.DataReceived) -> None:
         self.h2.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id)
         call = self.calls.get(event.stream_id)
-        if call is None or call.task is not None:
+        if call is None or (call.task is not None and call.requests is None):
             return
         limit = self.server.max_request_bytes
         if not call.take_data(event.data or b"", limit):
@@ -379,6 +460,7 @@ class _Connection(asyncio.Protocol):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the request message is larger than this server's limit of {limit} bytes",
             )
+            call.cancel()
             self.calls.pop(event.stream_id, None)
 
     def _request(self, stream_id: int, raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
@@ -403,6 +485,9 @@ class _Connection(asyncio.Protocol):
         if refusal is not None:
             call.end(*refusal)
             self.calls.pop(stream_id, None)
+        elif call.method.bidi is not None:
+            call.requests = asyncio.Queue()
+            call.start()
 
     def _refusal(
         self, path: str, method: Method | None, headers: Mapping[bytes, bytes]
@@ -412,8 +497,7 @@ class _Connection(asyncio.Protocol):
         if method is None:
             return (
                 grpc.StatusCode.UNIMPLEMENTED,
-                f"{path or 'this method'} is not served on this address, which serves "
-                "Subscribe streams; publish on the sidecar's main address",
+                f"{path or 'this method'} is not served on this address{self.server.unserved}",
             )
         token = self.server.token
         if token is not None and not token.admits(path, headers.get(b"authorization", b"")):
@@ -511,8 +595,9 @@ class _Connection(asyncio.Protocol):
 
 class H2Server(Service):
     """Serves ``methods`` (by path: ``/package.Service/Method``) on ``listen``: ``host:port``
-    or ``unix:/path``, with TLS if given a context. ``port`` is the TCP port bound (for
-    ``host:0``)."""
+    or ``unix:/path``, with TLS if given a context; and, always in plaintext, on each of
+    ``private_listen`` (``unix-abstract:NAME`` too). ``port`` is the TCP port bound (for
+    ``host:0``). ``reuse_port``: several processes may listen on the same port."""
 
     def __init__(
         self,
@@ -524,8 +609,16 @@ class H2Server(Service):
         shutdown_grace: float = 0.0,
         token: str = "",
         ssl_context: ssl.SSLContext | None = None,
+        private_listen: Sequence[str] = (),
+        reuse_port: bool = False,
+        unserved: str = "",
     ) -> None:
+        """``unserved`` follows "…is not served on this address" in the refusal of a method
+        not in ``methods`` (say, where it is served)."""
         self.listen = listen
+        self.private_listen = tuple(private_listen)
+        self.reuse_port = reuse_port
+        self.unserved = unserved
         self.max_request_bytes = max_request_bytes
         self.shutdown_grace = shutdown_grace
         self.methods = dict(methods)
@@ -534,22 +627,39 @@ class H2Server(Service):
         self.ssl_context = ssl_context
         self.connections: set[_Connection] = set()
         self.port: int | None = None
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._idle: asyncio.Event | None = None
         self._no_connections: asyncio.Event | None = None
 
     async def _start(self) -> None:
+        try:
+            self._servers.append(await self._listen(self.listen, self.ssl_context))
+            for address in self.private_listen:
+                self._servers.append(await self._listen(address, None))
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            self._servers = []
+            raise
+        if not self.listen.startswith("unix:"):
+            self.port = self._servers[0].sockets[0].getsockname()[1]
+
+    async def _listen(self, address: str, context: ssl.SSLContext | None) -> asyncio.Server:
         loop = asyncio.get_running_loop()
-        if self.listen.startswith("unix:"):
-            self._server = await loop.create_unix_server(
-                lambda: _Connection(self), self.listen.removeprefix("unix:"), ssl=self.ssl_context
-            )
-            return
-        host, _, port = self.listen.rpartition(":")
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host.strip("[]") or None, int(port), ssl=self.ssl_context
+        if address.startswith("unix-abstract:"):
+            name = "\0" + address.removeprefix("unix-abstract:")
+            return await loop.create_unix_server(lambda: _Connection(self), name, ssl=context)
+        if address.startswith("unix:"):
+            path = address.removeprefix("unix:")
+            return await loop.create_unix_server(lambda: _Connection(self), path, ssl=context)
+        host, _, port = address.rpartition(":")
+        return await loop.create_server(
+            lambda: _Connection(self),
+            host.strip("[]") or None,
+            int(port),
+            ssl=context,
+            reuse_port=self.reuse_port or None,
         )
-        self.port = self._server.sockets[0].getsockname()[1]
 
     def call_done(self) -> None:
         if self._idle is not None and not any(c.calls for c in self.connections):
@@ -559,8 +669,8 @@ class H2Server(Service):
         """Stop taking connections and calls, let the calls under way finish for up to
         ``shutdown_grace`` seconds, end the rest UNAVAILABLE, then close every connection."""
         grace = self.shutdown_grace
-        server, self._server = self._server, None
-        if server is not None:
+        servers, self._servers = self._servers, []
+        for server in servers:
             server.close()
         for connection in list(self.connections):
             connection.goaway()
@@ -581,7 +691,7 @@ class H2Server(Service):
             await event_set_within(self._no_connections, CLOSE_TIMEOUT)
             for connection in list(self.connections):
                 connection.abort()
-        if server is not None:
+        for server in servers:
             await server.wait_closed()
 
     def connection_lost(self, connection: _Connection) -> None:

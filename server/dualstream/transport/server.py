@@ -32,7 +32,7 @@ from dualstream.status import SidecarStatus, sidecar_status
 from dualstream.streams import StreamService
 from dualstream.transport.access import TokenAuthInterceptor
 from dualstream.transport.admission import Admission, QueueProbe
-from dualstream.transport.h2_methods import streams_methods
+from dualstream.transport.h2_methods import api_methods, streams_methods
 from dualstream.transport.h2_server import H2Server, tls_context
 from dualstream.transport.servicer import SERVICE_NAME, EventServicer, tolerant_parser
 from dualstream.v1 import event_service_pb2 as pb
@@ -104,7 +104,11 @@ class Sidecar(Service):
         ``delivery_process``: this is the process of ``subscribe_listen``, whose streams are
         served by ``subscribe_server``."""
         self.settings = settings
-        self._own_http2 = delivery_process and settings.subscribe_server == "h2"
+        self.delivery_process = delivery_process
+        # Which server speaks gRPC here: grpc.aio, or the sidecar's own HTTP/2.
+        self.own_http2 = (
+            settings.subscribe_server if delivery_process else settings.api_server
+        ) == "h2"
         self.metrics = metrics or SidecarMetrics()
         self.admission = Admission(settings.max_concurrent_rpcs, settings.max_queue_delay)
         self.publisher = build_publisher(
@@ -172,13 +176,10 @@ class Sidecar(Service):
         await self.publisher.start()
         await self.reader.start()
         await self.hub.start()
-        if self._own_http2:
+        if self.own_http2:
             await self._serve_http2()
             return
-        max_message = (
-            self.settings.max_payload_bytes * min(self.settings.max_batch_events, 16)
-            + MESSAGE_SIZE_HEADROOM
-        )
+        max_message = self._max_message()
         token = self._auth_token()
         server = grpc.aio.server(
             interceptors=[TokenAuthInterceptor(token)] if token else [],
@@ -210,19 +211,11 @@ class Sidecar(Service):
             server,
         )
         self.port = self._bind(server)
-        # The admission probe's own way in: a socket only this process listens on, so it
-        # reaches this process even when several workers share the public port. An abstract
-        # one (Linux): it writes no file, so a read-only root filesystem is no obstacle.
-        probe_target = f"unix-abstract:dualstream-probe-{os.getpid()}-{uuid.uuid4().hex}"
+        probe_target = _probe_target()
         server.add_insecure_port(probe_target)
         await server.start()
         self._server = server
-        self._probe = QueueProbe(
-            self.admission,
-            probe_target,
-            (("authorization", f"Bearer {token}"),) if token else (),
-        )
-        self._probe.start()
+        self._start_probe(probe_target)
         if self.settings.listen.startswith("unix:"):
             # In a pod, the app container connects as another user that shares the pod's
             # fsGroup (the group of the socket's emptyDir): connecting takes write permission.
@@ -231,13 +224,21 @@ class Sidecar(Service):
         self._health_watch = asyncio.create_task(self._watch_health(), name="health-watch")
 
     async def _serve_http2(self) -> None:
-        """The delivery process's own HTTP/2 server (``transport/h2_server.py``): Subscribe,
-        GetStatus and health checks; no publishes, so no admission probe."""
+        """The sidecar's own HTTP/2 server (``transport/h2_server.py``). In the delivery
+        process: Subscribe, GetStatus and health checks. On the publishing address: every
+        method, with the admission's probe on a private socket as with grpc.aio."""
         settings = self.settings
+        publishes = not self.delivery_process
+        probe_target = _probe_target()
         server = H2Server(
             settings.listen,
-            streams_methods(self._servicer, self._serving),
+            (
+                api_methods(self._servicer, self._serving, HEALTH_POLL_SECONDS)
+                if publishes
+                else streams_methods(self._servicer, self._serving)
+            ),
             max_calls_per_connection=self._calls_per_connection(),
+            max_request_bytes=self._max_message(),
             shutdown_grace=settings.shutdown_grace,
             token=self._auth_token(),
             ssl_context=(
@@ -245,17 +246,41 @@ class Sidecar(Service):
                 if settings.tls_cert_file
                 else None
             ),
+            private_listen=(probe_target,) if publishes else (),
+            reuse_port=settings.workers > 1,
+            unserved=(
+                ""
+                if publishes
+                else ", which serves Subscribe; publish on the sidecar's main address"
+            ),
         )
         try:
             await server.start()
         except OSError as exc:
             raise ListenError(
-                f"the streams' HTTP/2 server cannot listen on {settings.listen} ({exc})"
+                f"the gRPC API cannot listen on {settings.listen} (taken, or not an address of "
+                f"this host?): {exc}"
             ) from exc
         self._h2_server = server
         self.port = server.port
+        if publishes:
+            self._start_probe(probe_target)
         if settings.listen.startswith("unix:"):
             os.chmod(settings.listen.removeprefix("unix:"), UNIX_SOCKET_MODE)
+
+    def _start_probe(self, target: str) -> None:
+        token = self._auth_token()
+        self._probe = QueueProbe(
+            self.admission, target, (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        self._probe.start()
+
+    def _max_message(self) -> int:
+        """The largest request taken: a batch of the largest events, and some."""
+        settings = self.settings
+        return (
+            settings.max_payload_bytes * min(settings.max_batch_events, 16) + MESSAGE_SIZE_HEADROOM
+        )
 
     def _serving(self) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
         # SERVING only while the Kafka leg can work; Redis trouble is degraded, not down.
@@ -378,6 +403,13 @@ class Sidecar(Service):
             await self.admin.stop()
         if self.heartbeat is not None:
             await self.heartbeat.stop()
+
+
+def _probe_target() -> str:
+    """The admission probe's own way in: a socket only this process listens on, so it reaches
+    this process even when several workers share the public port. An abstract one (Linux): it
+    writes no file, so a read-only root filesystem is no obstacle."""
+    return f"unix-abstract:dualstream-probe-{os.getpid()}-{uuid.uuid4().hex}"
 
 
 async def run(

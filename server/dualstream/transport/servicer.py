@@ -46,7 +46,6 @@ from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = "dualstream.v1.EventService"
-_Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class CallContext(Protocol):
@@ -69,8 +68,28 @@ class CallContext(Protocol):
     ) -> NoReturn: ...
 
 
+class UnaryCallContext(CallContext, Protocol):
+    """What the publishes use besides: a status set without aborting, for refusals."""
+
+    def set_code(self, code: grpc.StatusCode) -> None: ...
+
+    def set_details(self, details: str) -> None: ...
+
+    def set_trailing_metadata(
+        self, trailing_metadata: Sequence[tuple[str, str | bytes]]
+    ) -> None: ...
+
+
 _REFUSED_PUBLISH = pb.PublishResponse()
 _REFUSED_BATCH = pb.PublishBatchResponse()
+
+
+def _refuse(context: UnaryCallContext, refusal: tuple[str, Trailers]) -> None:
+    """End a call the sidecar has no room for, as cheaply as a call can end on grpc.aio: no
+    span, no exception, RESOURCE_EXHAUSTED with its retry hint."""
+    context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    context.set_details(refusal[0])
+    context.set_trailing_metadata(refusal[1])
 
 
 class _StatusError(Exception):
@@ -256,10 +275,13 @@ class EventServicer(pb_grpc.EventServiceServicer):
         # Refusals' messages and trailers by (reason, retry hint): built once each.
         self._refusals: dict[tuple[bool, int], tuple[str, Trailers]] = {}
 
-    def _refuse(self, method: str, context: _Context) -> None:
-        """End a call the sidecar has no room for, as cheaply as a call can end: no span, no
-        exception, RESOURCE_EXHAUSTED with a retry hint (see ``transport/admission.py``)."""
+    def refusal(self, method: str) -> tuple[str, Trailers] | None:
+        """Take a publish call on, or say why not: None, the call is admitted (and must be
+        released with ``release``); else the message and trailers of its refusal, past
+        capacity, with a retry hint (see ``transport/admission.py``)."""
         admission = self._admission
+        if admission.try_admit():
+            return None
         retry_ms = round(admission.retry_after * 100) * 10  # Hints in steps of 10 ms.
         key = (admission.shedding, retry_ms)
         refusal = self._refusals.get(key)
@@ -272,18 +294,32 @@ class EventServicer(pb_grpc.EventServiceServicer):
             message = f"the sidecar is past capacity ({reason}); retry in {retry_ms} ms"
             trailers = retry_trailers(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_ms / 1000)
             refusal = self._refusals[key] = (message, trailers)
-        context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
-        context.set_details(refusal[0])
-        context.set_trailing_metadata(refusal[1])
         self._call.rpc.record(method, "RESOURCE_EXHAUSTED", 0.0)
+        return refusal
 
-    async def Publish(self, request: pb.PublishRequest, context: _Context) -> pb.PublishResponse:
-        if not self._admission.try_admit():
-            self._refuse("Publish", context)
+    def release(self) -> None:
+        """An admitted publish call has ended."""
+        self._admission.release()
+
+    async def Publish(  # type: ignore[override]
+        self, request: pb.PublishRequest, context: UnaryCallContext
+    ) -> pb.PublishResponse:
+        refusal = self.refusal("Publish")
+        if refusal is not None:
+            _refuse(context, refusal)
             # grpc.aio drops a message answered with a status other than OK, but still sends
             # an empty one before that status: clients must judge a call by its status (the
             # Java client once took that empty message for an acknowledgement).
             return _REFUSED_PUBLISH
+        try:
+            return await self.publish_admitted(request, context)
+        finally:
+            self.release()
+
+    async def publish_admitted(
+        self, request: pb.PublishRequest, context: CallContext
+    ) -> pb.PublishResponse:
+        """Publish, for a call ``refusal`` took on."""
         try:
             with self._call("Publish", context):
                 if isinstance(request, MalformedRequest):
@@ -295,15 +331,23 @@ class EventServicer(pb_grpc.EventServiceServicer):
         except _StatusError as failure:
             await _end_call(context, failure)
             raise  # Unreachable: abort raises. Keeps the type checker honest.
-        finally:
-            self._admission.release()
 
-    async def PublishBatch(
-        self, request: pb.PublishBatchRequest, context: _Context
+    async def PublishBatch(  # type: ignore[override]
+        self, request: pb.PublishBatchRequest, context: UnaryCallContext
     ) -> pb.PublishBatchResponse:
-        if not self._admission.try_admit():
-            self._refuse("PublishBatch", context)
+        refusal = self.refusal("PublishBatch")
+        if refusal is not None:
+            _refuse(context, refusal)
             return _REFUSED_BATCH
+        try:
+            return await self.publish_batch_admitted(request, context)
+        finally:
+            self.release()
+
+    async def publish_batch_admitted(
+        self, request: pb.PublishBatchRequest, context: CallContext
+    ) -> pb.PublishBatchResponse:
+        """PublishBatch, for a call ``refusal`` took on."""
         try:
             with self._call("PublishBatch", context):
                 if isinstance(request, MalformedRequest):
@@ -317,8 +361,6 @@ class EventServicer(pb_grpc.EventServiceServicer):
         except _StatusError as failure:
             await _end_call(context, failure)
             raise
-        finally:
-            self._admission.release()
 
     async def Subscribe(  # type: ignore[override]  # Bytes: the handler's serializer is none.
         self, request: pb.SubscribeRequest, context: CallContext

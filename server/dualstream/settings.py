@@ -155,8 +155,9 @@ class Settings:
     )
     max_queue_delay: float = _setting(
         0.25,
-        "how long calls may wait in gRPC's queue for the sidecar to take them; past it, "
-        "publishes are refused (RESOURCE_EXHAUSTED with a retry hint) until the queue is short",
+        "how long calls may wait for the sidecar to take them (unread in the sockets, or in "
+        "gRPC's queue on grpcio); past it, publishes are refused (RESOURCE_EXHAUSTED with a "
+        "retry hint) until the wait is short",
     )
     auth_token: str = _setting(
         "", "if set, every call but health needs metadata `authorization: Bearer <token>`"

@@ -1,18 +1,20 @@
-"""gRPC over the sidecar's own HTTP/2 connections, for the delivery process's streams.
+"""gRPC over the sidecar's own HTTP/2 connections: the publishing address (``api_server``)
+and the delivery process's streams (``subscribe_server``).
 
-Why not grpc.aio here: every message grpc.aio writes to a stream goes from the event loop to
-gRPC's core and back through its completion queue, about 40 µs of CPU per message on this
-machine even for an empty server (``make bench``'s floor), so a notification to 1,000 streams
-costs 40 ms of CPU in gRPC alone. Here a message is a gRPC length prefix in an HTTP/2 DATA
-frame (built here when it fits in one, charged to h2's flow-control windows: 1.1 µs, against
-5.6 µs through h2's ``send_data``), and a connection's frames leave in one write per loop
-turn. The protocol's state (settings, flow control, pings, resets, HPACK) is ``h2``'s, a mature
-implementation; this module maps its events to calls.
+Why not grpc.aio: every message grpc.aio reads or writes goes from the event loop to gRPC's
+core and back through its completion queue, about 40 µs of CPU per message on this machine even
+for an empty server (``make bench``'s floor), so a notification to 1,000 streams costs 40 ms of
+CPU in gRPC alone, and an empty unary call about 240 µs. Here a message is a gRPC length prefix
+in an HTTP/2 DATA frame (built here when it fits in one, charged to h2's flow-control windows:
+1.1 µs, against 5.6 µs through h2's ``send_data``), and a connection's frames leave in one write
+per loop turn. The protocol's state (settings, flow control, pings, resets, HPACK) is ``h2``'s,
+a mature implementation; this module maps its events to calls.
 
-What a call may do is what the delivery process needs: unary and server-streaming methods
-whose handlers take the request's bytes and return or yield the response's bytes. Requests
-may be compressed with gzip or deflate; responses are not. ``CallContext`` offers what the
-handlers use of grpc.aio's servicer context.
+Unary, server-streaming and bidirectional methods; handlers take the request's bytes and return
+or yield the response's bytes. A method may be admitted or refused when its request has come,
+before its handler's task exists (``Method.admit``): past capacity a refusal costs its trailers
+and little else. Requests may be compressed with gzip or deflate; responses are not.
+``CallContext`` offers what the handlers use of grpc.aio's servicer context.
 """
 
 from __future__ import annotations

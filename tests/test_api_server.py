@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from dualstream.transport.server import Sidecar
 from dualstream.v1 import event_service_pb2 as pb
+from dualstream.v1 import event_service_pb2_grpc as pb_grpc
 from dualstream_client import DualstreamClient, EventInput, ResourceExhaustedError
 from stack.localstack import KafkaBroker, RedisServer
 from tests.conftest import make_settings, next_notification, target_of
@@ -96,38 +97,31 @@ async def test_an_oversized_request_is_refused_and_the_connection_goes_on(
     api_sidecar: Sidecar, source_type: str
 ) -> None:
     async with grpc.aio.insecure_channel(target_of(api_sidecar)) as channel:
-        publish: Any = channel.unary_unary(
-            "/dualstream.v1.EventService/Publish",
-            request_serializer=pb.PublishRequest.SerializeToString,
-            response_deserializer=pb.PublishResponse.FromString,
-        )
+        stub: Any = pb_grpc.EventServiceStub(channel)
         too_big = pb.Event(type="t", source_type=source_type, source_id="a", data=b"x" * 2**21)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await publish(pb.PublishRequest(event=too_big), timeout=10)
+            await stub.Publish(pb.PublishRequest(event=too_big), timeout=10)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         fine = pb.Event(type="t", source_type=source_type, source_id="a", data=b"x")
-        assert (await publish(pb.PublishRequest(event=fine), timeout=10)).id
+        assert (await stub.Publish(pb.PublishRequest(event=fine), timeout=10)).id
 
 
-async def test_a_call_past_its_deadline_ends_deadline_exceeded_or_done(
+async def test_a_stream_past_its_deadline_ends_deadline_exceeded(
     api_sidecar: Sidecar, source_type: str
 ) -> None:
     async with grpc.aio.insecure_channel(target_of(api_sidecar)) as channel:
-        subscribe: Any = channel.unary_stream(
-            "/dualstream.v1.EventService/Subscribe",
-            request_serializer=pb.SubscribeRequest.SerializeToString,
-            response_deserializer=pb.SubscribeResponse.FromString,
-        )
-        call = subscribe(
+        stub: Any = pb_grpc.EventServiceStub(channel)
+        call = stub.Subscribe(
             pb.SubscribeRequest(sources=[pb.Source(source_type=source_type, source_id="a")]),
             timeout=1,
         )
-        assert (await call.read()).HasField("subscribed")
+        # Whether "subscribed" came first or not (a loaded machine may take longer than the
+        # deadline to subscribe), the stream ends with its deadline.
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await _read_to_the_end(call)
         assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 async def _read_to_the_end(call: Any) -> None:
-    while True:
-        await asyncio.wait_for(call.read(), 30)
+    while await asyncio.wait_for(call.read(), 30) is not grpc.aio.EOF:  # type: ignore[attr-defined]
+        pass

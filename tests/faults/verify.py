@@ -38,9 +38,31 @@ async def check_acknowledged_exactly_once_in_order(
     }
 
 
+def _a_past_tests_grpc_completion(record: logging.LogRecord) -> bool:
+    """gRPC's client library in this test process handing a completion to the event loop of an
+    earlier test, closed since. Each test runs on an event loop of its own, and gRPC's poller
+    is shared by the whole process: an operation begun under an earlier test's loop that ends
+    later (seen once in a fresh-clone run of the whole suite) finds
+    that loop closed. A sidecar runs on one event loop for its life, so it never meets this;
+    it is an artefact of many loops in one process, not a failure the sidecar missed."""
+    exception = record.exc_info[1] if record.exc_info else None
+    return (
+        record.name == "asyncio"
+        and record.getMessage().startswith(
+            "Exception in callback PollerCompletionQueue._handle_events"
+        )
+        and isinstance(exception, RuntimeError)
+        and str(exception) == "Event loop is closed"
+    )
+
+
 def assert_no_traceback_in_records(records: list[logging.LogRecord]) -> None:
     """No log record carries an exception: the sidecar expected every failure it met."""
-    with_traceback = [r for r in records if r.exc_info or "Traceback" in r.getMessage()]
+    with_traceback = [
+        r
+        for r in records
+        if (r.exc_info or "Traceback" in r.getMessage()) and not _a_past_tests_grpc_completion(r)
+    ]
     assert not with_traceback, "the sidecar logged a traceback:\n" + "\n".join(
         f"{r.name} {r.levelname}: {r.getMessage()}\n"
         + "".join(traceback.format_exception(*r.exc_info) if r.exc_info else [])

@@ -228,6 +228,40 @@ async def test_a_bidirectional_call_answers_each_message_as_it_comes(
     assert await call.code() == grpc.StatusCode.OK
 
 
+async def test_a_bidirectional_message_that_does_not_decompress_ends_its_call(
+    server: H2Server, handlers: _Handlers
+) -> None:
+    # Read as they come, outside any handler: its status must still be the call's end.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    headers = [
+        (":method", "POST"),
+        (":path", _BIDI),
+        (":scheme", "http"),
+        (":authority", "test"),
+        ("content-type", "application/grpc"),
+        ("grpc-encoding", "gzip"),
+    ]
+    client.send_headers(1, headers)
+    client.send_data(1, b"\x01" + (4).to_bytes(4, "big") + b"junk")
+    writer.write(client.data_to_send())
+    status = None
+    try:
+        async with asyncio.timeout(30):
+            while status is None:
+                data = await reader.read(65536)
+                assert data, "the connection closed before the call ended"
+                for event in client.receive_data(data):
+                    if isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
+                        status = dict(event.headers or []).get(b"grpc-status", status)
+                writer.write(client.data_to_send())
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert status == str(grpc.StatusCode.INTERNAL.value[0]).encode()
+
+
 async def test_a_token_is_required_except_for_health_checks(handlers: _Handlers) -> None:
     methods = {_UNARY: Method(unary=handlers.unary), _HEALTH: Method(unary=handlers.unary)}
     async with (

@@ -457,11 +457,18 @@ class _Connection(asyncio.Protocol):
         if call is None or (call.task is not None and call.requests is None):
             return
         limit = self.server.max_request_bytes
-        if not call.take_data(event.data or b"", limit):
-            call.end(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the request message is larger than this server's limit of {limit} bytes",
-            )
+        try:
+            fits = call.take_data(event.data or b"", limit)
+        except _AbortedError as aborted:  # A bidirectional call's message did not decode.
+            call.end(aborted.code, aborted.details, aborted.trailers)
+            fits = True
+        else:
+            if not fits:
+                call.end(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the request message is larger than this server's limit of {limit} bytes",
+                )
+        if call.ended:
             call.cancel()
             self.calls.pop(event.stream_id, None)
 

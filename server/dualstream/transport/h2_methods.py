@@ -17,6 +17,8 @@ from dualstream.v1 import event_service_pb2 as pb
 Serving = Callable[[], "health_pb2.HealthCheckResponse.ServingStatus.ValueType"]
 HEALTH = "grpc.health.v1.Health"
 REFLECTION_METHOD = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
+# What reflection lists, on either server of the publishing address.
+REFLECTED_SERVICES = (SERVICE_NAME, HEALTH, reflection.SERVICE_NAME)
 
 
 def streams_methods(servicer: EventServicer, serving: Serving) -> dict[str, Method]:
@@ -73,13 +75,7 @@ def api_methods(
                 last = status
             await asyncio.sleep(health_poll_seconds)
 
-    reflector = reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
-        (
-            pb.DESCRIPTOR.services_by_name["EventService"].full_name,
-            HEALTH,
-            reflection.SERVICE_NAME,
-        )
-    )
+    reflector = reflection.aio.ReflectionServicer(REFLECTED_SERVICES)  # type: ignore[attr-defined]
 
     async def reflect(requests: AsyncIterator[bytes], context: CallContext) -> AsyncIterator[bytes]:
         parsed = (reflection_pb2.ServerReflectionRequest.FromString(raw) async for raw in requests)

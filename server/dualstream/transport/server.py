@@ -32,7 +32,7 @@ from dualstream.status import SidecarStatus, sidecar_status
 from dualstream.streams import StreamService
 from dualstream.transport.access import TokenAuthInterceptor
 from dualstream.transport.admission import Admission, QueueProbe
-from dualstream.transport.h2_methods import api_methods, streams_methods
+from dualstream.transport.h2_methods import REFLECTED_SERVICES, api_methods, streams_methods
 from dualstream.transport.h2_server import H2Server, tls_context
 from dualstream.transport.servicer import SERVICE_NAME, EventServicer, tolerant_parser
 from dualstream.v1 import event_service_pb2 as pb
@@ -202,14 +202,7 @@ class Sidecar(Service):
         )
         server.add_generic_rpc_handlers((self._event_service_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (
-                pb.DESCRIPTOR.services_by_name["EventService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        reflection.enable_server_reflection(REFLECTED_SERVICES, server)
         self.port = self._bind(server)
         probe_target = _probe_target()
         server.add_insecure_port(probe_target)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,13 @@ import h2.settings
 import pytest
 
 from dualstream.transport.access import TOKEN_REFUSED
-from dualstream.transport.h2_server import CallContext, H2Server, Method, _ServerConnection
+from dualstream.transport.h2_server import (
+    CONNECTION_WINDOW,
+    CallContext,
+    H2Server,
+    Method,
+    _ServerConnection,
+)
 from dualstream.transport.status import retry_trailers
 
 _STREAM = "/test.Service/Stream"
@@ -228,38 +235,86 @@ async def test_a_bidirectional_call_answers_each_message_as_it_comes(
     assert await call.code() == grpc.StatusCode.OK
 
 
+class _RawClient:
+    """An HTTP/2 connection driven by hand, to send what gRPC's client would not (or not yet)."""
+
+    _REQUEST = ((":method", "POST"), (":scheme", "http"), (":authority", "test"))
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.h2.initiate_connection()
+        self.statuses: dict[int, bytes] = {}
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connected(cls, port: int) -> AsyncIterator[_RawClient]:
+        client = cls(*await asyncio.open_connection("127.0.0.1", port))
+        try:
+            client.flush()
+            yield client
+        finally:
+            client.writer.close()
+            await client.writer.wait_closed()
+
+    def call(self, stream_id: int, path: str, message: bytes, *headers: tuple[str, str]) -> None:
+        self.h2.send_headers(
+            stream_id,
+            [*self._REQUEST, (":path", path), ("content-type", "application/grpc"), *headers],
+        )
+        self.h2.send_data(stream_id, message, end_stream=True)
+
+    def flush(self) -> None:
+        self.writer.write(self.h2.data_to_send())
+
+    async def read_until(self, done: Callable[[], bool]) -> None:
+        """Read frames (answering as h2 does) until ``done``; the server must get there."""
+        async with asyncio.timeout(30):
+            while not done():
+                data = await self.reader.read(65536)
+                assert data, "the connection closed first"
+                for event in self.h2.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        length = event.flow_controlled_length or 0
+                        self.h2.acknowledge_received_data(length, event.stream_id)
+                    if isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
+                        status = dict(event.headers or []).get(b"grpc-status")
+                        if status is not None:
+                            self.statuses[event.stream_id] = status
+                self.flush()
+
+
+def _message(payload: bytes) -> bytes:
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
 async def test_a_bidirectional_message_that_does_not_decompress_ends_its_call(
     server: H2Server, handlers: _Handlers
 ) -> None:
     # Read as they come, outside any handler: its status must still be the call's end.
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    client.initiate_connection()
-    headers = [
-        (":method", "POST"),
-        (":path", _BIDI),
-        (":scheme", "http"),
-        (":authority", "test"),
-        ("content-type", "application/grpc"),
-        ("grpc-encoding", "gzip"),
-    ]
-    client.send_headers(1, headers)
-    client.send_data(1, b"\x01" + (4).to_bytes(4, "big") + b"junk")
-    writer.write(client.data_to_send())
-    status = None
-    try:
-        async with asyncio.timeout(30):
-            while status is None:
-                data = await reader.read(65536)
-                assert data, "the connection closed before the call ended"
-                for event in client.receive_data(data):
-                    if isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
-                        status = dict(event.headers or []).get(b"grpc-status", status)
-                writer.write(client.data_to_send())
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    assert status == str(grpc.StatusCode.INTERNAL.value[0]).encode()
+    async with _RawClient.connected(server.port) as client:
+        client.call(1, _BIDI, b"\x01" + (4).to_bytes(4, "big") + b"junk", ("grpc-encoding", "gzip"))
+        client.flush()
+        await client.read_until(lambda: 1 in client.statuses)
+    assert client.statuses[1] == str(grpc.StatusCode.INTERNAL.value[0]).encode()
+
+
+async def test_a_client_sends_calls_past_the_default_windows_without_waiting(
+    server: H2Server,
+) -> None:
+    # With HTTP/2's default windows (65,535 bytes) a client sends a few hundred small calls a
+    # round trip, and queues the rest where the server cannot see (nor refuse) them. h2's
+    # send_data raises FlowControlError rather than send past the windows the server gave.
+    async with _RawClient.connected(server.port) as client:
+        await client.read_until(lambda: client.h2.outbound_flow_control_window >= CONNECTION_WINDOW)
+        # The largest request the server takes, with gRPC's prefix, fits one call's window.
+        assert client.h2.remote_settings.initial_window_size == server.max_request_bytes + 5
+        calls = range(1, 180, 2)  # 90 calls of about 1 KB: more than 65,535 bytes.
+        for stream_id in calls:
+            client.call(stream_id, _UNARY, _message(b"x" * (server.max_request_bytes - 5)))
+        client.flush()
+        await client.read_until(lambda: len(client.statuses) == len(calls))
+    assert set(client.statuses.values()) == {b"0"}
 
 
 async def test_a_token_is_required_except_for_health_checks(handlers: _Handlers) -> None:

@@ -60,6 +60,14 @@ MAX_REQUEST_BYTES = 1024 * 1024
 # Bytes a connection may have queued for its socket before its streams wait (asyncio pauses
 # the protocol past it): a notification to 1,000 streams on one connection is ~150 KiB.
 WRITE_BUFFER_HIGH = 4 * 1024 * 1024
+# How many request bytes a client may have sent before it waits for the server's WINDOW_UPDATE,
+# on a connection and on each call. HTTP/2's default of 65,535 for both held a client to ~250
+# small publishes per round trip, and a round trip is a loop turn: past capacity, with turns
+# of 100 ms, a client could send only a few thousand calls a second and queued the rest for
+# seconds before the sidecar saw them (and could refuse them); a batch of 1,000 events took
+# several round trips. Bytes are acknowledged as they are read, so a window bounds only what is
+# in flight, not what the server holds: that is ``max_request_bytes`` per call.
+CONNECTION_WINDOW = 16 * 1024 * 1024
 # How long a stopping server waits for its connections to close before it cuts them.
 CLOSE_TIMEOUT = 5.0
 _RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
@@ -380,6 +388,10 @@ class _Connection(asyncio.Protocol):
             initial_values={
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: server.max_calls_per_connection,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 16 * 1024,
+                # A request of the largest size (with gRPC's prefix) needs no round trip.
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: min(
+                    server.max_request_bytes + 5, CONNECTION_WINDOW
+                ),
             },
         )
         self.calls: dict[int, _Call] = {}
@@ -401,6 +413,9 @@ class _Connection(asyncio.Protocol):
         self.peer = _peer_name(transport)
         self.server.connections.add(self)
         self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(
+            CONNECTION_WINDOW - self.h2.inbound_flow_control_window
+        )
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -10,6 +10,7 @@ and a ``google.rpc.RetryInfo`` detail, and none ends CANCELLED.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from dataclasses import replace
@@ -21,11 +22,15 @@ from google.rpc import error_details_pb2, status_pb2
 
 from dualstream.transport.admission import (
     BATCHED_NOTIFICATION_COST,
+    LIMIT_DELAY,
     MAX_RETRY_AFTER,
     MIN_BACKLOG,
     MIN_CALLS_HELD,
+    MIN_CALLS_LIMIT,
     MIN_DELIVERY_RATE,
     MIN_RETRY_AFTER,
+    RATE_WINDOW,
+    TARGET_CALL_TIME,
     Admission,
 )
 from dualstream.transport.server import CALLS_PER_CONNECTION_HEADROOM, Sidecar
@@ -55,6 +60,67 @@ def test_a_backlog_that_waits_too_long_turns_part_of_the_calls_away() -> None:
         admission.observe(0.01, 0, finished=True)
     assert not admission.shedding
     assert all(admission.try_admit() for _ in range(100))
+
+
+async def test_while_the_loop_lags_calls_in_progress_are_held_to_what_completes_soon() -> None:
+    admission = Admission(max_calls=2000, max_queue_delay=0.25)
+    admission.observe(0.001, 0, finished=True)  # Completions are counted from here on.
+    assert all(admission.try_admit() for _ in range(2000))
+    await asyncio.sleep(RATE_WINDOW)
+    for _ in range(500):
+        admission.release()
+    admission.observe(0.2, MIN_BACKLOG - 1, finished=True)  # Few calls came: a slow machine.
+    assert admission.limit == 2000
+    admission.observe(0.2, MIN_BACKLOG, finished=True)
+    # 500 completed in the 0.1 s or more since the first probe (at most 5,000 a second), and
+    # 2,000 came.
+    assert 0 < admission.completion_rate <= 500 / RATE_WINDOW
+    assert admission.arrival_rate == 4 * admission.completion_rate
+    rate = admission.completion_rate
+    assert admission.limit == max(MIN_CALLS_LIMIT, math.ceil(rate * TARGET_CALL_TIME))
+    assert admission.limited
+    assert not admission.shedding
+    assert not admission.try_admit(), "1,500 in progress, over the limit"
+    while admission.in_progress >= admission.limit:
+        admission.release()
+    assert admission.try_admit()
+    limit = admission.limit
+    admission.observe(LIMIT_DELAY * 0.75, MIN_BACKLOG, finished=True)  # Neither way: held.
+    assert admission.limit == limit
+    for _ in range(30):
+        admission.observe(0.001, 0, finished=True)
+    assert admission.limit == 2000
+    assert not admission.limited
+
+
+async def test_calls_that_complete_as_fast_as_they_come_are_not_limited() -> None:
+    # A loop that lags for another reason (a fan-out at its floor, a slow machine) with calls
+    # completing as they come: refusing some would not make the others faster.
+    admission = Admission(max_calls=2000, max_queue_delay=0.25)
+    admission.observe(0.001, 0, finished=True)
+    for _ in range(3):
+        for _ in range(300):
+            assert admission.try_admit()
+            admission.release()
+        await asyncio.sleep(RATE_WINDOW)
+        admission.observe(0.2, MIN_BACKLOG, finished=True)
+    assert admission.arrival_rate == admission.completion_rate > 0
+    assert admission.limit == 2000
+
+
+async def test_a_fan_out_gives_way_before_calls_in_progress_are_limited() -> None:
+    admission = Admission(max_calls=2000, max_queue_delay=0.25)
+    gate = admission.gate
+    admission.observe(0.001, 0, finished=True)
+    assert all(admission.try_admit() for _ in range(1000))  # Calls come and none completes ...
+    await asyncio.sleep(RATE_WINDOW)
+    for _ in range(100_000):  # ... while a fan-out goes far above its floor.
+        gate.try_pass()
+    admission.observe(0.2, MIN_BACKLOG, finished=True)
+    assert admission.arrival_rate > 0
+    assert admission.completion_rate == 0
+    assert gate.limited
+    assert admission.limit == 2000
 
 
 def test_a_slow_machine_with_no_backlog_refuses_nothing() -> None:

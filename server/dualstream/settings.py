@@ -151,7 +151,9 @@ class Settings:
         "socket, where callers cannot be told apart; max_streams bounds them)",
     )
     max_concurrent_rpcs: int = _setting(
-        2000, "most concurrent Publish and PublishBatch calls; more are answered RESOURCE_EXHAUSTED"
+        2000,
+        "most concurrent Publish and PublishBatch calls, fewer past capacity (see Overload); "
+        "more are answered RESOURCE_EXHAUSTED",
     )
     max_queue_delay: float = _setting(
         0.25,

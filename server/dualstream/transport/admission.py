@@ -19,7 +19,14 @@ the sidecar measures that queue and refuses publishes while it is too long:
   call, so refusing enough of them lets the loop take calls as fast as they come: the queue
   stays short and the calls taken on keep their latency. A long wait with few calls ahead is
   the machine being slow, not a backlog, and refusing calls would not shorten it.
-- Apart from that, at most ``max_calls`` publish calls are in progress at once.
+- Apart from that, at most ``max_calls`` publish calls are in progress at once, and fewer
+  past capacity: while the loop lags (a probe waits over ``LIMIT_DELAY`` with ``MIN_BACKLOG``
+  calls taken meanwhile), calls arrive ``OVERLOAD_RATIO`` times as fast as they complete, and
+  the fan-out has given way, at most as many as complete in ``TARGET_CALL_TIME`` (Little's
+  law: the calls in progress over the rate they complete at is how long each takes). On the
+  sidecar's own HTTP/2 server the calls taken on wait in the loop itself, turn after turn,
+  not in a queue the probe sees: at twice capacity 2,000 of them in progress took 1.9 s each
+  (p99), and the refusals of the rest waited behind them.
 - And a client may have only so many calls open on one connection (HTTP/2's
   SETTINGS_MAX_CONCURRENT_STREAMS: the streams it may keep, plus ``max_calls``, plus a little):
   gRPC clients hold further calls themselves, under their own deadlines, so a burst from one
@@ -82,6 +89,17 @@ MIN_CALLS_HELD = 3
 BATCHED_NOTIFICATION_COST = 0.25
 # Fewer calls than this ahead of a probe are not a backlog worth refusing calls over.
 MIN_BACKLOG = 32
+# While a probe waits longer than this, publish calls in progress are held to ...
+LIMIT_DELAY = 0.05
+# ... as many as complete in this long, at the rate they complete at ...
+TARGET_CALL_TIME = 0.1
+# The rate is counted over at least this long: probes under load come back at odd times.
+RATE_WINDOW = 0.1
+# Calls that come this many times as fast as they complete are past capacity; slower, the lag
+# is someone else's (a fan-out at its floor, the machine), and refusing would not shorten it.
+OVERLOAD_RATIO = 1.5
+# ... and never fewer than this: a slow machine, not a backlog, needs no fewer.
+MIN_CALLS_LIMIT = 256
 # Retry hints are within these bounds: soon enough to use the capacity as it frees up, late
 # enough that clients retrying together do not bring the backlog straight back.
 MIN_RETRY_AFTER = 0.05
@@ -218,6 +236,14 @@ class Admission:
         self.max_calls = max_calls
         self.max_queue_delay = max_queue_delay
         self.in_progress = 0
+        # Publish calls in progress at most, now (``max_calls`` unless the loop lags).
+        self.limit = max_calls
+        self.completed = 0
+        # Publish calls a second, arriving (taken on or not) and completing, as last measured.
+        self.arrival_rate = 0.0
+        self.completion_rate = 0.0
+        self._counted = (0, 0)  # Arrivals and completions when last measured ...
+        self._completed_stamp: float | None = None  # ... and when.
         self.arrivals = 0
         self.refused = 0
         # The share of arriving calls taken on (1: all); the credit spreads refusals evenly.
@@ -233,9 +259,14 @@ class Admission:
     def shedding(self) -> bool:
         return self.share < 1.0
 
+    @property
+    def limited(self) -> bool:
+        """Whether calls are refused (or about to be) for a queue: in the loop or before it."""
+        return self.shedding or self.limit < self.max_calls
+
     def try_admit(self) -> bool:
         self.arrivals += 1
-        if self.in_progress >= self.max_calls:
+        if self.in_progress >= self.limit:
             self.refused += 1
             return False
         if self.share < 1.0:
@@ -249,6 +280,7 @@ class Admission:
 
     def release(self) -> None:
         self.in_progress -= 1
+        self.completed += 1
 
     @property
     def expected_calls(self) -> int:
@@ -269,6 +301,8 @@ class Admission:
         gate = self.gate
         now = time.monotonic()
         gate.measure(now)
+        if finished:
+            self._limit_calls(queue_delay, calls_ahead, now)
         holding_up_calls = queue_delay > FANOUT_DELAY and calls_ahead >= MIN_CALLS_HELD
         if holding_up_calls:
             gate.slow_down()
@@ -295,6 +329,40 @@ class Admission:
             if not self.shedding:
                 self._credit = 0.0
                 logger.info("the call queue is short again: taking on every publish")
+
+    def _limit_calls(self, queue_delay: float, calls_ahead: int, now: float) -> None:
+        """Set the in-progress limit from a finished probe's wait and the calls taken in it."""
+        if self._completed_stamp is None:
+            self._counted = (self.arrivals, self.completed)
+            self._completed_stamp = now
+        elif now - self._completed_stamp >= RATE_WINDOW:
+            elapsed = now - self._completed_stamp
+            self.arrival_rate = (self.arrivals - self._counted[0]) / elapsed
+            self.completion_rate = (self.completed - self._counted[1]) / elapsed
+            self._counted = (self.arrivals, self.completed)
+            self._completed_stamp = now
+        if (
+            queue_delay > LIMIT_DELAY
+            and calls_ahead >= MIN_BACKLOG
+            and self.arrival_rate > OVERLOAD_RATIO * self.completion_rate
+            and self.gate.yielded
+        ):
+            limit = max(MIN_CALLS_LIMIT, math.ceil(self.completion_rate * TARGET_CALL_TIME))
+            if limit < self.limit:
+                if self.limit == self.max_calls:
+                    logger.warning(
+                        "calls wait %.0f ms for the sidecar's loop: holding publish calls in "
+                        "progress to %d (%.0f completed a second)",
+                        queue_delay * 1000,
+                        limit,
+                        self.completion_rate,
+                    )
+                self.limit = limit
+        elif queue_delay < LIMIT_DELAY / 2 and self.limit < self.max_calls:
+            # Back up a step at a time: a limit that lets the lag return falls again.
+            self.limit = min(self.max_calls, self.limit + max(self.limit // 4, 1))
+            if self.limit == self.max_calls:
+                logger.info("the loop keeps up again: up to %d publish calls", self.max_calls)
 
 
 class QueueProbe:

@@ -283,12 +283,12 @@ class EventServicer(pb_grpc.EventServiceServicer):
         if admission.try_admit():
             return None
         retry_ms = round(admission.retry_after * 100) * 10  # Hints in steps of 10 ms.
-        key = (admission.shedding, retry_ms)
+        key = (admission.limited, retry_ms)
         refusal = self._refusals.get(key)
         if refusal is None:
             reason = (
                 "calls are queueing for it"
-                if admission.shedding
+                if admission.limited
                 else f"{admission.max_calls} publish calls are in progress, its limit"
             )
             message = f"the sidecar is past capacity ({reason}); retry in {retry_ms} ms"

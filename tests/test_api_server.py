@@ -86,7 +86,7 @@ async def test_reflection_lists_the_services(api_sidecar: Sidecar) -> None:
 async def test_past_max_concurrent_rpcs_a_publish_is_refused_with_a_retry_hint(
     api_sidecar: Sidecar, source_type: str
 ) -> None:
-    api_sidecar.admission.max_calls = 0
+    api_sidecar.admission.max_calls = api_sidecar.admission.limit = 0
     async with DualstreamClient(target_of(api_sidecar)) as client:
         with pytest.raises(ResourceExhaustedError) as refused:
             await client.publish(EventInput("t", source_type, "a"))

@@ -80,6 +80,8 @@ async def test_metrics_move_as_events_flow_and_redis_dies(
         assert await sidecar.publisher.event_log.wait_ready(30)
         before = await scraped(sidecar)
         assert value(before, "dualstream_streams_open") == 0
+        assert value(before, "dualstream_publish_in_progress") == 0
+        assert value(before, "dualstream_publish_limit") == settings.max_concurrent_rpcs
         assert value(before, "target_info", service_name="dualstream") == 1
 
         async with client.subscribe([(source_type, "o1")]) as stream:

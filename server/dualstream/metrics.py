@@ -18,7 +18,7 @@ import bisect
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -240,6 +240,13 @@ class RpcCalls:
 # ---- the sidecar's metrics -------------------------------------------------------------------
 
 
+class PublishAdmission(Protocol):
+    """What the metrics read of the transport's admission of publish calls."""
+
+    in_progress: int
+    limit: int
+
+
 class SidecarMetrics(Service):
     """Every metric of one sidecar: the series its parts record into, and the readers.
 
@@ -431,6 +438,24 @@ class SidecarMetrics(Service):
             "{connection}",
             "Times the shared Redis subscriber connection was made again after it was lost.",
             lambda: [Observation(hub.reconnects)],
+        )
+
+    def watch_admission(self, admission: PublishAdmission) -> None:
+        """The publish calls in progress, and how many the sidecar takes on at once now."""
+        self.observe(
+            "updown",
+            "dualstream.publish.in_progress",
+            "{call}",
+            "Publish and PublishBatch calls taken on and not answered yet.",
+            lambda: [Observation(admission.in_progress)],
+        )
+        self.observe(
+            "gauge",
+            "dualstream.publish.limit",
+            "{call}",
+            "Publish and PublishBatch calls the sidecar takes on at once now: "
+            "max_concurrent_rpcs, or fewer past capacity.",
+            lambda: [Observation(admission.limit)],
         )
 
     # -- lifecycle and readers

@@ -129,6 +129,7 @@ class Sidecar(Service):
             listen=settings.listen,
         )
         self.metrics.watch(self.publisher, self.hub)
+        self.metrics.watch_admission(self.admission)
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
         self._h2_server: H2Server | None = None

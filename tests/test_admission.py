@@ -108,7 +108,7 @@ async def test_calls_that_complete_as_fast_as_they_come_are_not_limited() -> Non
     assert admission.limit == 2000
 
 
-async def test_a_fan_out_gives_way_before_calls_in_progress_are_limited() -> None:
+async def test_calls_in_progress_are_not_limited_while_the_gate_holds_streams_back() -> None:
     admission = Admission(max_calls=2000, max_queue_delay=0.25)
     gate = admission.gate
     admission.observe(0.001, 0, finished=True)

@@ -93,13 +93,13 @@ MIN_BACKLOG = 32
 LIMIT_DELAY = 0.05
 # ... as many as complete in this long, at the rate they complete at ...
 TARGET_CALL_TIME = 0.1
-# Rates are counted over at least this long: probes under load come back at odd times.
-RATE_WINDOW = 0.1
+# ... and never fewer than this: a slow machine, not a backlog, needs no fewer.
+MIN_CALLS_LIMIT = 256
 # Calls that come this many times as fast as they complete are past capacity; slower, the lag
 # is someone else's (a fan-out at its floor, the machine), and refusing would not shorten it.
 OVERLOAD_RATIO = 1.5
-# ... and never fewer than this: a slow machine, not a backlog, needs no fewer.
-MIN_CALLS_LIMIT = 256
+# Rates are counted over at least this long: probes under load come back at odd times.
+RATE_WINDOW = 0.1
 # Retry hints are within these bounds: soon enough to use the capacity as it frees up, late
 # enough that clients retrying together do not bring the backlog straight back.
 MIN_RETRY_AFTER = 0.05
@@ -243,7 +243,7 @@ class Admission:
         self.arrival_rate = 0.0
         self.completion_rate = 0.0
         self._counted = (0, 0)  # Arrivals and completions when last measured ...
-        self._completed_stamp: float | None = None  # ... and when.
+        self._rates_stamp: float | None = None  # ... and when.
         self.arrivals = 0
         self.refused = 0
         # The share of arriving calls taken on (1: all); the credit spreads refusals evenly.
@@ -332,15 +332,15 @@ class Admission:
 
     def _limit_calls(self, queue_delay: float, calls_ahead: int, now: float) -> None:
         """Set the in-progress limit from a finished probe's wait and the calls taken in it."""
-        if self._completed_stamp is None:
+        if self._rates_stamp is None:
             self._counted = (self.arrivals, self.completed)
-            self._completed_stamp = now
-        elif now - self._completed_stamp >= RATE_WINDOW:
-            elapsed = now - self._completed_stamp
+            self._rates_stamp = now
+        elif now - self._rates_stamp >= RATE_WINDOW:
+            elapsed = now - self._rates_stamp
             self.arrival_rate = (self.arrivals - self._counted[0]) / elapsed
             self.completion_rate = (self.completed - self._counted[1]) / elapsed
             self._counted = (self.arrivals, self.completed)
-            self._completed_stamp = now
+            self._rates_stamp = now
         if (
             queue_delay > LIMIT_DELAY
             and calls_ahead >= MIN_BACKLOG

@@ -248,7 +248,8 @@ class _RawClient:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connected(cls, port: int) -> AsyncIterator[_RawClient]:
+    async def connected(cls, port: int | None) -> AsyncIterator[_RawClient]:
+        assert port is not None, "the server is not listening"
         client = cls(*await asyncio.open_connection("127.0.0.1", port))
         try:
             client.flush()

@@ -473,16 +473,13 @@ class _Connection(asyncio.Protocol):
             return
         limit = self.server.max_request_bytes
         try:
-            fits = call.take_data(event.data or b"", limit)
-        except _AbortedError as aborted:  # A bidirectional call's message did not decode.
-            call.end(aborted.code, aborted.details, aborted.trailers)
-            fits = True
-        else:
-            if not fits:
+            if not call.take_data(event.data or b"", limit):
                 call.end(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"the request message is larger than this server's limit of {limit} bytes",
                 )
+        except _AbortedError as aborted:  # A bidirectional call's message did not decode.
+            call.end(aborted.code, aborted.details, aborted.trailers)
         if call.ended:
             call.cancel()
             self.calls.pop(event.stream_id, None)

@@ -119,6 +119,20 @@ def _overload(run: Run) -> dict[str, Any]:
     return {"capacity_calls_per_s": capacity, **overload(run.target, capacity, 5, run.pids)}
 
 
+def _aged_unary(run: Run) -> dict[str, Any]:
+    """Unary publishes on the fresh sidecar, then again after it has served what `make bench`
+    puts before its unary run (1,000 subscribers, one notification per message and batched,
+    and the fan-out): whether a sidecar that has served streams publishes at the same cost."""
+    fresh = _unary(run)
+    for max_per_message in (0, 64):
+        with_subscribers(
+            run.workdir, run.target, run.redis_url, run.pids, 1000, 1000, 5, max_per_message,
+            subscribe_target=run.subscribe_target,
+        )  # fmt: skip
+    _fan_out(run)
+    return {"fresh": fresh, "aged": _unary(run)}
+
+
 def _idle_streams(run: Run) -> dict[str, Any]:
     """RSS per idle stream, as ``make bench`` measures it but on the round's warmed sidecar:
     2,000 streams, more than the heap's slack after the warm-up can hide."""
@@ -143,6 +157,7 @@ SCENARIOS: dict[str, Scenario] = {
     "isolation_batched": _isolation_batched,
     "overload": _overload,
     "idle": _idle_streams,
+    "aged_unary": _aged_unary,
 }
 ISOLATION_FIGURES = [
     "subscribers_0.publish.p99_ms", "subscribers_10.publish.p99_ms",
@@ -174,6 +189,11 @@ SUMMARY: dict[str, list[str]] = {
     "isolation": ISOLATION_FIGURES,
     "isolation_batched": ISOLATION_FIGURES,
     "idle": ["rss_per_idle_stream_kib"],
+    "aged_unary": [
+        f"{age}.{figure}" for age in ("fresh", "aged") for figure in (
+            "calls_per_s", "p99_ms", "sidecar_cpu_s_per_10k_events", "broker_cpu_s_per_10k_events"
+        )
+    ],
     "overload": [
         "capacity_calls_per_s", "overload_open_loop_2x.errors",
         "overload_open_loop_2x.error_messages", "overload_open_loop_2x.p99_ms",

@@ -245,6 +245,7 @@ class _RawClient:
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.h2.initiate_connection()
         self.statuses: dict[int, bytes] = {}
+        self.headers: dict[int, list[tuple[bytes, bytes]]] = {}  # Headers, then trailers.
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -279,6 +280,7 @@ class _RawClient:
                         length = event.flow_controlled_length or 0
                         self.h2.acknowledge_received_data(length, event.stream_id)
                     if isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
+                        self.headers.setdefault(event.stream_id, []).extend(event.headers or [])
                         status = dict(event.headers or []).get(b"grpc-status")
                         if status is not None:
                             self.statuses[event.stream_id] = status
@@ -395,6 +397,38 @@ async def test_a_refusal_before_the_handler_and_a_release_for_each_admitted_call
         assert failed.value.code() == grpc.StatusCode.INTERNAL
     assert admitted == [True, False, True]
     assert len(released) == 2
+
+
+async def test_headers_and_trailers_decode_before_and_after_a_table_size_change(
+    server: H2Server,
+) -> None:
+    # The server writes its header blocks itself, as literals that leave HPACK's tables alone,
+    # except while h2's encoder owes the client a table size update: then h2 writes them.
+    long_path = "/test.Long/" + "x" * 300  # Its UNIMPLEMENTED message needs a 2-byte length.
+    async with _RawClient.connected(server.port) as client:
+        client.call(1, _UNARY, _message(b"abc"))
+        client.call(3, long_path, _message(b""))
+        client.call(5, _UNARY, _message(b"refuse"))
+        client.flush()
+        await client.read_until(lambda: len(client.statuses) == 3)
+        client.h2.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 256})
+        client.flush()
+        await client.read_until(lambda: client.h2.local_settings.header_table_size == 256)
+        client.call(7, _UNARY, _message(b"abc"))
+        client.call(9, long_path, _message(b""))
+        client.flush()
+        await client.read_until(lambda: len(client.statuses) == 5)
+    for ok in (1, 7):
+        assert client.headers[ok] == [
+            (b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"0")
+        ]  # fmt: skip
+    for unimplemented in (3, 9):
+        headers = dict(client.headers[unimplemented])
+        assert headers[b"grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0]).encode()
+        assert long_path.encode() in headers[b"grpc-message"]
+    refused = dict(client.headers[5])
+    assert refused[b"grpc-message"] == b"full: 100 %25 %E2%80%94 retry"
+    assert b"grpc-retry-pushback-ms" in refused
 
 
 def test_the_streams_a_connection_holds_stay_within_its_limit() -> None:

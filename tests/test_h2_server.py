@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -21,6 +22,7 @@ from dualstream.transport.h2_server import (
     CallContext,
     H2Server,
     Method,
+    _malformed,
     _ServerConnection,
 )
 from dualstream.transport.status import retry_trailers
@@ -242,9 +244,14 @@ class _RawClient:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        # It may send malformed headers: the server is what checks them.
+        config = h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
+        self.h2 = h2.connection.H2Connection(config)
         self.h2.initiate_connection()
         self.statuses: dict[int, bytes] = {}
+        self.resets: dict[int, h2.errors.ErrorCodes | int | None] = {}
         self.headers: dict[int, list[tuple[bytes, bytes]]] = {}  # Headers, then trailers.
 
     @classmethod
@@ -260,10 +267,14 @@ class _RawClient:
             await client.writer.wait_closed()
 
     def call(self, stream_id: int, path: str, message: bytes, *headers: tuple[str, str]) -> None:
-        self.h2.send_headers(
+        self.send(
             stream_id,
             [*self._REQUEST, (":path", path), ("content-type", "application/grpc"), *headers],
+            message,
         )
+
+    def send(self, stream_id: int, headers: list[tuple[str, str]], message: bytes) -> None:
+        self.h2.send_headers(stream_id, headers)
         self.h2.send_data(stream_id, message, end_stream=True)
 
     def flush(self) -> None:
@@ -276,6 +287,8 @@ class _RawClient:
                 data = await self.reader.read(65536)
                 assert data, "the connection closed first"
                 for event in self.h2.receive_data(data):
+                    if isinstance(event, h2.events.StreamReset):
+                        self.resets[event.stream_id] = event.error_code
                     if isinstance(event, h2.events.DataReceived):
                         length = event.flow_controlled_length or 0
                         self.h2.acknowledge_received_data(length, event.stream_id)
@@ -429,6 +442,61 @@ async def test_headers_and_trailers_decode_before_and_after_a_table_size_change(
     refused = dict(client.headers[5])
     assert refused[b"grpc-message"] == b"full: 100 %25 %E2%80%94 retry"
     assert b"grpc-retry-pushback-ms" in refused
+
+
+_GOOD_REQUEST = [
+    (":method", "POST"), (":scheme", "http"), (":path", _UNARY), (":authority", "test"),
+    ("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "5S"),
+]  # fmt: skip
+_MALFORMED_REQUESTS = {
+    "an upper-case name": [*_GOOD_REQUEST, ("X-Trace", "1")],
+    "a name with a space": [*_GOOD_REQUEST, ("x trace", "1")],
+    "a value with a line feed": [*_GOOD_REQUEST, ("x-trace", "1\r\nx-admin: yes")],
+    "a value with a NUL": [*_GOOD_REQUEST, ("x-trace", "1\x00")],
+    "a value with a leading space": [*_GOOD_REQUEST, ("x-trace", " 1")],
+    "a value with a trailing tab": [*_GOOD_REQUEST, ("x-trace", "1\t")],
+    "a connection header": [*_GOOD_REQUEST, ("connection", "close")],
+    "te other than trailers": [*_GOOD_REQUEST[:5], ("te", "gzip")],
+    "a pseudo-header after a regular one": [*_GOOD_REQUEST, (":path", _UNARY)],
+    "an unknown pseudo-header": [(":protocol", "grpc"), *_GOOD_REQUEST],
+    "a repeated pseudo-header": [(":method", "POST"), *_GOOD_REQUEST],
+    "no :path": [field for field in _GOOD_REQUEST if field[0] != ":path"],
+    "no :method": _GOOD_REQUEST[1:],
+    "an empty :path": [(":path", ""), *_GOOD_REQUEST[:2], *_GOOD_REQUEST[3:]],
+}
+
+
+def _fields(fields: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode(), value.encode()) for name, value in fields]
+
+
+def test_well_formed_request_fields_pass() -> None:
+    assert _malformed(_fields(_GOOD_REQUEST)) is None
+    assert _malformed(_fields([*_GOOD_REQUEST, ("x-empty", ""), ("x-inner", "a b\tc")])) is None
+
+
+@pytest.mark.parametrize("fields", _MALFORMED_REQUESTS.values(), ids=_MALFORMED_REQUESTS.keys())
+def test_malformed_request_fields_are_named(fields: list[tuple[str, str]]) -> None:
+    assert _malformed(_fields(fields)) is not None
+
+
+async def test_a_malformed_request_resets_its_stream_and_the_connection_goes_on(
+    server: H2Server, handlers: _Handlers
+) -> None:
+    # RFC 9113 8.1.1: a malformed request is a stream error; the connection's other calls go on.
+    async with _RawClient.connected(server.port) as client:
+        stream_ids = range(1, 2 * len(_MALFORMED_REQUESTS), 2)
+        for stream_id, fields in zip(stream_ids, _MALFORMED_REQUESTS.values(), strict=True):
+            client.send(stream_id, fields, _message(b"abc"))
+        good = 2 * len(_MALFORMED_REQUESTS) + 1
+        client.send(good, _GOOD_REQUEST, _message(b"abc"))
+        client.flush()
+        await client.read_until(
+            lambda: len(client.resets) == len(_MALFORMED_REQUESTS) and good in client.statuses
+        )
+    assert set(client.resets) == set(stream_ids)
+    assert set(client.resets.values()) == {h2.errors.ErrorCodes.PROTOCOL_ERROR}
+    assert client.statuses == {good: b"0"}
 
 
 def test_the_streams_a_connection_holds_stay_within_its_limit() -> None:

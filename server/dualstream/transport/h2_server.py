@@ -81,8 +81,9 @@ _END_STREAM, _END_HEADERS = 0x1, 0x4
 _MESSAGE_FRAME_HEADER = struct.Struct(">BHBBLBL")
 _STREAM_STATES_SENDING = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-# A request's header fields are checked here (``_malformed``) rather than by h2, whose checks
-# are a chain of generators per field: a third of the CPU of reading a request's headers.
+# A request's header fields are checked here (``_malformed``, 6 µs) rather than by h2, whose
+# checks are a chain of generators per field: h2 read a request's HEADERS and DATA in 190 µs
+# with them and 140 µs without (a micro-benchmark on the 12-01 machine).
 _FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # A token, lower case (RFC 9113 8.2).
 _FIELD_VALUE = re.compile(rb"(?:[^\x00\r\n\t ](?:[^\x00\r\n]*[^\x00\r\n\t ])?)?")
 _REQUEST_PSEUDO_FIELDS = frozenset((b":method", b":scheme", b":path", b":authority"))
@@ -230,8 +231,9 @@ def _malformed(fields: Iterable[tuple[bytes, bytes]]) -> str | None:
                 return f"the connection-specific field {name!r}"
         if _FIELD_VALUE.fullmatch(value) is None:
             return f"the value of {name!r}"
-    if not _REQUIRED_PSEUDO_FIELDS <= pseudo:
-        return "missing " + ", ".join(sorted(map(repr, _REQUIRED_PSEUDO_FIELDS - pseudo)))
+    missing = _REQUIRED_PSEUDO_FIELDS - pseudo
+    if missing:
+        return "missing " + ", ".join(sorted(map(repr, missing)))
     return None
 
 

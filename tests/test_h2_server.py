@@ -451,6 +451,8 @@ _GOOD_REQUEST = [
 _MALFORMED_REQUESTS = {
     "an upper-case name": [*_GOOD_REQUEST, ("X-Trace", "1")],
     "a name with a space": [*_GOOD_REQUEST, ("x trace", "1")],
+    "a name with a colon": [*_GOOD_REQUEST, ("x:trace", "1")],
+    "a name with a non-ASCII byte": [*_GOOD_REQUEST, ("x-tr\u00e4ce", "1")],
     "a value with a line feed": [*_GOOD_REQUEST, ("x-trace", "1\r\nx-admin: yes")],
     "a value with a NUL": [*_GOOD_REQUEST, ("x-trace", "1\x00")],
     "a value with a leading space": [*_GOOD_REQUEST, ("x-trace", " 1")],

@@ -483,7 +483,7 @@ def test_malformed_request_fields_are_named(fields: list[tuple[str, str]]) -> No
 
 
 async def test_a_malformed_request_resets_its_stream_and_the_connection_goes_on(
-    server: H2Server, handlers: _Handlers
+    server: H2Server,
 ) -> None:
     # RFC 9113 8.1.1: a malformed request is a stream error; the connection's other calls go on.
     async with _RawClient.connected(server.port) as client:

@@ -64,6 +64,7 @@ class Run:
         self.workdir = workdir
         self.seconds = 8.0
         self.subscribe_target = subscribe_target  # The listen address, or a delivery process's.
+        self.subscriber_nice = 0
 
     def sampled(self, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         with Sampler(self.pids, self.broker) as sampler:
@@ -104,6 +105,7 @@ def _isolation(run: Run, max_per_message: int = 0) -> dict[str, Any]:
             5,
             max_per_message,
             subscribe_target=run.subscribe_target,
+            subscriber_nice=run.subscriber_nice,
         )
         for n in (0, 10, 100, 1000)
     }
@@ -303,12 +305,21 @@ def main() -> None:
         help="streams go to a delivery process of their own (--subscribe-listen); CPU counts "
         "both processes, --profile samples the publishing one (see --profile-delivery)",
     )  # fmt: skip
+    parser.add_argument(
+        "--subscriber-nice", action="append", default=[], metavar="NAME=NICENESS",
+        help="one version's Go subscriber niceness in isolation runs (standing in for "
+        "subscribers on other machines)",
+    )  # fmt: skip
     args = parser.parse_args()
     versions = dict(item.split("=", 1) for item in args.rev)
     version_args: dict[str, list[str]] = {name: [] for name in versions}
     for item in args.rev_arg:
         name, _, arg = item.partition("=")
         version_args[name].append(arg)
+    subscriber_nice = {name: 0 for name in versions}
+    for item in args.subscriber_nice:
+        name, _, niceness = item.partition("=")
+        subscriber_nice[name] = int(niceness)
     scenario = SCENARIOS[args.scenario]
     workdir = Path(tempfile.mkdtemp(prefix="dualstream-ab-"))
     build_go_tools()  # Go's build cache makes this quick, and a stale tool misleads.
@@ -335,6 +346,7 @@ def main() -> None:
                         sidecar.subscribe_target,
                     )  # fmt: skip
                     run.seconds = args.seconds
+                    run.subscriber_nice = subscriber_nice[name]
                     _warm_up(target)
                     if number == "profile":
                         args.profile.mkdir(parents=True, exist_ok=True)

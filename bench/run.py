@@ -421,10 +421,13 @@ class SubscriberProcesses:
         timeout: float,
         connections: int = 1,
         max_per_message: int = 0,
+        nice: int = 0,
     ) -> None:
         """Streams from the Go subscriber: a Python client would use as much CPU per message
-        as the sidecar, and on two cores it, not the sidecar, would be measured."""
+        as the sidecar, and on two cores it, not the sidecar, would be measured. ``nice``
+        above 0 runs it at that niceness, standing in for subscribers on other machines."""
         self.start(
+            *(["nice", "-n", str(nice)] if nice else []),
             str(GO_BUILD / "subscriber"), "--target", target, "--source-id", source_id,
             "--streams", str(streams), "--connections", str(connections),
             "--timeout", str(timeout), "--max-per-message", str(max_per_message),
@@ -482,12 +485,14 @@ def with_subscribers(
     seconds: float,
     max_per_message: int = 0,
     subscribe_target: str = "",
+    subscriber_nice: int = 0,
 ) -> dict[str, Any]:
     """Publish at ``rate`` (open loop, the Go load client) while ``subscribers`` streams follow
     the source: whether publishes keep their latency and all succeed whatever the subscriber
     load (isolation), and how long each notification takes to reach every subscriber.
     ``max_per_message`` above 1 lets the streams take several notifications per message;
-    ``subscribe_target``, if set, is where the streams go (a delivery listener).
+    ``subscribe_target``, if set, is where the streams go (a delivery listener);
+    ``subscriber_nice`` the subscribing process's niceness.
 
     The subscribers run in a process of their own. A plain Redis subscriber on the same channel
     splits the notification's time in two: publish to Redis (which includes Kafka's
@@ -505,6 +510,7 @@ def with_subscribers(
             subscribers,
             seconds + 60,
             max_per_message=max_per_message,
+            nice=subscriber_nice,
         )
         processes.redis_watcher(redis_url, source_id, seconds + 60)
         processes.wait_ready()
@@ -954,13 +960,14 @@ def delivery_process(
     workdir: Path, bootstrap: str, redis_url: str, seconds: float, *, smoke: bool
 ) -> dict[str, Any]:
     """Isolation and the fan-out again, against a sidecar whose streams have a process of
-    their own (``--subscribe-listen``, at the default lower CPU priority): the publishes go to
-    the listen address, the subscribers to the delivery process's. The smoke run checks the
-    plumbing only, at equal priority: CI may run it beside a CPU hog, which a niceness of 19
-    would leave the delivery process next to no CPU to start in."""
+    their own (``--subscribe-listen``, at the default lower CPU priority, SCHED_IDLE): the
+    publishes go to the listen address, the subscribers to the delivery process's. The smoke
+    run checks the plumbing only, at equal priority: CI may run it beside a CPU hog, which
+    would leave an idle-policy delivery process next to no CPU to start in."""
+    equal_priority = ["--delivery-cpu-policy", "nice", "--delivery-nice", "0"]
     sidecar, target = start_sidecar(
         workdir / "sidecar-delivery-process", bootstrap, redis_url,
-        *(["--delivery-nice", "0"] if smoke else []), subscribe_port=free_port(),
+        *(equal_priority if smoke else []), subscribe_port=free_port(),
     )  # fmt: skip
     figures: dict[str, Any] = {}
     try:

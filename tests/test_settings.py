@@ -23,6 +23,7 @@ def test_defaults_match_the_contract() -> None:
     assert settings.kafka_topic == "events"
     assert settings.max_payload_bytes == 1024 * 1024
     assert (settings.subscribe_listen, settings.delivery_nice) == ("", 19)
+    assert settings.delivery_cpu_policy == "idle"
     assert settings.worker_stall_timeout == 30.0
 
 
@@ -45,6 +46,7 @@ def test_flag_beats_env_beats_default() -> None:
             "delivery_admin_listen needs subscribe_listen",
         ),
         ({"DUALSTREAM_DELIVERY_NICE": "20"}, "delivery_nice"),
+        ({"DUALSTREAM_DELIVERY_CPU_POLICY": "batch"}, "delivery_cpu_policy must be idle or nice"),
         ({"DUALSTREAM_WORKER_STALL_TIMEOUT": "1.5"}, "worker_stall_timeout must be at least 2 s"),
     ],
 )

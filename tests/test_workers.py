@@ -6,14 +6,17 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from dualstream.settings import Settings
 from dualstream.v1 import event_service_pb2 as pb
 from dualstream.v1 import event_service_pb2_grpc as pb_grpc
+from dualstream.workers import _roles, _take_idle_policy
 from dualstream_client import DualstreamClient, DualstreamClientError, EventInput
 from stack.localstack import (
     TCP_ESTABLISHED,
@@ -49,6 +52,36 @@ def _thread_niceness(pid: int) -> set[int]:
     return values
 
 
+def test_the_delivery_process_takes_sched_idle_by_default_and_a_niceness_otherwise() -> None:
+    publishing, delivering = _roles(Settings(subscribe_listen="127.0.0.1:50052"))
+    assert (publishing.niceness, publishing.idle_policy, publishing.delivery_process) == (
+        0, False, False,
+    )  # fmt: skip
+    # The niceness stays: it is what the process falls back to without SCHED_IDLE.
+    assert (delivering.niceness, delivering.idle_policy, delivering.delivery_process) == (
+        19, True, True,
+    )  # fmt: skip
+    niced = Settings(subscribe_listen="127.0.0.1:50052", delivery_cpu_policy="nice", workers=2)
+    *_, delivering = _roles(niced)
+    assert (delivering.niceness, delivering.idle_policy) == (19, False)
+
+
+def test_sched_idle_is_taken_by_the_calling_thread_alone() -> None:
+    """What the delivery process does first, before it starts any thread (threads inherit
+    the policy); here in a thread of the test's, which ends with it."""
+    seen: dict[str, object] = {}
+
+    def take() -> None:
+        seen["refused"] = _take_idle_policy()
+        seen["policy"] = os.sched_getscheduler(0)
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join()
+    assert seen == {"refused": None, "policy": os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE
+
+
 @contextlib.asynccontextmanager
 async def with_delivery_process(
     kafka: KafkaBroker, redis: RedisServer, topic: str, tmp_path: Path, *extra_args: str
@@ -57,9 +90,10 @@ async def with_delivery_process(
     sidecar = SidecarProcess(
         tmp_path / "sidecar", free_port(), kafka.bootstrap, redis.url, topic,
         subscribe_port=free_port(),
-        # Not the default 19: beside a CPU hog (CI's check under load) that would leave the
-        # delivery process next to no CPU to start in, which is what it is for.
-        extra_args=["--delivery-nice", "5", *extra_args],
+        # Neither SCHED_IDLE nor niceness 19, the defaults: beside a CPU hog (CI's check under
+        # load) they would leave the delivery process next to no CPU to start in, which is what
+        # they are for.
+        extra_args=["--delivery-cpu-policy", "nice", "--delivery-nice", "5", *extra_args],
     )  # fmt: skip
     await asyncio.to_thread(sidecar.start)
     try:

@@ -18,6 +18,7 @@ from dualstream.heartbeats import BEAT_INTERVAL
 ENV_PREFIX = "DUALSTREAM_"
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 GRPC_SERVERS = ("grpcio", "h2")
+DELIVERY_CPU_POLICIES = ("idle", "nice")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
@@ -38,10 +39,18 @@ class Settings:
         "Subscribe streams at a lower CPU priority, so that deliveries never take the publishes' "
         "CPU; empty: streams are served on listen, by the same process as publishes",
     )
+    delivery_cpu_policy: str = _setting(
+        "idle",
+        "how the subscribe_listen process yields the CPU to publishes: idle, Linux's SCHED_IDLE "
+        "(it runs on CPU nothing else wants, and publishing work that wakes takes the core "
+        "from it at once), or nice, a normal process at delivery_nice (a lower share of a busy "
+        "CPU, but it may finish its time slice, a few ms, before publishing work that wakes "
+        "gets the core); idle falls back to nice where the policy does not exist",
+    )
     delivery_nice: int = _setting(
         19,
-        "the CPU niceness (0-19) of the subscribe_listen process: higher yields more of the "
-        "CPU to publishes",
+        "the CPU niceness (0-19) of the subscribe_listen process, with delivery_cpu_policy "
+        "nice: higher yields more of the CPU to publishes",
     )
     api_server: str = _setting(
         "h2",
@@ -235,6 +244,11 @@ class Settings:
                 raise ValueError(
                     f"setting {name} must be grpcio or h2, not {getattr(self, name)!r}"
                 )
+        if self.delivery_cpu_policy not in DELIVERY_CPU_POLICIES:
+            raise ValueError(
+                f"setting delivery_cpu_policy must be idle or nice, not "
+                f"{self.delivery_cpu_policy!r}"
+            )
         if not 0 <= self.delivery_nice <= 19:
             raise ValueError(f"setting delivery_nice must be 0 to 19, got {self.delivery_nice}")
         if self.admin_listen:

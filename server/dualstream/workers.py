@@ -4,7 +4,7 @@ One Python process serves gRPC on one core at most. With ``workers`` above 1 or 
 ``subscribe_listen`` address this process becomes a supervisor. It starts ``workers`` sidecar
 processes, which all bind the listen port with SO_REUSEPORT so the kernel spreads client
 connections across them, and, with ``subscribe_listen``, one more on that address: the
-delivery process, at a lower CPU priority (``delivery_nice``), so that when fan-out and
+delivery process, at a lower CPU priority (``delivery_cpu_policy``), so that when fan-out and
 publishes both want the CPU the publishes get it and the streams fall behind into their gaps.
 The supervisor forwards SIGTERM and SIGINT to them (each drains and flushes on its own), and
 stops them all if one dies, so that whatever runs the sidecar notices and restarts it whole.
@@ -14,6 +14,7 @@ One that hangs instead fails ``/healthz`` on the first worker's admin listener (
 from __future__ import annotations
 
 import gc
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -43,6 +44,7 @@ def _serve_here(
     heartbeat: Heartbeat | None = None,
     *,
     delivery_process: bool = False,
+    idle_refused: str | None = None,
 ) -> None:
     # Imported here: the supervisor itself never loads gRPC.
     import uvloop
@@ -53,6 +55,11 @@ def _serve_here(
     from dualstream.transport.server import run
 
     configure_logging(settings.log_level, settings.log_format)
+    if idle_refused:
+        logging.getLogger(__name__).warning(
+            "the delivery process runs at niceness %d without SCHED_IDLE: %s",
+            settings.delivery_nice, idle_refused,
+        )  # fmt: skip
     provider = build_tracer_provider(telemetry, version)
     # Deliveries in flight to many streams outlive CPython's default 700-allocation young
     # generation, get promoted, and every second or so force a full collection that stalls
@@ -86,27 +93,47 @@ def _freeze_startup_heap() -> None:
 @dataclass(frozen=True)
 class _Role:
     """What one process of a supervised sidecar is: a name for people, its settings, its
-    niceness, and whether it is the delivery process (of streams: see subscribe_server)."""
+    niceness, whether it runs under SCHED_IDLE, and whether it is the delivery process (of
+    streams: see subscribe_server)."""
 
     name: str
     settings: Settings
     niceness: int = 0
+    idle_policy: bool = False
     delivery_process: bool = False
 
 
 def _worker_main(
     role: _Role, telemetry: TelemetrySettings, version: str, board: HeartbeatBoard, slot: int
 ) -> None:
-    # Before gRPC starts its threads, which inherit it: Linux keeps a niceness per thread.
+    # Before gRPC starts its threads, which inherit them: Linux keeps a niceness and a
+    # scheduling policy per thread.
     os.nice(role.niceness)
+    idle_refused = _take_idle_policy() if role.idle_policy else None
     # The supervisor forwards signals itself; a Ctrl-C reaching the whole process group must
     # not make a worker stop twice.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _stop_with_parent()
     heartbeat = Heartbeat(board, slot, role.settings.worker_stall_timeout)
     _serve_here(
-        role.settings, telemetry, version, heartbeat, delivery_process=role.delivery_process
-    )
+        role.settings, telemetry, version, heartbeat, delivery_process=role.delivery_process,
+        idle_refused=idle_refused,
+    )  # fmt: skip
+
+
+def _take_idle_policy() -> str | None:
+    """Put this thread under SCHED_IDLE, which any process may ask for itself. With only a
+    niceness, a delivery process that holds a core finishes its time slice (a few ms on Linux's
+    EEVDF scheduler) before the publishing process, woken by a reply from Kafka or a new call,
+    gets the core; under SCHED_IDLE the woken process takes it at once. Returns why the policy
+    could not be taken (the niceness then stands alone), or None."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return "this system has no SCHED_IDLE"
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:  # A seccomp profile may refuse the call.
+        return f"sched_setscheduler refused it: {exc}"
+    return None
 
 
 def _stop_with_parent() -> None:
@@ -123,8 +150,9 @@ def _stop_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -> int:
-    context = multiprocessing.get_context("spawn")
+def _roles(settings: Settings) -> list[_Role]:
+    """The processes a supervised sidecar runs: ``workers`` publishing ones, then the delivery
+    process if ``subscribe_listen`` is set."""
     # One admin listener per sidecar, in the first worker: probes and scrapes must not land on
     # a different process each time. The others share its Kafka and Redis, and if one dies the
     # supervisor stops them all, so the first worker's readiness speaks for the sidecar.
@@ -144,8 +172,20 @@ def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -
             workers=1,
         )
         roles.append(
-            _Role("the delivery process", delivering, settings.delivery_nice, delivery_process=True)
+            _Role(
+                "the delivery process",
+                delivering,
+                settings.delivery_nice,  # Also what SCHED_IDLE falls back to.
+                idle_policy=settings.delivery_cpu_policy == "idle",
+                delivery_process=True,
+            )
         )
+    return roles
+
+
+def _supervise(settings: Settings, telemetry: TelemetrySettings, version: str) -> int:
+    context = multiprocessing.get_context("spawn")
+    roles = _roles(settings)
     board = HeartbeatBoard.create(context, [role.name for role in roles])
     workers = [
         context.Process(

@@ -82,6 +82,18 @@ def test_sched_idle_is_taken_by_the_calling_thread_alone() -> None:
     assert os.sched_getscheduler(0) != os.SCHED_IDLE
 
 
+def test_a_refused_sched_idle_is_reported_and_the_niceness_stands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(pid: int, policy: int, param: os.sched_param) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    assert _take_idle_policy() == "sched_setscheduler refused it: [Errno 1] Operation not permitted"
+    monkeypatch.delattr(os, "SCHED_IDLE")
+    assert _take_idle_policy() == "this system has no SCHED_IDLE"
+
+
 @contextlib.asynccontextmanager
 async def with_delivery_process(
     kafka: KafkaBroker, redis: RedisServer, topic: str, tmp_path: Path, *extra_args: str

@@ -315,10 +315,14 @@ def main() -> None:
     version_args: dict[str, list[str]] = {name: [] for name in versions}
     for item in args.rev_arg:
         name, _, arg = item.partition("=")
+        if name not in versions:
+            parser.error(f"--rev-arg {item!r}: no --rev is named {name!r}")
         version_args[name].append(arg)
     subscriber_nice = {name: 0 for name in versions}
     for item in args.subscriber_nice:
         name, _, niceness = item.partition("=")
+        if name not in versions:
+            parser.error(f"--subscriber-nice {item!r}: no --rev is named {name!r}")
         subscriber_nice[name] = int(niceness)
     scenario = SCENARIOS[args.scenario]
     workdir = Path(tempfile.mkdtemp(prefix="dualstream-ab-"))

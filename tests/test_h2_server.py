@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -361,6 +363,30 @@ async def test_stopping_ends_the_streams_unavailable(handlers: _Handlers) -> Non
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
         assert handlers.ended.is_set()
     await server.stop()  # Idempotent.
+
+
+@pytest.mark.parametrize("turns", range(6))
+async def test_a_connection_accepted_as_the_server_stops_is_closed_too(
+    handlers: _Handlers, turns: int
+) -> None:
+    """A connection the kernel or the loop has just accepted when ``stop`` begins (``turns``
+    loop turns after connecting: not yet polled, its accept queued, its transport made, or
+    served) ends: reset or closed, never left open to the garbage collector."""
+    methods = {_UNARY: Method(unary=handlers.unary)}
+    server = H2Server("127.0.0.1:0", methods, max_calls_per_connection=10)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.setblocking(False)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await server.stop()
+        gc.collect()  # A connection left behind would warn here (filterwarnings = error).
+        with contextlib.suppress(ConnectionResetError):
+            async with asyncio.timeout(10):
+                while await loop.sock_recv(client, 65536):
+                    pass
+    assert not server.connections
 
 
 async def test_a_unix_socket_and_a_private_abstract_one(

@@ -490,6 +490,9 @@ class _Connection(asyncio.Protocol):
             CONNECTION_WINDOW - self.h2.inbound_flow_control_window
         )
         self.flush()
+        if self.server.stopping:
+            self.goaway()
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -766,12 +769,15 @@ class H2Server(Service):
         self.token = BearerToken(token) if token else None
         self.ssl_context = ssl_context
         self.connections: set[_Connection] = set()
+        # Set while stopping and after: a connection made then goes away at once.
+        self.stopping = False
         self.port: int | None = None
         self._servers: list[asyncio.Server] = []
         self._idle: asyncio.Event | None = None
         self._no_connections: asyncio.Event | None = None
 
     async def _start(self) -> None:
+        self.stopping = False
         try:
             self._servers.append(await self._listen(self.listen, self.ssl_context))
             for address in self.private_listen:
@@ -809,7 +815,21 @@ class H2Server(Service):
         """Stop taking connections and calls, let the calls under way finish for up to
         ``shutdown_grace`` seconds, end the rest UNAVAILABLE, then close every connection."""
         grace = self.shutdown_grace
+        self.stopping = True
         servers, self._servers = self._servers, []
+        # Accept no more, then let the connections just accepted arrive before closing the
+        # listeners: asyncio (3.11) makes an accepted connection's transport in a task of its
+        # own, and one that runs after ``close()`` fails an assertion and leaves the socket and
+        # a half-made transport to the garbage collector. Two loop turns: the accept's task,
+        # then the transport's connection_made. (uvloop makes the transport at once and never
+        # registered the listener as a reader, so remove_reader does nothing there.) One made
+        # later still (a TLS handshake under way) closes itself, seeing ``stopping``.
+        loop = asyncio.get_running_loop()
+        for server in servers:
+            for listener in server.sockets:
+                loop.remove_reader(listener.fileno())
+        for _ in range(2):
+            await asyncio.sleep(0)
         for server in servers:
             server.close()
         for connection in list(self.connections):

@@ -312,17 +312,22 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     versions = dict(item.split("=", 1) for item in args.rev)
+
+    def per_version(flag: str, items: list[str]) -> list[tuple[str, str]]:
+        """``NAME=VALUE`` items of a per-version flag, each naming a ``--rev``."""
+        pairs = []
+        for item in items:
+            name, _, value = item.partition("=")
+            if name not in versions:
+                parser.error(f"{flag} {item!r}: no --rev is named {name!r}")
+            pairs.append((name, value))
+        return pairs
+
     version_args: dict[str, list[str]] = {name: [] for name in versions}
-    for item in args.rev_arg:
-        name, _, arg = item.partition("=")
-        if name not in versions:
-            parser.error(f"--rev-arg {item!r}: no --rev is named {name!r}")
+    for name, arg in per_version("--rev-arg", args.rev_arg):
         version_args[name].append(arg)
     subscriber_nice = {name: 0 for name in versions}
-    for item in args.subscriber_nice:
-        name, _, niceness = item.partition("=")
-        if name not in versions:
-            parser.error(f"--subscriber-nice {item!r}: no --rev is named {name!r}")
+    for name, niceness in per_version("--subscriber-nice", args.subscriber_nice):
         subscriber_nice[name] = int(niceness)
     scenario = SCENARIOS[args.scenario]
     workdir = Path(tempfile.mkdtemp(prefix="dualstream-ab-"))

@@ -31,6 +31,7 @@ from bench.run import (
     UNARY_CONCURRENCY,
     Broker,
     Sampler,
+    SubscriberPriority,
     SubscriberProcesses,
     build_go_tools,
     fan_out_in_child,
@@ -64,7 +65,7 @@ class Run:
         self.workdir = workdir
         self.seconds = 8.0
         self.subscribe_target = subscribe_target  # The listen address, or a delivery process's.
-        self.subscriber_nice = 0
+        self.subscriber_priority: SubscriberPriority = 0
 
     def sampled(self, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         with Sampler(self.pids, self.broker) as sampler:
@@ -105,7 +106,7 @@ def _isolation(run: Run, max_per_message: int = 0) -> dict[str, Any]:
             5,
             max_per_message,
             subscribe_target=run.subscribe_target,
-            subscriber_nice=run.subscriber_nice,
+            subscriber_priority=run.subscriber_priority,
         )
         for n in (0, 10, 100, 1000)
     }
@@ -307,8 +308,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--subscriber-nice", action="append", default=[], metavar="NAME=NICENESS",
-        help="one version's Go subscriber niceness in isolation runs (standing in for "
-        "subscribers on other machines)",
+        help="one version's Go subscriber niceness in isolation runs, or 'idle' for "
+        "SCHED_IDLE (standing in for subscribers on other machines)",
     )  # fmt: skip
     args = parser.parse_args()
     versions = dict(item.split("=", 1) for item in args.rev)
@@ -326,9 +327,9 @@ def main() -> None:
     version_args: dict[str, list[str]] = {name: [] for name in versions}
     for name, arg in per_version("--rev-arg", args.rev_arg):
         version_args[name].append(arg)
-    subscriber_nice = {name: 0 for name in versions}
+    subscriber_priority: dict[str, SubscriberPriority] = {name: 0 for name in versions}
     for name, niceness in per_version("--subscriber-nice", args.subscriber_nice):
-        subscriber_nice[name] = int(niceness)
+        subscriber_priority[name] = "idle" if niceness == "idle" else int(niceness)
     scenario = SCENARIOS[args.scenario]
     workdir = Path(tempfile.mkdtemp(prefix="dualstream-ab-"))
     build_go_tools()  # Go's build cache makes this quick, and a stale tool misleads.
@@ -355,7 +356,7 @@ def main() -> None:
                         sidecar.subscribe_target,
                     )  # fmt: skip
                     run.seconds = args.seconds
-                    run.subscriber_nice = subscriber_nice[name]
+                    run.subscriber_priority = subscriber_priority[name]
                     _warm_up(target)
                     if number == "profile":
                         args.profile.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer
 
@@ -397,6 +397,18 @@ class Receipts:
     streams_failed: int = 0
 
 
+SubscriberPriority = int | Literal["idle"]
+"""A niceness (0: as the benchmark itself), or ``"idle"`` for SCHED_IDLE."""
+
+
+def priority_prefix(priority: SubscriberPriority) -> list[str]:
+    """The command that starts a process at ``priority``: under SCHED_IDLE a process runs
+    only on CPU nobody else wants, while a niceness of 19 still gets a share of it."""
+    if priority == "idle":
+        return ["chrt", "--idle", "0"]
+    return ["nice", "-n", str(priority)] if priority else []
+
+
 class SubscriberProcesses:
     """Subscribing processes: the Go subscriber and the Redis watcher."""
 
@@ -421,13 +433,14 @@ class SubscriberProcesses:
         timeout: float,
         connections: int = 1,
         max_per_message: int = 0,
-        nice: int = 0,
+        priority: SubscriberPriority = 0,
     ) -> None:
         """Streams from the Go subscriber: a Python client would use as much CPU per message
-        as the sidecar, and on two cores it, not the sidecar, would be measured. ``nice``
-        above 0 runs it at that niceness, standing in for subscribers on other machines."""
+        as the sidecar, and on two cores it, not the sidecar, would be measured. ``priority``
+        above 0 runs it at that niceness, ``"idle"`` under SCHED_IDLE (it runs only when
+        nothing else wants the CPU), standing in for subscribers on other machines."""
         self.start(
-            *(["nice", "-n", str(nice)] if nice else []),
+            *priority_prefix(priority),
             str(GO_BUILD / "subscriber"), "--target", target, "--source-id", source_id,
             "--streams", str(streams), "--connections", str(connections),
             "--timeout", str(timeout), "--max-per-message", str(max_per_message),
@@ -485,14 +498,14 @@ def with_subscribers(
     seconds: float,
     max_per_message: int = 0,
     subscribe_target: str = "",
-    subscriber_nice: int = 0,
+    subscriber_priority: SubscriberPriority = 0,
 ) -> dict[str, Any]:
     """Publish at ``rate`` (open loop, the Go load client) while ``subscribers`` streams follow
     the source: whether publishes keep their latency and all succeed whatever the subscriber
     load (isolation), and how long each notification takes to reach every subscriber.
     ``max_per_message`` above 1 lets the streams take several notifications per message;
     ``subscribe_target``, if set, is where the streams go (a delivery listener);
-    ``subscriber_nice`` the subscribing process's niceness.
+    ``subscriber_priority`` the subscribing process's niceness, or ``"idle"``.
 
     The subscribers run in a process of their own. A plain Redis subscriber on the same channel
     splits the notification's time in two: publish to Redis (which includes Kafka's
@@ -510,7 +523,7 @@ def with_subscribers(
             subscribers,
             seconds + 60,
             max_per_message=max_per_message,
-            nice=subscriber_nice,
+            priority=subscriber_priority,
         )
         processes.redis_watcher(redis_url, source_id, seconds + 60)
         processes.wait_ready()
@@ -963,8 +976,14 @@ def delivery_process(
     their own (``--subscribe-listen``, at the default lower CPU priority, SCHED_IDLE): the
     publishes go to the listen address, the subscribers to the delivery process's. The smoke
     run checks the plumbing only, at equal priority: CI may run it beside a CPU hog, which
-    would leave an idle-policy delivery process next to no CPU to start in."""
+    would leave an idle-policy delivery process next to no CPU to start in.
+
+    The subscribing client shares the two cores here, at the same priority as the publishing
+    load, while a sidecar's subscribers (gateways, UIs) would be on other machines. So the
+    last runs take 1,000 subscribers again with that client under SCHED_IDLE, after another
+    run with none to compare them with, measured beside them rather than minutes earlier."""
     equal_priority = ["--delivery-cpu-policy", "nice", "--delivery-nice", "0"]
+    idle_client: SubscriberPriority = 0 if smoke else "idle"
     sidecar, target = start_sidecar(
         workdir / "sidecar-delivery-process", bootstrap, redis_url,
         *(equal_priority if smoke else []), subscribe_port=free_port(),
@@ -972,12 +991,18 @@ def delivery_process(
     figures: dict[str, Any] = {}
     try:
         pids = sidecar.worker_pids()
-        runs = [(n, 0) for n in (0, 10, 100, 1000)] + [(n, 64) for n in (10, 100, 1000)]
-        for subscribers, batched in runs:
-            name = f"subscribers_{subscribers}_delivery_process" + ("_batched" if batched else "")
+        runs: list[tuple[int, int, SubscriberPriority, str]] = [
+            *[(n, 0, 0, "") for n in (0, 10, 100, 1000)],
+            *[(n, 64, 0, "_batched") for n in (10, 100, 1000)],
+            (0, 0, 0, "_again"),
+            (1000, 0, idle_client, "_idle_client"),
+            (1000, 64, idle_client, "_batched_idle_client"),
+        ]
+        for subscribers, batched, priority, suffix in runs:
+            name = f"subscribers_{subscribers}_delivery_process{suffix}"
             figures[name] = with_subscribers(
                 workdir / name, target, redis_url, pids, subscribers, 1000, seconds, batched,
-                subscribe_target=sidecar.subscribe_target,
+                subscribe_target=sidecar.subscribe_target, subscriber_priority=priority,
             )  # fmt: skip
         figures.update(
             fan_out_in_child(
@@ -1170,6 +1195,21 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
                 - ours["subscribers_0_delivery_process"]["publish"]["p99_ms"],
                 3,
             )
+            for kind in ("", "_batched")
+        ],
+        # The subscribing client under SCHED_IDLE, as if on another machine, against the run
+        # with no subscribers just before.
+        "publish_p99_1000_idle_client_subscribers_minus_none_delivery_process_single_and_batched_ms"
+        " (target <= 2)": [
+            round(
+                ours[f"subscribers_1000_delivery_process{kind}_idle_client"]["publish"]["p99_ms"]
+                - ours["subscribers_0_delivery_process_again"]["publish"]["p99_ms"],
+                3,
+            )
+            for kind in ("", "_batched")
+        ],
+        "failed_publishes_delivery_process_1000_idle_client_single_and_batched": [
+            ours[f"subscribers_1000_delivery_process{kind}_idle_client"]["failed_publishes"]
             for kind in ("", "_batched")
         ],
         "notification_e2e_10_p50_ms (target <= 1.5)": e2e_10["p50_ms"],

@@ -969,6 +969,21 @@ def start_sidecar(
     return sidecar, f"127.0.0.1:{port}"
 
 
+@contextlib.contextmanager
+def idle_cpu_hogs() -> Iterator[None]:
+    """A busy loop under SCHED_IDLE on every core while the block runs."""
+    hogs = [
+        subprocess.Popen([*priority_prefix("idle"), sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
 def delivery_process(
     workdir: Path, bootstrap: str, redis_url: str, seconds: float, *, smoke: bool
 ) -> dict[str, Any]:
@@ -980,8 +995,11 @@ def delivery_process(
 
     The subscribing client shares the two cores here, at the same priority as the publishing
     load, while a sidecar's subscribers (gateways, UIs) would be on other machines. So the
-    last runs take 1,000 subscribers again with that client under SCHED_IDLE, after another
-    run with none to compare them with, measured beside them rather than minutes earlier."""
+    last runs take 1,000 subscribers again with that client under SCHED_IDLE, beside two runs
+    with none to compare them with: on a quiet machine, and beside a SCHED_IDLE busy loop on
+    every core, which does nothing but take the CPU nobody else wants. That is the floor of
+    any isolation by CPU policy: what it costs the publishes on this machine that the cores
+    they leave are used at all."""
     equal_priority = ["--delivery-cpu-policy", "nice", "--delivery-nice", "0"]
     idle_client: SubscriberPriority = 0 if smoke else "idle"
     sidecar, target = start_sidecar(
@@ -995,15 +1013,19 @@ def delivery_process(
             *[(n, 0, 0, "") for n in (0, 10, 100, 1000)],
             *[(n, 64, 0, "_batched") for n in (10, 100, 1000)],
             (0, 0, 0, "_again"),
+            (0, 0, 0, "_beside_idle_cpu_hogs"),
             (1000, 0, idle_client, "_idle_client"),
             (1000, 64, idle_client, "_batched_idle_client"),
         ]
         for subscribers, batched, priority, suffix in runs:
             name = f"subscribers_{subscribers}_delivery_process{suffix}"
-            figures[name] = with_subscribers(
-                workdir / name, target, redis_url, pids, subscribers, 1000, seconds, batched,
-                subscribe_target=sidecar.subscribe_target, subscriber_priority=priority,
-            )  # fmt: skip
+            hogs = idle_cpu_hogs() if "hogs" in suffix else contextlib.nullcontext()
+            with hogs:
+                figures[name] = with_subscribers(
+                    workdir / name, target, redis_url, pids, subscribers, 1000, seconds,
+                    batched, subscribe_target=sidecar.subscribe_target,
+                    subscriber_priority=priority,
+                )  # fmt: skip
         figures.update(
             fan_out_in_child(
                 workdir / "fan-delivery-process", target, pids, smoke=smoke,
@@ -1197,17 +1219,30 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             )
             for kind in ("", "_batched")
         ],
-        # The subscribing client under SCHED_IDLE, as if on another machine, against the run
-        # with no subscribers just before.
-        "publish_p99_1000_idle_client_subscribers_minus_none_delivery_process_single_and_batched_ms"
-        " (target <= 2)": [
-            round(
-                ours[f"subscribers_1000_delivery_process{kind}_idle_client"]["publish"]["p99_ms"]
-                - ours["subscribers_0_delivery_process_again"]["publish"]["p99_ms"],
-                3,
+        # The subscribing client under SCHED_IDLE, as if on another machine, against the runs
+        # with no subscribers just before: on a quiet machine, and beside idle-policy busy loops.
+        "floor: publish_p99_beside_idle_cpu_hogs_minus_none_delivery_process_ms": round(
+            ours["subscribers_0_delivery_process_beside_idle_cpu_hogs"]["publish"]["p99_ms"]
+            - ours["subscribers_0_delivery_process_again"]["publish"]["p99_ms"],
+            3,
+        ),
+        **{
+            f"publish_p99_1000_idle_client_subscribers_minus_{shown}_delivery_process"
+            f"_single_and_batched_ms{label}": [
+                round(
+                    ours[f"subscribers_1000_delivery_process{kind}_idle_client"]["publish"][
+                        "p99_ms"
+                    ]
+                    - ours[f"subscribers_0_delivery_process_{floor}"]["publish"]["p99_ms"],
+                    3,
+                )
+                for kind in ("", "_batched")
+            ]
+            for floor, shown, label in (
+                ("again", "none", " (target <= 2)"),
+                ("beside_idle_cpu_hogs", "idle_cpu_hogs", " (the same against its floor)"),
             )
-            for kind in ("", "_batched")
-        ],
+        },
         "failed_publishes_delivery_process_1000_idle_client_single_and_batched": [
             ours[f"subscribers_1000_delivery_process{kind}_idle_client"]["failed_publishes"]
             for kind in ("", "_batched")

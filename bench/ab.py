@@ -329,6 +329,8 @@ def main() -> None:
         version_args[name].append(arg)
     subscriber_priority: dict[str, SubscriberPriority] = {name: 0 for name in versions}
     for name, niceness in per_version("--subscriber-nice", args.subscriber_nice):
+        if niceness != "idle" and not niceness.lstrip("-").isdigit():
+            parser.error(f"--subscriber-nice {name}={niceness}: a niceness, or 'idle'")
         subscriber_priority[name] = "idle" if niceness == "idle" else int(niceness)
     scenario = SCENARIOS[args.scenario]
     workdir = Path(tempfile.mkdtemp(prefix="dualstream-ab-"))

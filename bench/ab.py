@@ -37,6 +37,7 @@ from bench.run import (
     fan_out_in_child,
     go_loadgen,
     overload,
+    parse_priority,
     rss_kib,
     start_sidecar,
     with_subscribers,
@@ -329,9 +330,10 @@ def main() -> None:
         version_args[name].append(arg)
     subscriber_priority: dict[str, SubscriberPriority] = {name: 0 for name in versions}
     for name, niceness in per_version("--subscriber-nice", args.subscriber_nice):
-        if niceness != "idle" and not niceness.lstrip("-").isdigit():
+        try:
+            subscriber_priority[name] = parse_priority(niceness)
+        except ValueError:
             parser.error(f"--subscriber-nice {name}={niceness}: a niceness, or 'idle'")
-        subscriber_priority[name] = "idle" if niceness == "idle" else int(niceness)
     scenario = SCENARIOS[args.scenario]
     workdir = Path(tempfile.mkdtemp(prefix="dualstream-ab-"))
     build_go_tools()  # Go's build cache makes this quick, and a stale tool misleads.

@@ -401,6 +401,11 @@ SubscriberPriority = int | Literal["idle"]
 """A niceness (0: as the benchmark itself), or ``"idle"`` for SCHED_IDLE."""
 
 
+def parse_priority(text: str) -> SubscriberPriority:
+    """``"idle"`` or a niceness, as given on a command line; ValueError otherwise."""
+    return "idle" if text == "idle" else int(text)
+
+
 def priority_prefix(priority: SubscriberPriority) -> list[str]:
     """The command that starts a process at ``priority``: under SCHED_IDLE a process runs
     only on CPU nobody else wants, while a niceness of 19 still gets a share of it."""
